@@ -1,0 +1,47 @@
+"""invcal: tune the hyperparameters of inverse problems and ODE models by hypergradients."""
+
+from .diagnostics import Diagnostics, HypergradientNotConverged, OnFailure
+from .hypergradient import (
+    AbstractHypergradient,
+    ForwardUnrolled,
+    Hypergradient,
+    Implicit,
+    Truncated,
+    Unrolled,
+    hypergradient,
+    solve,
+)
+from .implicit import Neumann
+from .problem import Problem
+from .solvers import FISTA, AbstractInnerSolver, FixedPointIteration, FixedSteps, InnerSolution, Newton
+from .space import Bounded, Identity, Log, Param, Softplus, Space
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractHypergradient",
+    "AbstractInnerSolver",
+    "Bounded",
+    "Diagnostics",
+    "FISTA",
+    "FixedPointIteration",
+    "FixedSteps",
+    "ForwardUnrolled",
+    "Hypergradient",
+    "HypergradientNotConverged",
+    "Identity",
+    "Implicit",
+    "InnerSolution",
+    "Log",
+    "Neumann",
+    "Newton",
+    "OnFailure",
+    "Param",
+    "Problem",
+    "Softplus",
+    "Space",
+    "Truncated",
+    "Unrolled",
+    "hypergradient",
+    "solve",
+]

@@ -1,0 +1,141 @@
+"""Diagnostics that travel with every hypergradient, and the policy for failures.
+
+A hypergradient computed from an unconverged inner solve or linear solve is never
+returned silently: ``on_failure`` chooses to raise (default), to warn, or to record the
+failure in the returned :class:`Diagnostics` (for an outer loop that adapts tolerances).
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["OnFailure", "Diagnostics", "HypergradientNotConverged", "enforce"]
+
+
+class HypergradientNotConverged(RuntimeError):
+    """Raised when the inner or linear solve behind a hypergradient did not converge."""
+
+
+class HypergradientNotConvergedWarning(RuntimeWarning):
+    """Warned when the inner or linear solve behind a hypergradient did not converge."""
+
+
+class OnFailure(enum.Enum):
+    """What to do when an inner or linear solve did not reach its tolerance."""
+
+    RAISE = "raise"
+    WARN = "warn"
+    RECORD = "record"
+
+    @classmethod
+    def parse(cls, value) -> OnFailure:
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(
+                f"on_failure must be one of 'raise', 'warn', 'record' (or invcal.OnFailure); "
+                f"got {value!r}."
+            ) from None
+
+
+class Diagnostics(eqx.Module):
+    """Work and accuracy of one hypergradient.
+
+    ``inner_residual`` is the inner residual norm at the returned x; ``linear_residual`` the
+    relative residual ‖A v − b‖/‖b‖ of the implicit linear solve (0 for unrolled methods,
+    which solve none). ``converged`` is both flags together.
+    """
+
+    inner_steps: jax.Array
+    inner_residual: jax.Array
+    inner_converged: jax.Array
+    linear_steps: jax.Array
+    linear_residual: jax.Array
+    linear_converged: jax.Array
+
+    @property
+    def converged(self):
+        return self.inner_converged & self.linear_converged
+
+    def as_dict(self) -> dict:
+        return {
+            "inner_steps": int(np.max(np.asarray(self.inner_steps))),
+            "inner_residual": float(np.max(np.asarray(self.inner_residual))),
+            "inner_converged": bool(np.all(np.asarray(self.inner_converged))),
+            "linear_steps": int(np.max(np.asarray(self.linear_steps))),
+            "linear_residual": float(np.max(np.asarray(self.linear_residual))),
+            "linear_converged": bool(np.all(np.asarray(self.linear_converged))),
+        }
+
+
+def no_linear_solve(inner_steps, inner_residual, inner_converged) -> Diagnostics:
+    return Diagnostics(
+        inner_steps=jnp.asarray(inner_steps),
+        inner_residual=jnp.asarray(inner_residual),
+        inner_converged=jnp.asarray(inner_converged),
+        linear_steps=jnp.asarray(0),
+        linear_residual=jnp.asarray(0.0),
+        linear_converged=jnp.asarray(True),
+    )
+
+
+def _message(d: dict, where: str) -> str:
+    parts = []
+    if not d["inner_converged"]:
+        parts.append(
+            f"the inner solve stopped after {d['inner_steps']} steps with residual "
+            f"{d['inner_residual']:.3g} above its tolerance (raise the solver's max_steps or "
+            "loosen its tol)"
+        )
+    if not d["linear_converged"]:
+        parts.append(
+            f"the implicit linear solve stopped after {d['linear_steps']} steps with relative "
+            f"residual {d['linear_residual']:.3g} (raise the linear solver's max_steps, or use "
+            "a solver suited to the system: GMRES or NormalCG for a non-symmetric Jacobian)"
+        )
+    return f"{where}: hypergradient is not reliable: " + "; ".join(parts) + "."
+
+
+def enforce(diag: Diagnostics, on_failure: OnFailure, value, *, where: str = "invcal"):
+    """Apply the failure policy to ``value`` (returned unchanged when all converged)."""
+    on_failure = OnFailure.parse(on_failure)
+    if on_failure is OnFailure.RECORD:
+        return value
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(diag))
+    if not traced:
+        if not bool(np.all(np.asarray(diag.converged))):
+            msg = _message(diag.as_dict(), where)
+            if on_failure is OnFailure.RAISE:
+                raise HypergradientNotConverged(msg)
+            warnings.warn(msg, HypergradientNotConvergedWarning, stacklevel=3)
+        return value
+    bad = ~jnp.all(diag.converged)
+    if on_failure is OnFailure.RAISE:
+        return eqx.error_if(
+            value, bad,
+            f"{where}: hypergradient from an unconverged inner or linear solve (see "
+            "Diagnostics; pass on_failure='record' to inspect it)",
+        )
+
+    def _warn(is_bad, steps, res, lsteps, lres):
+        if bool(is_bad):
+            warnings.warn(
+                f"{where}: hypergradient from an unconverged solve (inner steps {int(np.max(steps))}, "
+                f"residual {float(np.max(res)):.3g}; linear steps {int(np.max(lsteps))}, "
+                f"residual {float(np.max(lres)):.3g}).",
+                HypergradientNotConvergedWarning,
+                stacklevel=2,
+            )
+
+    jax.debug.callback(
+        _warn, bad, diag.inner_steps, diag.inner_residual, diag.linear_steps, diag.linear_residual
+    )
+    return value

@@ -1,0 +1,385 @@
+"""Hypergradient methods: strategies that say how x*(θ) is differentiated.
+
+Every method works on every problem/solver pair (where the maths allows) in two ways:
+
+* :func:`solve` returns x*(θ) as a differentiable function, so ``jax.grad``,
+  ``jax.jacfwd``, ``jit`` and ``vmap`` of any function of the solution just work;
+* :func:`hypergradient` returns E, dE/dθ and :class:`~invcal.Diagnostics` (inner and
+  linear-solve work and residuals), applies the failure policy, and supports warm starts of
+  both the inner solve and the adjoint solve. This is what :func:`invcal.tune` uses.
+
+Methods: :class:`Implicit` (implicit function theorem; reverse or forward mode; any lineax
+linear solver or :class:`~invcal.Neumann`; optional active-set restriction),
+:class:`Unrolled` (REVERSE-HG with √T checkpointing; Maclaurin et al. 2015, Franceschi et al.
+2017), :class:`ForwardUnrolled` (FORWARD-HG: Z_t = A_t Z_{t−1} + B_t by JVPs; Franceschi et al.
+2017) and :class:`Truncated` (reverse through the last k iterations; Shaban et al. 2019).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jax.flatten_util import ravel_pytree
+
+from .diagnostics import Diagnostics, OnFailure, enforce, no_linear_solve
+from .implicit import (
+    adjoint_solve,
+    implicit_solution,
+    system_spec,
+    tangent_solve,
+)
+from .solvers.base import AbstractInnerSolver
+from .solvers.fixed_point import FixedSteps
+
+__all__ = [
+    "AbstractHypergradient",
+    "Implicit",
+    "Unrolled",
+    "ForwardUnrolled",
+    "Truncated",
+    "Hypergradient",
+    "hypergradient",
+    "solve",
+]
+
+
+def _tree_vdot(a, b):
+    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+class Hypergradient(eqx.Module):
+    """E(x*(θ), θ), dE/dθ (same structure as θ), the solution x*, diagnostics, and the
+    adjoint vector (to warm-start the next implicit solve; ``None`` for other methods)."""
+
+    value: jax.Array
+    grad: Any
+    x: Any
+    diagnostics: Diagnostics
+    adjoint: Any = None
+
+
+class AbstractHypergradient(eqx.Module):
+    """A hypergradient method."""
+
+    @abc.abstractmethod
+    def solution(self, problem, theta, solver, x0):
+        """x*(θ) (or x_T(θ)), differentiable in θ and data by this method."""
+
+    @abc.abstractmethod
+    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
+        """(value, grad, x, diagnostics, adjoint) at θ."""
+
+    def check(self, problem, solver) -> None:
+        """Raise a clear error, before any work, if the method cannot serve this pair."""
+
+
+# --------------------------------------------------------------------------------------
+# Implicit differentiation
+# --------------------------------------------------------------------------------------
+_MODES = ("reverse", "forward")
+
+
+class Implicit(AbstractHypergradient):
+    r"""Implicit differentiation: dx*/dθ = −A⁻¹ ∂F/∂θ with A = ∂F/∂x at x*.
+
+    **Arguments**
+
+    - ``linear_solver``: a lineax solver (``lx.CG``, ``lx.NormalCG``, ``lx.GMRES``,
+      ``lx.BiCGStab``, ``lx.LU`` for dense direct) or :class:`invcal.Neumann`. ``None``
+      picks CG for symmetric systems and GMRES otherwise.
+    - ``mode``: ``"reverse"`` (one adjoint solve Aᵀv = ∇ₓE; best for many θ) or
+      ``"forward"`` (one solve per θ entry; best for few θ).
+    - ``active_set``: restrict the system to ``problem.support`` (non-smooth inner problems).
+    - ``system``: ``"optimality"`` (F or ∇f), ``"fixed_point"`` (x − T(x)) or ``None`` (auto).
+    - ``warm_start``: start the adjoint solve from the previous outer step's adjoint.
+
+    Reference: Pedregosa (2016), "Hyperparameter optimization with approximate gradient";
+    Blondel et al. (2022), "Efficient and modular implicit differentiation".
+    """
+
+    linear_solver: lx.AbstractLinearSolver | None = None
+    mode: str = eqx.field(default="reverse", static=True)
+    active_set: bool = eqx.field(default=False, static=True)
+    system: str | None = eqx.field(default=None, static=True)
+    warm_start: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        if self.mode not in _MODES:
+            raise ValueError(f"Implicit mode must be 'reverse' or 'forward'; got {self.mode!r}.")
+        if self.linear_solver is not None and not isinstance(self.linear_solver, lx.AbstractLinearSolver):
+            raise TypeError(
+                "Implicit linear_solver must be a lineax solver (lx.CG(rtol, atol), lx.GMRES(...), "
+                f"lx.NormalCG(...), lx.BiCGStab(...), lx.LU()) or invcal.Neumann(k); got {self.linear_solver!r}."
+            )
+
+    def _linear(self, problem, linear_tol=None):
+        lin = self.linear_solver
+        if lin is None:
+            sym = system_spec(problem, lx.GMRES(1e-10, 1e-12), self.system).symmetric
+            lin = (
+                lx.CG(rtol=1e-10, atol=1e-12, max_steps=10_000)
+                if sym
+                else lx.GMRES(rtol=1e-10, atol=1e-12, restart=50, max_steps=10_000)
+            )
+        if linear_tol is not None and hasattr(lin, "rtol"):
+            lin = eqx.tree_at(lambda s: s.rtol, lin, linear_tol)
+        return lin
+
+    def check(self, problem, solver):
+        lin = self._linear(problem)
+        system_spec(problem, lin, self.system)
+        if self.active_set and problem.support is None:
+            raise ValueError(
+                f"Implicit(active_set=True) needs problem {problem.name!r} to define "
+                "support=(x, theta, data) -> bool mask of the active set."
+            )
+
+    def solution(self, problem, theta, solver, x0):
+        lin = self._linear(problem)
+        spec = system_spec(problem, lin, self.system)
+        sol = solver.solve(problem, x0, theta)
+        x = eqx.error_if(
+            sol.x, ~sol.converged,
+            "invcal.solve: the inner solve did not reach its tolerance; the implicit "
+            "derivative would be wrong. Raise the solver's max_steps or loosen its tol.",
+        )
+        stripped = eqx.filter(problem, eqx.is_array, inverse=True)
+        stripped = eqx.tree_at(lambda p: p.data, stripped, None, is_leaf=lambda z: z is None)
+        return implicit_solution(
+            stripped, x, theta, problem.data, spec=spec, linear_solver=lin, use_mask=self.active_set
+        )
+
+    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
+        data = problem.data
+        lin = self._linear(problem, linear_tol)
+        spec = system_spec(problem, lin, self.system)
+        sol = solver.solve(problem, x0, theta, tol=tol)
+        x = sol.x
+        mask = problem.support(x, theta, data) if self.active_set else None
+        value, (gx, gth) = jax.value_and_grad(problem.criterion, argnums=(0, 1))(x, theta, data)
+        if self.mode == "reverse":
+            y0 = adjoint0 if self.warm_start else None
+            v, g_impl, steps, rel, ok = adjoint_solve(
+                problem, spec, x, theta, data, gx, linear_solver=lin, mask=mask, y0=y0
+            )
+            grad = jax.tree_util.tree_map(jnp.add, gth, g_impl)
+        else:
+            flat, unravel = ravel_pytree(theta)
+            Z, steps, rel, ok = tangent_solve(
+                problem, spec, x, flat, unravel, data, linear_solver=lin, mask=mask
+            )
+            g_flat = ravel_pytree(gth)[0] + jax.vmap(lambda z: _tree_vdot(z, gx))(Z)
+            grad = unravel(g_flat)
+            v = adjoint0
+        diag = Diagnostics(
+            inner_steps=sol.num_steps, inner_residual=sol.residual, inner_converged=sol.converged,
+            linear_steps=steps, linear_residual=rel, linear_converged=ok,
+        )
+        return value, grad, x, diag, v
+
+
+# --------------------------------------------------------------------------------------
+# Differentiation through the iterations
+# --------------------------------------------------------------------------------------
+def _run_steps(solver, problem, state, theta, data, n: int, checkpoint: bool):
+    """n steps of ``solver.step``; with ``checkpoint``, √n segments are rematerialised in
+    the backward pass so memory grows like √n instead of n (Griewank & Walther)."""
+    if n <= 0:
+        return state
+
+    def one(s, _):
+        return solver.step(problem, s, theta, data), None
+
+    if not checkpoint or n < 4:
+        return jax.lax.scan(one, state, None, length=n)[0]
+    seg = int(math.isqrt(n))
+    n_seg, rem = divmod(n, seg)
+
+    @jax.checkpoint
+    def segment(s, _):
+        return jax.lax.scan(one, s, None, length=seg)[0], None
+
+    state = jax.lax.scan(segment, state, None, length=n_seg)[0]
+    return jax.lax.scan(one, state, None, length=rem)[0] if rem else state
+
+
+def _unrolled_solution(solver, problem, theta, x0, n_total, n_diff, checkpoint):
+    data = problem.data
+    state = solver.init(problem, x0, theta, data)
+    if n_total > n_diff:
+        theta_c = jax.lax.stop_gradient(theta)
+        state = jax.lax.stop_gradient(
+            _run_steps(solver, problem, state, theta_c, data, n_total - n_diff, False)
+        )
+    state = _run_steps(solver, problem, state, theta, data, n_diff, checkpoint)
+    return solver.current(state)
+
+
+def _unrolled_diag(solver, problem, x, theta, n_total, tol):
+    res = solver.residual(problem, jax.lax.stop_gradient(x), jax.lax.stop_gradient(theta), problem.data)
+    if problem.fixed_steps or isinstance(solver, FixedSteps):
+        conv = jnp.asarray(True)
+    else:
+        conv = res <= (solver.tol if tol is None else tol)
+    return no_linear_solve(n_total, res, conv)
+
+
+class _AbstractUnrolled(AbstractHypergradient):
+    num_steps: int | None = eqx.field(default=None, static=True)
+
+    def _n(self, solver) -> int:
+        n = solver.max_steps if self.num_steps is None else self.num_steps
+        if int(n) < 1:
+            raise ValueError(f"{type(self).__name__} num_steps must be >= 1; got {n!r}.")
+        return int(n)
+
+    def _n_diff(self, solver) -> int:
+        return self._n(solver)
+
+    checkpoint: bool = eqx.field(default=True, static=True)
+
+    def solution(self, problem, theta, solver, x0):
+        return _unrolled_solution(
+            solver, problem, theta, x0, self._n(solver), self._n_diff(solver), self.checkpoint
+        )
+
+    def _objective(self, problem, solver, x0):
+        def f(theta):
+            x = self.solution(problem, theta, solver, x0)
+            return problem.criterion(x, theta, problem.data), x
+
+        return f
+
+    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
+        f = self._objective(problem, solver, x0)
+        (value, x), grad = jax.value_and_grad(f, has_aux=True)(theta)
+        diag = _unrolled_diag(solver, problem, x, theta, self._n(solver), tol)
+        return value, grad, x, diag, adjoint0
+
+
+class Unrolled(_AbstractUnrolled):
+    """Reverse-mode differentiation through ``num_steps`` solver iterations from the warm
+    start (REVERSE-HG), checkpointed so memory grows like √num_steps. ``num_steps=None``
+    unrolls the solver's ``max_steps`` (the step count of :class:`FixedSteps`)."""
+
+
+class ForwardUnrolled(_AbstractUnrolled):
+    """Forward-mode differentiation through the iterations (FORWARD-HG): the tangent
+    recursion Z_t = A_t Z_{t−1} + B_t is carried by JVPs alongside the iterates, one
+    direction per hyperparameter entry; memory does not grow with the number of steps."""
+
+    checkpoint: bool = eqx.field(default=False, static=True)
+
+    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
+        flat, unravel = ravel_pytree(theta)
+        f = self._objective(problem, solver, x0)
+
+        def g(t):
+            value, x = f(unravel(t))
+            return value, (value, x)
+
+        grad_flat, (value, x) = jax.jacfwd(g, has_aux=True)(flat)
+        diag = _unrolled_diag(solver, problem, x, theta, self._n(solver), tol)
+        return value, unravel(grad_flat), x, diag, adjoint0
+
+
+class Truncated(_AbstractUnrolled):
+    """Reverse-mode differentiation through only the last ``k`` of ``num_steps`` iterations
+    (truncated back-propagation, Shaban et al. 2019): cheaper, biased; the bias shrinks as
+    k grows."""
+
+    k: int = eqx.field(default=10, static=True)
+
+    def __check_init__(self):
+        if int(self.k) < 1:
+            raise ValueError(f"Truncated k must be >= 1; got {self.k!r}.")
+
+    def _n_diff(self, solver):
+        return min(int(self.k), self._n(solver))
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------
+def _check_args(problem, theta, solver, method, argument="theta"):
+    from .problem import Problem
+
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be an invcal.Problem; got {type(problem).__name__}.")
+    if not isinstance(solver, AbstractInnerSolver):
+        raise TypeError(
+            "solver must be an invcal inner solver (invcal.FISTA(), invcal.Newton(), "
+            f"invcal.FixedPointIteration(), invcal.FixedSteps(n), ...); got {solver!r}."
+        )
+    if not isinstance(method, AbstractHypergradient):
+        raise TypeError(
+            "method must be a hypergradient method (invcal.Implicit(), invcal.Unrolled(), "
+            f"invcal.ForwardUnrolled(), invcal.Truncated(k)); got {method!r}."
+        )
+    solver.check_problem(problem)
+    method.check(problem, solver)
+    return problem.space.validate(theta, argument=argument)
+
+
+def solve(problem, theta, *, solver, method=None, x0=None):
+    """x*(θ), differentiable in θ (and in ``problem.data``) by ``method``.
+
+    ``jax.grad(lambda th: E(solve(problem, th, ...)))`` is reverse mode,
+    ``jax.jacfwd`` forward mode; both work under ``jit`` and ``vmap``. Failures raise
+    (inner non-convergence via ``eqx.error_if``; linear-solve failure via lineax).
+    """
+    method = Implicit() if method is None else method
+    theta = _check_args(problem, theta, solver, method)
+    x0 = problem.x0 if x0 is None else x0
+    return method.solution(problem, theta, solver, x0)
+
+
+@eqx.filter_jit
+def _compute(method, problem, theta, solver, x0, adjoint0, tol, linear_tol):
+    return method.compute(problem, theta, solver, x0, adjoint0, tol, linear_tol)
+
+
+def hypergradient(
+    problem,
+    theta,
+    *,
+    solver,
+    method=None,
+    x0=None,
+    warm: Hypergradient | None = None,
+    tol=None,
+    linear_tol=None,
+    on_failure: OnFailure | str = OnFailure.RAISE,
+) -> Hypergradient:
+    """E(x*(θ), θ) and dE/dθ at θ with diagnostics.
+
+    **Arguments**
+
+    - ``problem``, ``theta`` (a dict in user values), ``solver``, ``method`` (default
+      ``Implicit()``).
+    - ``x0``: inner starting point (default ``problem.x0``); ``warm``: a previous
+      :class:`Hypergradient`, whose x* and adjoint warm-start this one.
+    - ``tol`` / ``linear_tol``: override the inner / linear-solve tolerance (HOAG).
+    - ``on_failure``: ``"raise"`` (default), ``"warn"`` or ``"record"`` when the inner or
+      linear solve did not converge.
+    """
+    method = Implicit() if method is None else method
+    policy = OnFailure.parse(on_failure)
+    theta = _check_args(problem, theta, solver, method)
+    if warm is not None:
+        x0 = warm.x if x0 is None else x0
+        adjoint0 = warm.adjoint
+    else:
+        adjoint0 = None
+    x0 = problem.x0 if x0 is None else x0
+    tol = None if tol is None else jnp.asarray(tol, dtype=float)
+    linear_tol = None if linear_tol is None else jnp.asarray(linear_tol, dtype=float)
+    value, grad, x, diag, adjoint = _compute(method, problem, theta, solver, x0, adjoint0, tol, linear_tol)
+    out = Hypergradient(value=value, grad=grad, x=x, diagnostics=diag, adjoint=adjoint)
+    return enforce(diag, policy, out, where=f"invcal.hypergradient({type(method).__name__})")

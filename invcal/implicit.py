@@ -1,0 +1,242 @@
+r"""The implicit-function-theorem core.
+
+At a solution F(x*, θ) = 0 with A = ∂F/∂x invertible,
+
+    dx*/dθ = −A⁻¹ ∂F/∂θ,      dE/dθ = ∂E/∂θ − (A⁻ᵀ ∇ₓE)ᵀ ∂F/∂θ.
+
+Two entry points share the linear operator built here:
+
+* :func:`implicit_solution` wraps an already-computed x* in a ``custom_jvp`` whose tangent
+  rule solves A ẋ = −(∂F/∂θ θ̇ + ∂F/∂d ḋ) with lineax. Reverse mode comes from lineax's
+  transposition of that solve, so ``jax.grad``, ``jax.jacfwd``, ``jit`` and ``vmap`` all
+  work on any function of the solution.
+* :func:`adjoint_solve` / :func:`tangent_solve` do the reverse (one solve with Aᵀ) and
+  forward (one solve per hyperparameter) computations explicitly, warm-startable and
+  returning the linear-solve diagnostics that ``custom_jvp`` cannot carry out.
+
+For non-smooth inner problems the Jacobian lives on the active set: with a mask m the
+system becomes m⊙A(m⊙v) + (1−m)⊙v = m⊙b, which pins the inactive entries to zero and, for
+proximal-gradient fixed points (A_SS = ηH_SS), is symmetric positive definite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from lineax import RESULTS
+
+from .solvers.base import tree_norm
+
+__all__ = ["Neumann", "implicit_solution", "adjoint_solve", "tangent_solve", "system_operator"]
+
+
+def _tmap(f, *trees):
+    return jax.tree_util.tree_map(f, *trees)
+
+
+class Neumann(lx.AbstractLinearSolver):
+    r"""Truncated Neumann series (Richardson iteration) for A v = b:
+
+        v_{j+1} = v_j + s (b − A v_j),   v_0 = y0 (default 0),
+
+    so that from zero v_k = s Σ_{j<k} (I − sA)^j b. For the fixed-point residual
+    A = I − ∂T/∂x with s = 1 this is v_k = Σ_{j<k} (∂T/∂x)^j b, converging when T is a
+    contraction. The solve reports success only if ‖b − A v_k‖ ≤ atol + rtol‖b‖; pass
+    ``rtol=float('inf')`` to accept a fixed number of terms as an approximation.
+    """
+
+    num_terms: int = 100
+    step: float = 1.0
+    rtol: float = 1e-8
+    atol: float = 0.0
+
+    def init(self, operator, options):
+        if operator.in_structure() != operator.out_structure():
+            raise ValueError("Neumann needs a square operator.")
+        return operator
+
+    def compute(self, state, vector, options):
+        operator = state
+        y0 = options.get("y0", _tmap(jnp.zeros_like, vector))
+
+        def body(_, v):
+            r = _tmap(jnp.subtract, vector, operator.mv(v))
+            return _tmap(lambda a, b: a + self.step * b, v, r)
+
+        v = jax.lax.fori_loop(0, self.num_terms, body, y0)
+        res = tree_norm(_tmap(jnp.subtract, vector, operator.mv(v)))
+        ok = res <= self.atol + self.rtol * tree_norm(vector)
+        result = RESULTS.where(ok, RESULTS.successful, RESULTS.max_steps_reached)
+        return v, result, {"num_steps": jnp.asarray(self.num_terms)}
+
+    def transpose(self, state, options):
+        return state.transpose(), {}
+
+    def conj(self, state, options):
+        return lx.conj(state), {}
+
+    def assume_full_rank(self):
+        return True
+
+
+class SystemSpec(eqx.Module):
+    """Which residual defines the implicit system, and its structure."""
+
+    use_fixed_point: bool = eqx.field(static=True)
+    symmetric: bool = eqx.field(static=True)
+
+
+def system_spec(problem, linear_solver, system: str | None) -> SystemSpec:
+    """Pick the residual for the implicit system and check the linear solver fits it."""
+    if problem.fixed_steps:
+        raise ValueError(
+            f"problem {problem.name!r} defines its solution as a fixed number of steps "
+            "(fixed_steps=True), which is not a fixed point of anything that depends on θ: "
+            "implicit differentiation does not apply. Use Unrolled(), ForwardUnrolled(), "
+            "Truncated(k) or RTHO."
+        )
+    if system is None:
+        prefer_fp = isinstance(linear_solver, Neumann) and problem.fixed_point is not None
+        use_fp = prefer_fp or not problem.has_optimality
+    elif system == "fixed_point":
+        if problem.fixed_point is None:
+            raise ValueError(f"system='fixed_point' but problem {problem.name!r} has no fixed_point.")
+        use_fp = True
+    elif system == "optimality":
+        if not problem.has_optimality:
+            raise ValueError(
+                f"system='optimality' but problem {problem.name!r} has neither optimality= nor objective=."
+            )
+        use_fp = False
+    else:
+        raise ValueError(f"system must be None, 'optimality' or 'fixed_point'; got {system!r}.")
+    if use_fp:
+        symmetric = problem.symmetric and problem.support is not None
+    else:
+        symmetric = problem.symmetric or (problem.optimality is None and problem.objective is not None)
+    if isinstance(linear_solver, lx.CG) and not symmetric:
+        raise ValueError(
+            f"Implicit(linear_solver=CG) needs a symmetric system, but problem {problem.name!r} "
+            + (
+                "differentiates a fixed-point map x − T(x, θ), whose Jacobian is not symmetric "
+                "(plain CG then returns wrong hypergradients). "
+                if use_fp
+                else "declares an optimality map that is not known to be symmetric. "
+            )
+            + "Use lineax.GMRES or lineax.NormalCG, give the problem objective= (a Hessian is "
+            "symmetric), or pass symmetric=True with support= for a proximal fixed point."
+        )
+    return SystemSpec(use_fixed_point=use_fp, symmetric=symmetric)
+
+
+def _residual_fn(problem, spec: SystemSpec):
+    if spec.use_fixed_point:
+        return problem.fixed_point_residual
+    return problem.residual
+
+
+def system_operator(problem, spec: SystemSpec, x, theta, data, mask=None) -> lx.AbstractLinearOperator:
+    """A = ∂F/∂x at (x, θ), restricted to ``mask`` when given, as a lineax operator."""
+    F = _residual_fn(problem, spec)
+
+    def Fx(v):
+        return F(v, theta, data)
+
+    _, jvp_fn = jax.linearize(Fx, x)
+    if mask is None:
+        mv = jvp_fn
+    else:
+        def mv(v):
+            inner = jvp_fn(_tmap(lambda m, a: jnp.where(m, a, 0.0), mask, v))
+            return _tmap(lambda m, a, b: jnp.where(m, a, b), mask, inner, v)
+    tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if spec.symmetric else ()
+    structure = jax.eval_shape(lambda: x)
+    return lx.FunctionLinearOperator(mv, structure, tags)
+
+
+def _masked(mask, tree):
+    if mask is None:
+        return tree
+    return _tmap(lambda m, a: jnp.where(m, a, 0.0), mask, tree)
+
+
+def _none_like(tree):
+    return jax.tree_util.tree_map(lambda _: None, tree)
+
+
+@eqx.filter_custom_jvp
+def _implicit(x_star, theta, data, *, problem, spec, linear_solver, use_mask):
+    return x_star
+
+
+@_implicit.def_jvp
+def _implicit_jvp(primals, tangents, *, problem, spec, linear_solver, use_mask):
+    x_star, theta, data = primals
+    _, t_theta, t_data = tangents
+    F = _residual_fn(problem, spec)
+    # None marks a symbolic-zero tangent (for a whole argument or for one leaf).
+    t_theta = _none_like(theta) if t_theta is None else t_theta
+    t_data = _none_like(data) if t_data is None else t_data
+    _, rhs = eqx.filter_jvp(lambda th, d: F(x_star, th, d), (theta, data), (t_theta, t_data))
+    mask = problem.support(x_star, theta, data) if use_mask else None
+    op = system_operator(problem, spec, x_star, theta, data, mask)
+    sol = lx.linear_solve(op, _tmap(jnp.negative, _masked(mask, rhs)), linear_solver, throw=True)
+    return x_star, sol.value
+
+
+def implicit_solution(problem, x_star, theta, data, *, spec, linear_solver, use_mask=False):
+    """x* as a differentiable function of (θ, data) via the implicit function theorem."""
+    x_star = jax.lax.stop_gradient(x_star)
+    return _implicit(
+        x_star, theta, data,
+        problem=problem, spec=spec, linear_solver=linear_solver, use_mask=use_mask,
+    )
+
+
+def _lin_diag(op, v, b, sol):
+    r = tree_norm(_tmap(jnp.subtract, op.mv(v), b))
+    bn = tree_norm(b)
+    rel = jnp.where(bn > 0, r / jnp.where(bn > 0, bn, 1.0), r)
+    ok = (sol.result == RESULTS.successful) & jnp.isfinite(rel)
+    steps = sol.stats.get("num_steps", jnp.asarray(1))
+    return jnp.asarray(steps), rel, ok
+
+
+def adjoint_solve(
+    problem, spec, x_star, theta, data, grad_x, *, linear_solver, mask=None, y0: Any = None
+):
+    """Solve Aᵀ v = ∇ₓE (restricted to ``mask``); return (v, −(∂F/∂θ)ᵀ v, steps, rel. residual, ok)."""
+    op = system_operator(problem, spec, x_star, theta, data, mask).transpose()
+    b = _masked(mask, grad_x)
+    options = {} if y0 is None else {"y0": _masked(mask, y0)}
+    sol = lx.linear_solve(op, b, linear_solver, options=options, throw=False)
+    v = sol.value
+    steps, rel, ok = _lin_diag(op, v, b, sol)
+    F = _residual_fn(problem, spec)
+    _, vjp_theta = jax.vjp(lambda th: F(x_star, th, data), theta)
+    (g,) = vjp_theta(v)
+    return v, _tmap(jnp.negative, g), steps, rel, ok
+
+
+def tangent_solve(problem, spec, x_star, theta_flat, unravel, data, *, linear_solver, mask=None):
+    """Forward mode: Z[:, i] = −A⁻¹ ∂F/∂θ_i for each of the p hyperparameters (vmapped).
+
+    Returns (Z as a pytree with a leading axis of size p, steps, rel. residual, ok), the
+    worst case over the p solves."""
+    F = _residual_fn(problem, spec)
+    op = system_operator(problem, spec, x_star, unravel(theta_flat), data, mask)
+    p = theta_flat.shape[0]
+
+    def one(e):
+        _, b = jax.jvp(lambda t: F(x_star, unravel(t), data), (theta_flat,), (e,))
+        b = _tmap(jnp.negative, _masked(mask, b))
+        sol = lx.linear_solve(op, b, linear_solver, throw=False)
+        steps, rel, ok = _lin_diag(op, sol.value, b, sol)
+        return sol.value, steps, rel, ok
+
+    Z, steps, rel, ok = jax.vmap(one)(jnp.eye(p, dtype=theta_flat.dtype))
+    return Z, jnp.max(steps), jnp.max(rel), jnp.all(ok)

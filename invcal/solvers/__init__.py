@@ -1,0 +1,15 @@
+"""Inner solvers (see :class:`AbstractInnerSolver`)."""
+
+from .base import AbstractInnerSolver, InnerSolution, tree_norm
+from .fixed_point import FISTA, FixedPointIteration, FixedSteps
+from .newton import Newton
+
+__all__ = [
+    "AbstractInnerSolver",
+    "InnerSolution",
+    "tree_norm",
+    "FixedPointIteration",
+    "FISTA",
+    "FixedSteps",
+    "Newton",
+]

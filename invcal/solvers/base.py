@@ -1,0 +1,90 @@
+"""Inner solvers: they only iterate. ``init/step`` make the iteration explicit (so the
+unrolled hypergradients can differentiate through it); ``solve`` runs it to a tolerance
+under ``lax.while_loop`` and returns an :class:`InnerSolution` with its diagnostics."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+__all__ = ["AbstractInnerSolver", "InnerSolution", "tree_norm"]
+
+
+def tree_norm(tree) -> jax.Array:
+    """Euclidean norm of a pytree of arrays."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves))
+
+
+class InnerSolution(eqx.Module):
+    """Result of an inner solve.
+
+    ``residual`` is ‖F(x, θ)‖₂ (or ‖x − T(x, θ)‖₂) at the returned ``x``; ``converged`` is
+    ``residual <= tol`` (always ``True`` for solutions defined by a fixed number of steps).
+    """
+
+    x: Any
+    num_steps: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+    tol: jax.Array
+
+
+class AbstractInnerSolver(eqx.Module):
+    """Base class: subclasses define ``init``, ``step``, ``current`` and ``residual``.
+
+    ``tol`` is an absolute bound on the residual norm; ``max_steps`` bounds the iteration.
+    """
+
+    tol: float
+    max_steps: int
+
+    @abc.abstractmethod
+    def init(self, problem, x0, theta, data) -> Any:
+        """Iteration state at x0."""
+
+    @abc.abstractmethod
+    def step(self, problem, state, theta, data) -> Any:
+        """One iteration: state → state. Must be differentiable in θ for unrolling."""
+
+    @abc.abstractmethod
+    def current(self, state):
+        """The current iterate x of a state."""
+
+    def cheap_residual(self, problem, state, theta, data) -> jax.Array:
+        """A residual norm available from the state (used by the stopping test)."""
+        return self.residual(problem, self.current(state), theta, data)
+
+    def residual(self, problem, x, theta, data) -> jax.Array:
+        """The residual norm that defines convergence of ``x``."""
+        return tree_norm(problem.fixed_point_residual(x, theta, data))
+
+    def check_problem(self, problem) -> None:
+        """Raise a clear error if this solver cannot iterate on ``problem``."""
+
+    def solve(self, problem, x0, theta, data=None, *, tol=None) -> InnerSolution:
+        """Iterate from ``x0`` until the residual is below ``tol`` or ``max_steps``."""
+        self.check_problem(problem)
+        data = problem.data if data is None else data
+        tol = jnp.asarray(self.tol if tol is None else tol)
+        theta = jax.lax.stop_gradient(theta)
+        state0 = self.init(problem, x0, theta, data)
+
+        def cond(carry):
+            k, _, res = carry
+            return (k < self.max_steps) & (res > tol)
+
+        def body(carry):
+            k, state, _ = carry
+            state = self.step(problem, state, theta, data)
+            return k + 1, state, self.cheap_residual(problem, state, theta, data)
+
+        res0 = self.cheap_residual(problem, state0, theta, data)
+        k, state, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), state0, res0))
+        x = self.current(state)
+        res = self.residual(problem, x, theta, data)
+        return InnerSolution(x=x, num_steps=k, residual=res, converged=res <= tol, tol=tol)
