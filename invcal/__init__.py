@@ -12,9 +12,11 @@ from .hypergradient import (
     solve,
 )
 from .implicit import Neumann
+from .outer import HOAG, RTHO, TuneResult, grid_search, random_search, tune
 from .problem import Problem
 from .solvers import FISTA, AbstractInnerSolver, FixedPointIteration, FixedSteps, InnerSolution, Newton
 from .space import Bounded, Identity, Log, Param, Softplus, Space
+from .testing import check_hypergradient
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,13 @@ __all__ = [
     "Space",
     "Truncated",
     "Unrolled",
+    "HOAG",
+    "RTHO",
+    "TuneResult",
+    "check_hypergradient",
+    "grid_search",
     "hypergradient",
+    "random_search",
     "solve",
+    "tune",
 ]

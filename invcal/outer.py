@@ -1,0 +1,615 @@
+"""The outer loop: drive θ to the optimum of E(x*(θ), θ) by hypergradients.
+
+:func:`tune` works in the space's unconstrained coordinates z (so positive and bounded
+hyperparameters stay feasible) with any optax ``GradientTransformation`` (``"gd"``,
+``"adam"``, ``"lbfgs"`` by name), with :class:`HOAG` (Pedregosa 2016) or with :class:`RTHO`
+(Franceschi et al. 2017). Every outer step warm-starts the inner solve from the previous x*
+(and the implicit adjoint solve from the previous adjoint), appends a row to the history and
+writes ``results.json`` atomically, so a killed run resumes from its last finished step.
+:func:`grid_search` and :func:`random_search` are the baselines, with the same history rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .diagnostics import OnFailure
+from .hypergradient import AbstractHypergradient, Hypergradient, Implicit, _check_args, hypergradient
+from .solvers.fixed_point import FixedSteps
+from .testing import _describe, grad_z
+
+__all__ = ["HOAG", "RTHO", "TuneResult", "tune", "grid_search", "random_search"]
+
+RESULTS_FILE = "results.json"
+
+
+# --------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------
+_DECREASE = ("quadratic", "cubic", "exponential")
+
+
+class HOAG(eqx.Module):
+    r"""Hyperparameter optimization with approximate gradient (Pedregosa, ICML 2016).
+
+    At outer step k the inner solve and the implicit linear solve are run only to tolerance
+    ε_k, a summable sequence (``"quadratic"``: ε₀/k², ``"cubic"``: ε₀/k³,
+    ``"exponential"``: ε₀·0.9^k, floored at ``min_tol``); θ moves by z ← z − g/L. A step is
+    accepted when E does not increase by more than the inexactness allows,
+    E_new ≤ E_old + C(ε_k + ε_{k−1}); then L shrinks by ``shrink``; otherwise the step is
+    rejected and L doubles. The initial L is 1/learning_rate.
+    """
+
+    tol0: float = 1e-3
+    decrease: str = eqx.field(default="quadratic", static=True)
+    C: float = 0.25
+    shrink: float = 0.95
+    min_tol: float = 1e-12
+
+    def __check_init__(self):
+        if self.decrease not in _DECREASE:
+            raise ValueError(f"HOAG decrease must be one of {_DECREASE}; got {self.decrease!r}.")
+        if not self.tol0 > 0:
+            raise ValueError(f"HOAG tol0 must be > 0; got {self.tol0!r}.")
+
+    def tolerance(self, k: int) -> float:
+        k = max(int(k), 1)
+        if self.decrease == "quadratic":
+            eps = self.tol0 / k**2
+        elif self.decrease == "cubic":
+            eps = self.tol0 / k**3
+        else:
+            eps = self.tol0 * 0.9**k
+        return max(eps, self.min_tol)
+
+
+class RTHO(eqx.Module):
+    r"""Real-time hyperparameter optimization (Franceschi et al., ICML 2017).
+
+    The inner iteration and its forward-mode tangent Z_t = ∂s_t/∂z are advanced together
+    (Z_t = A_t Z_{t−1} + B_t, one JVP per hyperparameter entry); every ``delta`` inner steps
+    θ is updated from the current hypergradient ∂E/∂z + Z_tᵀ∇ₓE(x_t) without waiting for the
+    inner solve to finish. For a problem whose solution is a fixed number of steps (a
+    training run), the run restarts from x0 (with Z = 0) once it reaches its length. The
+    hypergradients are approximate by design; rows record the inner residual at x_t.
+    ``optimizer`` (an optax transformation) defaults to SGD with tune's learning rate.
+    """
+
+    delta: int = eqx.field(default=10, static=True)
+    optimizer: Any = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        if int(self.delta) < 1:
+            raise ValueError(f"RTHO delta must be >= 1; got {self.delta!r}.")
+
+
+def _make_optimizer(optimizer, learning_rate):
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer, _describe_opt(optimizer)
+    if isinstance(optimizer, str):
+        name = optimizer.lower()
+        if name == "gd":
+            return optax.sgd(learning_rate), "gd"
+        if name == "adam":
+            return optax.adam(learning_rate), "adam"
+        if name == "lbfgs":
+            return optax.lbfgs(), "lbfgs"
+        if name == "hoag":
+            return HOAG(), "hoag"
+        if name == "rtho":
+            return RTHO(), "rtho"
+    if isinstance(optimizer, (HOAG, RTHO)):
+        return optimizer, type(optimizer).__name__.lower()
+    raise ValueError(
+        "optimizer must be 'gd', 'adam', 'lbfgs', 'hoag', 'rtho', an optax.GradientTransformation, "
+        f"invcal.HOAG(...) or invcal.RTHO(...); got {optimizer!r}."
+    )
+
+
+def _describe_opt(opt) -> str:
+    return getattr(opt, "__name__", None) or "optax"
+
+
+# --------------------------------------------------------------------------------------
+# History and results.json
+# --------------------------------------------------------------------------------------
+def _to_json(v):
+    a = np.asarray(v)
+    return a.item() if a.shape == () else a.tolist()
+
+
+def _theta_json(theta) -> dict:
+    return {k: _to_json(v) for k, v in theta.items()}
+
+
+def _space_json(space) -> dict:
+    return {
+        k: {"shape": list(p.init.shape), "transform": repr(p.transform)}
+        for k, p in space.params.items()
+    }
+
+
+def _atomic_write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, allow_nan=True)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TuneResult:
+    """Outcome of :func:`tune` / :func:`grid_search` / :func:`random_search`.
+
+    ``theta`` is the best evaluated θ (lowest criterion; for gradient methods usually the
+    last), ``value`` its criterion, ``x`` the inner solution at the last evaluation,
+    ``history`` the rows, ``results`` the whole results.json content.
+    """
+
+    theta: dict
+    z: np.ndarray
+    value: float
+    x: Any
+    history: list[dict]
+    results: dict
+    hypergradient: Hypergradient | None = None
+    path: Path | None = None
+    evaluations: int = field(default=0)
+
+
+class _Recorder:
+    """Accumulates rows and writes results.json after each one."""
+
+    def __init__(self, problem, *, method, optimizer_name, learning_rate, steps, out, resume, meta):
+        self.problem = problem
+        self.path = None if out is None else Path(out) / RESULTS_FILE
+        self.t0 = time.perf_counter()
+        self.results = {
+            "invcal_version": _version(),
+            "problem": problem.name,
+            "method": method,
+            "optimizer": optimizer_name,
+            "learning_rate": learning_rate,
+            "steps_requested": steps,
+            "names": problem.space.flat_names(),
+            "space": _space_json(problem.space),
+            "history": [],
+            "finished": False,
+            "best": None,
+            "landscape": None,
+            "state": None,
+            "extra": {},
+        }
+        self.results.update(meta or {})
+        self.elapsed0 = 0.0
+        if resume and self.path is not None and self.path.exists():
+            self._load_previous()
+
+    def _load_previous(self):
+        try:
+            prev = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot resume from {self.path}: {e}") from None
+        for key in ("problem", "names", "optimizer"):
+            if prev.get(key) != self.results.get(key):
+                raise ValueError(
+                    f"cannot resume from {self.path}: it holds a run with {key}="
+                    f"{prev.get(key)!r}, this run has {key}={self.results.get(key)!r}. "
+                    "Use another --out directory, or drop --resume to start over."
+                )
+        self.results["history"] = prev.get("history", [])
+        self.results["state"] = prev.get("state")
+        self.results["best"] = prev.get("best")
+        if self.results["history"]:
+            self.elapsed0 = float(self.results["history"][-1].get("elapsed", 0.0))
+
+    @property
+    def history(self) -> list[dict]:
+        return self.results["history"]
+
+    @property
+    def resumed_state(self):
+        return self.results.get("state")
+
+    def add(self, *, z, theta, value, grad_z_=None, diag=None, accepted=True, wall, state=None, **extra):
+        row = {
+            "step": len(self.history),
+            "z": _to_json(z),
+            "theta": _theta_json(theta),
+            "value": float(value),
+            "grad_norm": None if grad_z_ is None else float(np.linalg.norm(np.asarray(grad_z_))),
+            "grad_z": None if grad_z_ is None else _to_json(grad_z_),
+            "accepted": bool(accepted),
+            "wall_time": wall,
+            "elapsed": self.elapsed0 + time.perf_counter() - self.t0,
+        }
+        if diag is not None:
+            d = diag.as_dict()
+            row.update(
+                inner_steps=d["inner_steps"], inner_residual=d["inner_residual"],
+                linear_steps=d["linear_steps"], linear_residual=d["linear_residual"],
+                converged=d["inner_converged"] and d["linear_converged"],
+            )
+        row.update(extra)
+        self.history.append(row)
+        best = self.results["best"]
+        if math.isfinite(row["value"]) and (best is None or row["value"] < best["value"]):
+            self.results["best"] = {"step": row["step"], "theta": row["theta"], "value": row["value"], "z": row["z"]}
+        self.results["state"] = state
+        self.write()
+        return row
+
+    def write(self):
+        if self.path is not None:
+            _atomic_write(self.path, self.results)
+
+    def finish(self, x=None, hg=None) -> TuneResult:
+        self.results["finished"] = True
+        self.write()
+        best = self.results["best"]
+        if best is None:
+            raise RuntimeError("no finite criterion value was evaluated; nothing to report.")
+        return TuneResult(
+            theta={k: np.asarray(v) for k, v in best["theta"].items()},
+            z=np.asarray(best["z"]),
+            value=best["value"],
+            x=x,
+            history=self.history,
+            results=self.results,
+            hypergradient=hg,
+            path=self.path,
+            evaluations=len(self.history),
+        )
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _tree_to_json(tree):
+    leaves, _ = jax.tree_util.tree_flatten(tree)
+    return [_to_json(leaf) for leaf in leaves]
+
+
+def _tree_from_json(like, leaves):
+    ref, treedef = jax.tree_util.tree_flatten(like)
+    if len(ref) != len(leaves):
+        raise ValueError("saved optimizer state does not match this optimizer; drop --resume.")
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(v, dtype=jnp.asarray(r).dtype).reshape(jnp.shape(r)) for r, v in zip(ref, leaves)]
+    )
+
+
+# --------------------------------------------------------------------------------------
+# tune
+# --------------------------------------------------------------------------------------
+def _value_fn_z(problem, solver, method):
+    from .hypergradient import solve
+
+    def value(z, x0):
+        theta = problem.space.to_theta(z)
+        x = solve(problem, theta, solver=solver, method=method, x0=x0)
+        return problem.criterion(x, theta, problem.data)
+
+    return value
+
+
+def tune(
+    problem,
+    *,
+    solver,
+    method: AbstractHypergradient | None = None,
+    optimizer="adam",
+    learning_rate: float = 0.1,
+    steps: int = 50,
+    theta0: dict | None = None,
+    out=None,
+    resume: bool = False,
+    progress=None,
+    on_failure: OnFailure | str = OnFailure.RAISE,
+    meta: dict | None = None,
+) -> TuneResult:
+    """Minimize E(x*(θ), θ) over θ by hypergradient steps.
+
+    **Arguments**
+
+    - ``problem``, ``solver``, ``method`` (default ``Implicit()``).
+    - ``optimizer``: ``"gd"``, ``"adam"``, ``"lbfgs"`` (optax's L-BFGS with zoom line
+      search, whose trial points are differentiated through :func:`invcal.solve`), any
+      ``optax.GradientTransformation``, ``HOAG(...)``/``"hoag"`` or ``RTHO(...)``/``"rtho"``.
+    - ``learning_rate``: step size in z (the initial 1/L for HOAG).
+    - ``steps``: number of outer evaluations (hyperparameter updates for RTHO).
+    - ``theta0``: initial θ (default: the space's initial values).
+    - ``out``: directory for ``results.json``, written after every step; ``resume=True``
+      continues a run found there.
+    - ``progress``: ``callable(step, total, row)`` called after each step.
+    - ``on_failure``: policy for unconverged solves (HOAG records and adapts instead).
+    - ``meta``: extra top-level entries for results.json.
+    """
+    method = Implicit() if method is None else method
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive finite number; got {learning_rate!r}.")
+    opt, opt_name = _make_optimizer(optimizer, float(learning_rate))
+    theta0 = problem.space.init() if theta0 is None else theta0
+    theta0 = _check_args(problem, theta0, solver, method, argument="theta0")
+    policy = OnFailure.parse(on_failure)
+    rec = _Recorder(
+        problem, method=_describe(method), optimizer_name=opt_name, learning_rate=float(learning_rate),
+        steps=int(steps), out=out, resume=resume, meta=meta,
+    )
+    if isinstance(opt, HOAG):
+        return _tune_hoag(problem, solver, method, opt, float(learning_rate), int(steps), theta0, rec, progress)
+    if isinstance(opt, RTHO):
+        return _tune_rtho(problem, solver, opt, float(learning_rate), int(steps), theta0, rec, progress)
+    return _tune_optax(problem, solver, method, opt, opt_name, int(steps), theta0, rec, progress, policy)
+
+
+def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, progress, policy):
+    space = problem.space
+    z = space.to_z(theta0)
+    opt_state = opt.init(z)
+    saved = rec.resumed_state
+    if saved is not None and rec.history:
+        z = jnp.asarray(saved["z"], dtype=z.dtype)
+        opt_state = _tree_from_json(opt_state, saved["opt_state"])
+    is_lbfgs = opt_name == "lbfgs"
+    if is_lbfgs:
+        # The zoom line search evaluates E (and its gradient, through invcal.solve) at trial
+        # points; compiled once per run, warm-started from the last x*.
+        value_fn = _value_fn_z(problem, solver, method)
+
+        @eqx.filter_jit
+        def update(gz, opt_state, z, value, x0):
+            return opt.update(
+                gz, opt_state, z, value=value, grad=gz, value_fn=lambda zz: value_fn(zz, x0)
+            )
+    else:
+        update = jax.jit(opt.update)
+    hg = None
+    x0 = problem.x0
+    for _ in range(len(rec.history), steps):
+        t = time.perf_counter()
+        theta = space.to_theta(z)
+        hg = hypergradient(problem, theta, solver=solver, method=method, x0=x0, warm=hg, on_failure=policy)
+        gz = grad_z(problem, theta, hg.grad)
+        if is_lbfgs:
+            updates, opt_state = update(gz, opt_state, z, hg.value, hg.x)
+        else:
+            updates, opt_state = update(gz, opt_state, z)
+        z_next = optax.apply_updates(z, updates)
+        x0 = hg.x
+        row = rec.add(
+            z=z, theta=theta, value=hg.value, grad_z_=gz, diag=hg.diagnostics,
+            wall=time.perf_counter() - t,
+            state={"z": _to_json(z_next), "opt_state": _tree_to_json(opt_state)},
+        )
+        z = z_next
+        if progress is not None:
+            progress(row["step"] + 1, steps, row)
+    return rec.finish(None if hg is None else hg.x, hg)
+
+
+def _tune_hoag(problem, solver, method, hoag, learning_rate, steps, theta0, rec, progress):
+    space = problem.space
+    saved = rec.resumed_state
+    z = space.to_z(theta0)
+    L = 1.0 / learning_rate
+    k = 1
+    if saved is not None and rec.history:
+        z = jnp.asarray(saved["z"], dtype=z.dtype)
+        L, k = float(saved["L"]), int(saved["k"])
+    hg = None
+    cur = None  # (z, value, grad_z, eps) of the last accepted point
+
+    def evaluate(z, eps, warm):
+        theta = space.to_theta(z)
+        h = hypergradient(
+            problem, theta, solver=solver, method=method, warm=warm, tol=eps, linear_tol=eps,
+            on_failure="record",
+        )
+        return theta, h, grad_z(problem, theta, h.grad)
+
+    while len(rec.history) < steps:
+        t = time.perf_counter()
+        eps = hoag.tolerance(k)
+        if cur is None:
+            theta, hg, gz = evaluate(z, eps, hg)
+            accepted = True
+            cur = (z, float(hg.value), gz, eps)
+        else:
+            z_try = cur[0] - cur[2] / L
+            theta, h_try, gz_try = evaluate(z_try, eps, hg)
+            allowance = hoag.C * (eps + cur[3])
+            accepted = bool(float(h_try.value) <= cur[1] + allowance)
+            if accepted:
+                L *= hoag.shrink
+                hg, z, gz = h_try, z_try, gz_try
+                cur = (z, float(hg.value), gz, eps)
+                k += 1
+            else:
+                L *= 2.0
+                hg_row, gz = h_try, gz_try
+        h_row = hg if accepted else hg_row
+        row = rec.add(
+            z=z if accepted else z_try, theta=theta, value=h_row.value, grad_z_=gz,
+            diag=h_row.diagnostics, accepted=accepted, wall=time.perf_counter() - t,
+            state={"z": _to_json(cur[0]), "L": L, "k": k}, tol=eps, L=L,
+        )
+        if progress is not None:
+            progress(row["step"] + 1, steps, row)
+    return rec.finish(None if hg is None else hg.x, hg)
+
+
+def _tune_rtho(problem, solver, rtho, learning_rate, steps, theta0, rec, progress):
+    space = problem.space
+    solver.check_problem(problem)
+    if problem.fixed_point is None:
+        raise ValueError(
+            f"RTHO advances the inner iteration step by step and needs problem {problem.name!r} "
+            "to define fixed_point=T(x, theta, data)."
+        )
+    opt = optax.sgd(learning_rate) if rtho.optimizer is None else rtho.optimizer
+    z = space.to_z(theta0)
+    opt_state = opt.init(z)
+    saved = rec.resumed_state
+    if saved is not None and rec.history:
+        z = jnp.asarray(saved["z"], dtype=z.dtype)
+        opt_state = _tree_from_json(opt_state, saved["opt_state"])
+    run_length = solver.num_steps if isinstance(solver, FixedSteps) else None
+    p = z.shape[0]
+    data = problem.data
+    state = solver.init(problem, problem.x0, space.to_theta(z), data)
+    Z = jax.tree_util.tree_map(lambda a: jnp.zeros((p,) + jnp.shape(a), jnp.result_type(a, float)), state)
+    update = jax.jit(opt.update)
+    t_run = 0
+    for _ in range(len(rec.history), steps):
+        t = time.perf_counter()
+        n = rtho.delta if run_length is None else min(rtho.delta, run_length - t_run)
+        state, Z, value, gz, res = _rtho_chunk(problem, solver, state, Z, z, n)
+        t_run += n
+        updates, opt_state = update(gz, opt_state, z)
+        z_next = optax.apply_updates(z, updates)
+        theta = space.to_theta(z)
+        row = rec.add(
+            z=z, theta=theta, value=value, grad_z_=gz, diag=None, wall=time.perf_counter() - t,
+            state={"z": _to_json(z_next), "opt_state": _tree_to_json(opt_state)},
+            inner_steps=int(t_run), inner_residual=float(res), linear_steps=0, linear_residual=0.0,
+            converged=run_length is not None and t_run == run_length,
+        )
+        z = z_next
+        if run_length is not None and t_run >= run_length:
+            state = solver.init(problem, problem.x0, space.to_theta(z), data)
+            Z = jax.tree_util.tree_map(jnp.zeros_like, Z)
+            t_run = 0
+        if progress is not None:
+            progress(row["step"] + 1, steps, row)
+    return rec.finish(solver.current(state), None)
+
+
+@eqx.filter_jit
+def _rtho_chunk(problem, solver, state, Z, z, n):
+    space, data = problem.space, problem.data
+    eye = jnp.eye(z.shape[0], dtype=z.dtype)
+
+    def one(carry, _):
+        s, Zs = carry
+        s_new, f_lin = jax.linearize(lambda s_, z_: solver.step(problem, s_, space.to_theta(z_), data), s, z)
+        Zs_new = jax.vmap(f_lin)(Zs, eye)
+        return (s_new, Zs_new), None
+
+    (state, Z), _ = jax.lax.scan(one, (state, Z), None, length=n)
+    x, Zx = solver.current(state), solver.current(Z)
+
+    def E(x_, z_):
+        return problem.criterion(x_, space.to_theta(z_), data)
+
+    value, (gx, gz_direct) = jax.value_and_grad(E, argnums=(0, 1))(x, z)
+    gz = gz_direct + jax.vmap(lambda zx: sum(
+        jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(zx), jax.tree_util.tree_leaves(gx))
+    ))(Zx)
+    res = solver.residual(problem, x, space.to_theta(z), data)
+    return state, Z, value, gz, res
+
+
+# --------------------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------------------
+@eqx.filter_jit
+def _value_at(problem, solver, theta, x0):
+    sol = solver.solve(problem, x0, theta)
+    return problem.criterion(sol.x, theta, problem.data), sol
+
+
+def _evaluate_points(problem, solver, thetas, rec, progress, total):
+    x0 = problem.x0
+    last_x = None
+    for theta in thetas[len(rec.history):]:
+        t = time.perf_counter()
+        theta = problem.space.validate(theta)
+        value, sol = _value_at(problem, solver, theta, x0)
+        if not bool(sol.converged):
+            raise RuntimeError(
+                f"grid/random search: the inner solve did not converge at θ={_theta_json(theta)} "
+                f"(residual {float(sol.residual):.3g} after {int(sol.num_steps)} steps); raise "
+                "the solver's max_steps."
+            )
+        x0 = last_x = sol.x
+        row = rec.add(
+            z=problem.space.to_z(theta), theta=theta, value=value, wall=time.perf_counter() - t,
+            inner_steps=int(sol.num_steps), inner_residual=float(sol.residual), linear_steps=0,
+            linear_residual=0.0, converged=True,
+        )
+        if progress is not None:
+            progress(row["step"] + 1, total, row)
+    return rec.finish(last_x, None)
+
+
+def grid_search(problem, *, solver, grid: dict, out=None, resume=False, progress=None, meta=None) -> TuneResult:
+    """Evaluate E at every point of the product grid ``{name: values}`` (user values),
+    warm-starting each inner solve from the previous point. Array-valued θ entries are set
+    to the same value in every component."""
+    _check_args(problem, problem.space.init(), solver, Implicit(), argument="theta")
+    unknown = set(grid) - set(problem.space.names)
+    if unknown or not grid:
+        raise ValueError(
+            f"grid must map hyperparameter names {list(problem.space.names)} to 1-D value arrays; "
+            f"got names {sorted(grid)}."
+        )
+    axes = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in grid.items()}
+    base = problem.space.init()
+    thetas = []
+    for combo in itertools.product(*axes.values()):
+        theta = dict(base)
+        for name, v in zip(axes, combo):
+            theta[name] = jnp.full(base[name].shape, v)
+        thetas.append(theta)
+    rec = _Recorder(
+        problem, method="grid", optimizer_name="grid", learning_rate=0.0, steps=len(thetas),
+        out=out, resume=resume, meta=meta,
+    )
+    return _evaluate_points(problem, solver, thetas, rec, progress, len(thetas))
+
+
+def random_search(
+    problem, *, solver, bounds: dict, num: int = 20, seed: int = 0, out=None, resume=False,
+    progress=None, meta=None,
+) -> TuneResult:
+    """Evaluate E at ``num`` points drawn uniformly in z between the transformed ``bounds``
+    ``{name: (lo, hi)}`` (user values; log-uniform for Log-transformed entries)."""
+    _check_args(problem, problem.space.init(), solver, Implicit(), argument="theta")
+    if set(bounds) - set(problem.space.names):
+        raise ValueError(f"bounds names {sorted(bounds)} are not all in {list(problem.space.names)}.")
+    rng = np.random.default_rng(seed)
+    base = problem.space.init()
+    thetas = []
+    for _ in range(int(num)):
+        theta = dict(base)
+        for name, (lo, hi) in bounds.items():
+            tr = problem.space.params[name].transform
+            zlo, zhi = float(tr.inverse(jnp.asarray(lo))), float(tr.inverse(jnp.asarray(hi)))
+            zs = rng.uniform(zlo, zhi, size=base[name].shape)
+            theta[name] = tr.forward(jnp.asarray(zs))
+        thetas.append(theta)
+    rec = _Recorder(
+        problem, method="random", optimizer_name="random", learning_rate=0.0, steps=len(thetas),
+        out=out, resume=resume, meta=meta,
+    )
+    return _evaluate_points(problem, solver, thetas, rec, progress, len(thetas))
