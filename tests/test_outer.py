@@ -1,0 +1,146 @@
+"""The outer loop on ridge regression with a held-out criterion (interior optimum, known by
+a fine grid of closed-form solutions)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import invcal as ic
+
+RNG = np.random.default_rng(3)
+N, P = 40, 12
+_W = RNG.normal(size=P)
+_X = RNG.normal(size=(2 * N, P))
+_Y = _X @ _W + 2.0 * RNG.normal(size=2 * N)
+DATA = tuple(jnp.asarray(a) for a in (_X[:N], _Y[:N], _X[N:], _Y[N:]))
+LIP = float(np.linalg.norm(_X[:N], 2) ** 2) / N
+
+
+def objective(x, th, data):
+    A, b, _, _ = data
+    return 0.5 * jnp.mean((A @ x - b) ** 2) + 0.5 * th["lam"] * jnp.sum(x**2)
+
+
+def step(x, th, data):
+    return x - jax.grad(objective)(x, th, data) / (LIP + th["lam"])
+
+
+def held_out(x, th, data):
+    _, _, C, d = data
+    return 0.5 * jnp.mean((C @ x - d) ** 2)
+
+
+PROBLEM = ic.Problem(
+    space=ic.Space(lam=ic.Param(1.0, ic.Log())), criterion=held_out, x0=jnp.zeros(P), data=DATA,
+    objective=objective, fixed_point=step, name="ridge",
+)
+SOLVER = ic.Newton(tol=1e-11)
+
+
+def closed_form_value(lam):
+    A, b, C, d = (np.asarray(a) for a in DATA)
+    x = np.linalg.solve(A.T @ A / N + lam * np.eye(P), A.T @ b / N)
+    return 0.5 * np.mean((C @ x - d) ** 2)
+
+
+@pytest.fixture(scope="module")
+def optimum():
+    lams = np.logspace(-4, 2, 2001)
+    vals = np.array([closed_form_value(v) for v in lams])
+    i = int(np.argmin(vals))
+    assert 0 < i < len(lams) - 1, "test problem must have an interior optimum"
+    return lams[i], vals[i]
+
+
+@pytest.mark.parametrize(
+    "optimizer, lr, steps",
+    [("gd", 1.0, 60), ("adam", 0.3, 60), ("lbfgs", 1.0, 12), (ic.HOAG(tol0=1e-4), 1.0, 40)],
+    ids=["gd", "adam", "lbfgs", "hoag"],
+)
+def test_tune_reaches_grid_optimum(optimizer, lr, steps, optimum):
+    res = ic.tune(PROBLEM, solver=SOLVER, optimizer=optimizer, learning_rate=lr, steps=steps)
+    lam_star, val_star = optimum
+    assert res.value <= val_star * 1.001
+    assert abs(np.log(float(res.theta["lam"]) / lam_star)) < 0.1
+    assert res.history[0]["value"] > res.value
+    # every gradient row carries its diagnostics
+    for row in res.history:
+        assert row["converged"] and row["inner_steps"] >= 0 and row["grad_norm"] is not None
+
+
+def test_hoag_rejects_too_long_steps_and_recovers(optimum):
+    # From below the optimum, a step of 1/L = 100 in log λ overshoots far past it: rejected.
+    res = ic.tune(
+        PROBLEM, solver=SOLVER, optimizer=ic.HOAG(tol0=1e-4), learning_rate=100.0, steps=30,
+        theta0={"lam": 1e-3},
+    )
+    assert any(not row["accepted"] for row in res.history)
+    assert res.value <= optimum[1] * 1.01
+    tols = [row["tol"] for row in res.history]
+    assert tols[-1] < tols[0]
+
+
+def test_rtho_reaches_grid_optimum(optimum):
+    res = ic.tune(
+        PROBLEM, solver=ic.FixedPointIteration(), optimizer=ic.RTHO(delta=25),
+        learning_rate=0.5, steps=150,
+    )
+    final_lam = float(res.history[-1]["theta"]["lam"])
+    assert closed_form_value(final_lam) <= optimum[1] * 1.01
+    assert res.history[-1]["inner_steps"] == 150 * 25
+
+
+def test_results_written_every_step_and_resume_matches(tmp_path):
+    seen = []
+
+    def progress(step, total, row):
+        saved = json.loads((tmp_path / "results.json").read_text())
+        seen.append((step, total, len(saved["history"])))
+
+    ic.tune(PROBLEM, solver=SOLVER, optimizer="adam", steps=3, out=tmp_path, progress=progress)
+    assert seen == [(1, 3, 1), (2, 3, 2), (3, 3, 3)]
+    resumed = ic.tune(PROBLEM, solver=SOLVER, optimizer="adam", steps=6, out=tmp_path, resume=True)
+    straight = ic.tune(PROBLEM, solver=SOLVER, optimizer="adam", steps=6)
+    assert len(resumed.history) == 6
+    np.testing.assert_allclose(
+        [r["z"][0] for r in resumed.history], [r["z"][0] for r in straight.history], rtol=1e-10
+    )
+    with pytest.raises(ValueError, match="cannot resume"):
+        ic.tune(PROBLEM, solver=SOLVER, optimizer="gd", steps=7, out=tmp_path, resume=True)
+
+
+def test_grid_and_random_search_rows(tmp_path, optimum):
+    grid = ic.grid_search(PROBLEM, solver=SOLVER, grid={"lam": np.logspace(-3, 1, 9)}, out=tmp_path)
+    assert len(grid.history) == 9 and grid.history[0]["grad_norm"] is None
+    assert grid.value == min(r["value"] for r in grid.history)
+    assert (tmp_path / "results.json").exists()
+    rnd = ic.random_search(PROBLEM, solver=SOLVER, bounds={"lam": (1e-3, 10.0)}, num=8, seed=1)
+    lams = [r["theta"]["lam"] for r in rnd.history]
+    assert len(lams) == 8 and all(1e-3 <= v <= 10.0 for v in lams)
+    with pytest.raises(ValueError, match="grid must map"):
+        ic.grid_search(PROBLEM, solver=SOLVER, grid={"mu": [1.0]})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"learning_rate": -1.0}, "learning_rate must be a positive"),
+        ({"optimizer": "sgdx"}, "optimizer must be"),
+        ({"theta0": {"lam": -1.0}}, "must be > 0"),
+        ({"theta0": {"lam": float("nan")}}, "NaN"),
+        ({"theta0": {"mu": 1.0}}, "unknown"),
+    ],
+)
+def test_bad_arguments_fail_before_work(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ic.tune(PROBLEM, solver=SOLVER, **kwargs)
+
+
+def test_any_optax_transformation_is_accepted():
+    res = ic.tune(PROBLEM, solver=SOLVER, optimizer=optax.rmsprop(0.05), steps=5)
+    assert len(res.history) == 5 and res.history[-1]["value"] < res.history[0]["value"]
