@@ -50,7 +50,10 @@ __all__ = [
 
 
 def _tree_vdot(a, b):
-    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return sum(
+        jnp.vdot(u, v)
+        for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
 
 
 class Hypergradient(eqx.Module):
@@ -90,9 +93,10 @@ class Implicit(AbstractHypergradient):
 
     **Arguments**
 
-    - ``linear_solver``: a lineax solver (``lx.CG``, ``lx.NormalCG``, ``lx.GMRES``,
-      ``lx.BiCGStab``, ``lx.LU`` for dense direct) or :class:`invcal.Neumann`. ``None``
-      picks CG for symmetric systems and GMRES otherwise.
+    - ``linear_solver``: a lineax solver (``lx.CG`` for symmetric systems;
+      ``lx.Normal(lx.CG(...))``, ``lx.GMRES``, ``lx.BiCGStab`` for any; ``lx.LU`` for dense
+      direct) or :class:`invcal.Neumann`. ``None`` picks CG for symmetric systems and GMRES
+      otherwise.
     - ``mode``: ``"reverse"`` (one adjoint solve Aᵀv = ∇ₓE; best for many θ) or
       ``"forward"`` (one solve per θ entry; best for few θ).
     - ``active_set``: restrict the system to ``problem.support`` (non-smooth inner problems).
@@ -112,40 +116,61 @@ class Implicit(AbstractHypergradient):
     def __check_init__(self):
         if self.mode not in _MODES:
             raise ValueError(f"Implicit mode must be 'reverse' or 'forward'; got {self.mode!r}.")
-        if self.linear_solver is not None and not isinstance(self.linear_solver, lx.AbstractLinearSolver):
+        if self.linear_solver is not None and not isinstance(
+            self.linear_solver, lx.AbstractLinearSolver
+        ):
             raise TypeError(
-                "Implicit linear_solver must be a lineax solver (lx.CG(rtol, atol), lx.GMRES(...), "
-                f"lx.NormalCG(...), lx.BiCGStab(...), lx.LU()) or invcal.Neumann(k); got {self.linear_solver!r}."
+                "Implicit linear_solver must be a lineax solver (lx.CG(rtol, atol), "
+                "lx.GMRES(...), lx.Normal(lx.CG(...)), lx.BiCGStab(...), lx.LU()) or "
+                f"invcal.Neumann(k); got {self.linear_solver!r}."
             )
+
+    def _spec(self, problem, lin):
+        return system_spec(problem, lin, self.system, active_set=self.active_set)
 
     def _linear(self, problem, linear_tol=None):
         lin = self.linear_solver
         if lin is None:
-            sym = system_spec(problem, lx.GMRES(1e-10, 1e-12), self.system).symmetric
+            sym = self._spec(problem, lx.GMRES(1e-10, 1e-12)).symmetric
             lin = (
                 lx.CG(rtol=1e-10, atol=1e-12, max_steps=10_000)
                 if sym
                 else lx.GMRES(rtol=1e-10, atol=1e-12, restart=50, max_steps=10_000)
             )
-        if linear_tol is not None and hasattr(lin, "rtol"):
-            lin = eqx.tree_at(lambda s: s.rtol, lin, linear_tol)
+        if linear_tol is not None:
+            # lx.Normal wraps the iterative solver that owns the tolerance (HOAG's linear_tol
+            # was silently ignored for lx.Normal(lx.CG(...))). Direct solvers have none.
+            if hasattr(lin, "rtol"):
+                lin = eqx.tree_at(lambda s: s.rtol, lin, linear_tol)
+            elif isinstance(lin, lx.Normal) and hasattr(lin.inner_solver, "rtol"):
+                lin = eqx.tree_at(lambda s: s.inner_solver.rtol, lin, linear_tol)
         return lin
 
     def check(self, problem, solver):
-        lin = self._linear(problem)
-        system_spec(problem, lin, self.system)
         if self.active_set and problem.support is None:
             raise ValueError(
                 f"Implicit(active_set=True) needs problem {problem.name!r} to define "
                 "support=(x, theta, data) -> bool mask of the active set."
             )
+        if isinstance(solver, FixedSteps) and not problem.fixed_steps:
+            # FixedSteps reports every run as converged, so the implicit derivative would be
+            # taken at x_n instead of x* without any diagnostic saying so.
+            raise ValueError(
+                "Implicit() differentiates the fixed point x*(θ), but "
+                f"FixedSteps({solver.num_steps}) stops after a fixed number of steps without "
+                "checking convergence. Use a solver with a tolerance (FISTA(), "
+                "FixedPointIteration(), Newton()), or differentiate the steps themselves with "
+                "Unrolled(), ForwardUnrolled() or Truncated(k)."
+            )
+        self._spec(problem, self._linear(problem))
 
     def solution(self, problem, theta, solver, x0):
         lin = self._linear(problem)
-        spec = system_spec(problem, lin, self.system)
+        spec = self._spec(problem, lin)
         sol = solver.solve(problem, x0, theta)
         x = eqx.error_if(
-            sol.x, ~sol.converged,
+            sol.x,
+            ~sol.converged,
             "invcal.solve: the inner solve did not reach its tolerance; the implicit "
             "derivative would be wrong. Raise the solver's max_steps or loosen its tol.",
         )
@@ -158,7 +183,7 @@ class Implicit(AbstractHypergradient):
     def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
         data = problem.data
         lin = self._linear(problem, linear_tol)
-        spec = system_spec(problem, lin, self.system)
+        spec = self._spec(problem, lin)
         sol = solver.solve(problem, x0, theta, tol=tol)
         x = sol.x
         mask = problem.support(x, theta, data) if self.active_set else None
@@ -178,8 +203,12 @@ class Implicit(AbstractHypergradient):
             grad = unravel(g_flat)
             v = adjoint0
         diag = Diagnostics(
-            inner_steps=sol.num_steps, inner_residual=sol.residual, inner_converged=sol.converged,
-            linear_steps=steps, linear_residual=rel, linear_converged=ok,
+            inner_steps=sol.num_steps,
+            inner_residual=sol.residual,
+            inner_converged=sol.converged,
+            linear_steps=steps,
+            linear_residual=rel,
+            linear_converged=ok,
         )
         return value, grad, x, diag, v
 
@@ -222,7 +251,9 @@ def _unrolled_solution(solver, problem, theta, x0, n_total, n_diff, checkpoint):
 
 
 def _unrolled_diag(solver, problem, x, theta, n_total, tol):
-    res = solver.residual(problem, jax.lax.stop_gradient(x), jax.lax.stop_gradient(theta), problem.data)
+    res = solver.residual(
+        problem, jax.lax.stop_gradient(x), jax.lax.stop_gradient(theta), problem.data
+    )
     if problem.fixed_steps or isinstance(solver, FixedSteps):
         conv = jnp.asarray(True)
     else:
@@ -337,6 +368,11 @@ def solve(problem, theta, *, solver, method=None, x0=None):
     method = Implicit() if method is None else method
     theta = _check_args(problem, theta, solver, method)
     x0 = problem.x0 if x0 is None else x0
+    return _solution(method, problem, theta, solver, x0)
+
+
+@eqx.filter_jit
+def _solution(method, problem, theta, solver, x0):
     return method.solution(problem, theta, solver, x0)
 
 
@@ -373,13 +409,25 @@ def hypergradient(
     policy = OnFailure.parse(on_failure)
     theta = _check_args(problem, theta, solver, method)
     if warm is not None:
-        x0 = warm.x if x0 is None else x0
+        # A fixed-step solution is defined by its start: warm-starting it would change
+        # what x_T(θ) means (T more steps of training), so only the adjoint is reused.
+        if x0 is None and not problem.fixed_steps:
+            x0 = warm.x
         adjoint0 = warm.adjoint
     else:
         adjoint0 = None
     x0 = problem.x0 if x0 is None else x0
-    tol = None if tol is None else jnp.asarray(tol, dtype=float)
+    # Normalise the arguments that vary between outer steps so that the compiled
+    # computation is reused: a cold start and a warm start (zero initial adjoint, lineax's
+    # own default) or a default and an explicit tolerance would otherwise trace twice.
+    if adjoint0 is None and isinstance(method, Implicit) and method.mode == "reverse":
+        adjoint0 = jax.tree_util.tree_map(
+            lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a, float)), x0
+        )
+    tol = jnp.asarray(solver.tol if tol is None else tol, dtype=float)
     linear_tol = None if linear_tol is None else jnp.asarray(linear_tol, dtype=float)
-    value, grad, x, diag, adjoint = _compute(method, problem, theta, solver, x0, adjoint0, tol, linear_tol)
+    value, grad, x, diag, adjoint = _compute(
+        method, problem, theta, solver, x0, adjoint0, tol, linear_tol
+    )
     out = Hypergradient(value=value, grad=grad, x=x, diagnostics=diag, adjoint=adjoint)
     return enforce(diag, policy, out, where=f"invcal.hypergradient({type(method).__name__})")

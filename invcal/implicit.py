@@ -54,6 +54,16 @@ class Neumann(lx.AbstractLinearSolver):
     rtol: float = 1e-8
     atol: float = 0.0
 
+    def __check_init__(self):
+        if int(self.num_terms) < 1:
+            raise ValueError(f"Neumann num_terms must be >= 1; got {self.num_terms!r}.")
+        if not self.step > 0:
+            raise ValueError(f"Neumann step must be > 0; got {self.step!r}.")
+        if not (self.rtol >= 0 and self.atol >= 0):
+            raise ValueError(
+                f"Neumann tolerances must be >= 0; got rtol={self.rtol!r}, atol={self.atol!r}."
+            )
+
     def init(self, operator, options):
         if operator.in_structure() != operator.out_structure():
             raise ValueError("Neumann needs a square operator.")
@@ -69,7 +79,9 @@ class Neumann(lx.AbstractLinearSolver):
 
         v = jax.lax.fori_loop(0, self.num_terms, body, y0)
         res = tree_norm(_tmap(jnp.subtract, vector, operator.mv(v)))
-        ok = res <= self.atol + self.rtol * tree_norm(vector)
+        bn = tree_norm(vector)
+        # where(): rtol=inf with b = 0 would give inf·0 = nan and report a failure.
+        ok = res <= self.atol + jnp.where(bn > 0, self.rtol * bn, 0.0)
         result = RESULTS.where(ok, RESULTS.successful, RESULTS.max_steps_reached)
         return v, result, {"num_steps": jnp.asarray(self.num_terms)}
 
@@ -90,8 +102,20 @@ class SystemSpec(eqx.Module):
     symmetric: bool = eqx.field(static=True)
 
 
-def system_spec(problem, linear_solver, system: str | None) -> SystemSpec:
-    """Pick the residual for the implicit system and check the linear solver fits it."""
+def _is_plain_cg(linear_solver) -> bool:
+    # lx.CG needs a symmetric (positive definite) operator. lx.Normal(lx.CG(...)) (what the
+    # deprecated lx.NormalCG returns) is not a CG instance: it runs CG on AᵀA, which is
+    # symmetric for any A, so it is fine for non-symmetric systems.
+    return isinstance(linear_solver, lx.CG)
+
+
+def system_spec(problem, linear_solver, system: str | None, active_set: bool = False) -> SystemSpec:
+    """Pick the residual for the implicit system and check the linear solver fits it.
+
+    ``active_set`` says whether the system will be restricted to ``problem.support``: a
+    problem that defines ``support`` declares ``symmetric=True`` for the restricted system
+    only (a proximal-gradient fixed point is symmetric on its support, not off it).
+    """
     if problem.fixed_steps:
         raise ValueError(
             f"problem {problem.name!r} defines its solution as a fixed number of steps "
@@ -104,31 +128,52 @@ def system_spec(problem, linear_solver, system: str | None) -> SystemSpec:
         use_fp = prefer_fp or not problem.has_optimality
     elif system == "fixed_point":
         if problem.fixed_point is None:
-            raise ValueError(f"system='fixed_point' but problem {problem.name!r} has no fixed_point.")
+            raise ValueError(
+                f"system='fixed_point' but problem {problem.name!r} has no fixed_point."
+            )
         use_fp = True
     elif system == "optimality":
         if not problem.has_optimality:
             raise ValueError(
-                f"system='optimality' but problem {problem.name!r} has neither optimality= nor objective=."
+                f"system='optimality' but problem {problem.name!r} has neither optimality= "
+                "nor objective=."
             )
         use_fp = False
     else:
         raise ValueError(f"system must be None, 'optimality' or 'fixed_point'; got {system!r}.")
+    # The declared symmetry holds for the whole system only when the problem has no support;
+    # with a support it holds on the active set, so it counts only when the system is
+    # restricted to it. Tagging the unrestricted system symmetric would make lineax use A for
+    # Aᵀ in reverse mode: a wrong hypergradient with a tiny linear residual (found by the
+    # Lasso tests: GMRES on the full prox fixed point was 5% off, silently).
+    declared = problem.symmetric and (problem.support is None or active_set)
     if use_fp:
-        symmetric = problem.symmetric and problem.support is not None
+        # x − T(x, θ) of a proximal map: symmetric only on the support, so insist on one.
+        symmetric = declared and problem.support is not None
     else:
-        symmetric = problem.symmetric or (problem.optimality is None and problem.objective is not None)
-    if isinstance(linear_solver, lx.CG) and not symmetric:
+        hessian = problem.optimality is None and problem.objective is not None
+        symmetric = hessian or declared
+    if _is_plain_cg(linear_solver) and not symmetric:
+        if use_fp and problem.symmetric and problem.support is not None:
+            why = (
+                "declares symmetric=True for its support only, and Implicit(active_set=False) "
+                "differentiates the full fixed-point map, whose Jacobian is not symmetric. "
+                "Pass Implicit(..., active_set=True), or "
+            )
+        elif use_fp:
+            why = (
+                "differentiates a fixed-point map x − T(x, θ), whose Jacobian is not symmetric "
+                "(plain CG then returns wrong hypergradients). Pass symmetric=True with "
+                "support= and Implicit(active_set=True) for a proximal fixed point, give the "
+                "problem objective= (a Hessian is symmetric), or "
+            )
+        else:
+            why = "declares an optimality map that is not known to be symmetric. "
         raise ValueError(
             f"Implicit(linear_solver=CG) needs a symmetric system, but problem {problem.name!r} "
-            + (
-                "differentiates a fixed-point map x − T(x, θ), whose Jacobian is not symmetric "
-                "(plain CG then returns wrong hypergradients). "
-                if use_fp
-                else "declares an optimality map that is not known to be symmetric. "
-            )
-            + "Use lineax.GMRES or lineax.NormalCG, give the problem objective= (a Hessian is "
-            "symmetric), or pass symmetric=True with support= for a proximal fixed point."
+            + why
+            + "use lx.GMRES(...), lx.BiCGStab(...) or lx.Normal(lx.CG(...)), which do not "
+            "need symmetry."
         )
     return SystemSpec(use_fixed_point=use_fp, symmetric=symmetric)
 
@@ -139,7 +184,9 @@ def _residual_fn(problem, spec: SystemSpec):
     return problem.residual
 
 
-def system_operator(problem, spec: SystemSpec, x, theta, data, mask=None) -> lx.AbstractLinearOperator:
+def system_operator(
+    problem, spec: SystemSpec, x, theta, data, mask=None
+) -> lx.AbstractLinearOperator:
     """A = ∂F/∂x at (x, θ), restricted to ``mask`` when given, as a lineax operator."""
     F = _residual_fn(problem, spec)
 
@@ -150,9 +197,11 @@ def system_operator(problem, spec: SystemSpec, x, theta, data, mask=None) -> lx.
     if mask is None:
         mv = jvp_fn
     else:
+
         def mv(v):
             inner = jvp_fn(_tmap(lambda m, a: jnp.where(m, a, 0.0), mask, v))
             return _tmap(lambda m, a, b: jnp.where(m, a, b), mask, inner, v)
+
     tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if spec.symmetric else ()
     structure = jax.eval_shape(lambda: x)
     return lx.FunctionLinearOperator(mv, structure, tags)
@@ -192,8 +241,13 @@ def implicit_solution(problem, x_star, theta, data, *, spec, linear_solver, use_
     """x* as a differentiable function of (θ, data) via the implicit function theorem."""
     x_star = jax.lax.stop_gradient(x_star)
     return _implicit(
-        x_star, theta, data,
-        problem=problem, spec=spec, linear_solver=linear_solver, use_mask=use_mask,
+        x_star,
+        theta,
+        data,
+        problem=problem,
+        spec=spec,
+        linear_solver=linear_solver,
+        use_mask=use_mask,
     )
 
 
@@ -209,7 +263,9 @@ def _lin_diag(op, v, b, sol):
 def adjoint_solve(
     problem, spec, x_star, theta, data, grad_x, *, linear_solver, mask=None, y0: Any = None
 ):
-    """Solve Aᵀ v = ∇ₓE (restricted to ``mask``); return (v, −(∂F/∂θ)ᵀ v, steps, rel. residual, ok)."""
+    """Solve Aᵀ v = ∇ₓE (restricted to ``mask``).
+
+    Returns (v, −(∂F/∂θ)ᵀ v, steps, relative residual, ok)."""
     op = system_operator(problem, spec, x_star, theta, data, mask).transpose()
     b = _masked(mask, grad_x)
     options = {} if y0 is None else {"y0": _masked(mask, y0)}
