@@ -14,6 +14,16 @@ import jax.numpy as jnp
 __all__ = ["AbstractInnerSolver", "InnerSolution", "tree_norm"]
 
 
+def no_gradient(tree):
+    """``stop_gradient`` on the array leaves of ``tree`` (other leaves, e.g. ints used as
+    sizes, pass through). A solve to a tolerance is differentiated by the implicit function
+    theorem or not at all; without this, a derivative with respect to θ or the data would
+    be pushed through every iteration of the while loop and then thrown away."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, tree
+    )
+
+
 def tree_norm(tree) -> jax.Array:
     """Euclidean norm of a pytree of arrays."""
     leaves = jax.tree_util.tree_leaves(tree)
@@ -71,7 +81,7 @@ class AbstractInnerSolver(eqx.Module):
         self.check_problem(problem)
         data = problem.data if data is None else data
         tol = jnp.asarray(self.tol if tol is None else tol)
-        theta = jax.lax.stop_gradient(theta)
+        x0, theta, data = no_gradient((x0, theta, data))
         state0 = self.init(problem, x0, theta, data)
 
         def cond(carry):

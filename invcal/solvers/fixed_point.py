@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import AbstractInnerSolver, InnerSolution, tree_norm
+from .base import AbstractInnerSolver, InnerSolution, no_gradient, tree_norm
 
 __all__ = ["FixedPointIteration", "FISTA", "FixedSteps"]
 
@@ -15,7 +15,10 @@ def _tree_sub(a, b):
 
 
 def _tree_vdot(a, b):
-    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return sum(
+        jnp.vdot(u, v)
+        for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
 
 
 class _NeedsFixedPoint(AbstractInnerSolver):
@@ -112,12 +115,17 @@ class FixedSteps(_NeedsFixedPoint):
     def solve(self, problem, x0, theta, data=None, *, tol=None) -> InnerSolution:
         self.check_problem(problem)
         data = problem.data if data is None else data
-        theta = jax.lax.stop_gradient(theta)
+        x0, theta, data = no_gradient((x0, theta, data))
         state = jax.lax.fori_loop(
-            0, self.num_steps, lambda _, s: self.step(problem, s, theta, data),
+            0,
+            self.num_steps,
+            lambda _, s: self.step(problem, s, theta, data),
             self.init(problem, x0, theta, data),
         )
         return InnerSolution(
-            x=state[0], num_steps=jnp.asarray(self.num_steps), residual=state[1],
-            converged=jnp.asarray(True), tol=jnp.asarray(0.0),
+            x=state[0],
+            num_steps=jnp.asarray(self.num_steps),
+            residual=state[1],
+            converged=jnp.asarray(True),
+            tol=jnp.asarray(0.0),
         )

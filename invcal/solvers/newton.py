@@ -61,5 +61,7 @@ class Newton(AbstractInnerSolver):
             s = s / 2
             return s, i + 1, jnp.linalg.norm(F_c(flat_c - s * d_c))
 
-        s, _, _ = jax.lax.while_loop(cond, body, (jnp.asarray(1.0), 0, jnp.linalg.norm(F_c(flat_c - d_c))))
+        s, _, _ = jax.lax.while_loop(
+            cond, body, (jnp.asarray(1.0), 0, jnp.linalg.norm(F_c(flat_c - d_c)))
+        )
         return unravel(flat - s * d)
