@@ -101,7 +101,16 @@ class Bounded(AbstractTransform):
             )
 
     def forward(self, z):
-        return self.lo + (self.hi - self.lo) * jax.nn.sigmoid(z)
+        theta = self.lo + (self.hi - self.lo) * jax.nn.sigmoid(z)
+        # sigmoid(z) rounds to exactly 0 or 1 for |z| ≳ 37 (float64), which would put θ on a
+        # bound that ``check`` rejects; keep it strictly inside (the derivative there is
+        # below rounding anyway).
+        # (± tiny: XLA flushes the subnormal nextafter(0, 1) to 0.)
+        lo, hi = jnp.asarray(self.lo, theta.dtype), jnp.asarray(self.hi, theta.dtype)
+        tiny = jnp.finfo(theta.dtype).tiny
+        lo_in = jnp.maximum(jnp.nextafter(lo, hi), lo + tiny)
+        hi_in = jnp.minimum(jnp.nextafter(hi, lo), hi - tiny)
+        return jnp.clip(theta, lo_in, hi_in)
 
     def inverse(self, theta):
         u = (theta - self.lo) / (self.hi - self.lo)
@@ -149,7 +158,9 @@ class Space(eqx.Module):
         merged = dict(params or {})
         merged.update(kwargs)
         if not merged:
-            raise ValueError("Space needs at least one hyperparameter, e.g. Space(lam=Param(1.0, Log())).")
+            raise ValueError(
+                "Space needs at least one hyperparameter, e.g. Space(lam=Param(1.0, Log()))."
+            )
         for name, p in merged.items():
             if not isinstance(p, Param):
                 raise TypeError(f"Space entry {name!r} must be a Param; got {type(p).__name__}.")
@@ -208,7 +219,9 @@ class Space(eqx.Module):
 
     def to_z(self, theta: Mapping) -> jax.Array:
         """User θ → flat unconstrained vector z."""
-        parts = [jnp.ravel(p.transform.inverse(jnp.asarray(theta[k]))) for k, p in self.params.items()]
+        parts = [
+            jnp.ravel(p.transform.inverse(jnp.asarray(theta[k]))) for k, p in self.params.items()
+        ]
         return jnp.concatenate(parts)
 
     def to_theta(self, z: jax.Array) -> dict[str, jax.Array]:
