@@ -99,7 +99,8 @@ def _message(d: dict, where: str) -> str:
         parts.append(
             f"the implicit linear solve stopped after {d['linear_steps']} steps with relative "
             f"residual {d['linear_residual']:.3g} (raise the linear solver's max_steps, or use "
-            "a solver suited to the system: GMRES or NormalCG for a non-symmetric Jacobian)"
+            "a solver suited to the system: lx.GMRES or lx.Normal(lx.CG(...)) for a "
+            "non-symmetric Jacobian)"
         )
     return f"{where}: hypergradient is not reliable: " + "; ".join(parts) + "."
 
@@ -120,7 +121,8 @@ def enforce(diag: Diagnostics, on_failure: OnFailure, value, *, where: str = "in
     bad = ~jnp.all(diag.converged)
     if on_failure is OnFailure.RAISE:
         return eqx.error_if(
-            value, bad,
+            value,
+            bad,
             f"{where}: hypergradient from an unconverged inner or linear solve (see "
             "Diagnostics; pass on_failure='record' to inspect it)",
         )
@@ -128,7 +130,8 @@ def enforce(diag: Diagnostics, on_failure: OnFailure, value, *, where: str = "in
     def _warn(is_bad, steps, res, lsteps, lres):
         if bool(is_bad):
             warnings.warn(
-                f"{where}: hypergradient from an unconverged solve (inner steps {int(np.max(steps))}, "
+                f"{where}: hypergradient from an unconverged solve "
+                f"(inner steps {int(np.max(steps))}, "
                 f"residual {float(np.max(res)):.3g}; linear steps {int(np.max(lsteps))}, "
                 f"residual {float(np.max(lres)):.3g}).",
                 HypergradientNotConvergedWarning,

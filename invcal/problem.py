@@ -74,14 +74,18 @@ class Problem(eqx.Module):
 
     def __check_init__(self):
         if not isinstance(self.space, Space):
-            raise TypeError(f"Problem space must be an invcal.Space; got {type(self.space).__name__}.")
+            raise TypeError(
+                f"Problem space must be an invcal.Space; got {type(self.space).__name__}."
+            )
         if self.fixed_point is None and self.optimality is None and self.objective is None:
             raise ValueError(
                 "Problem needs an inner characterization: pass fixed_point=T(x, theta, data), "
                 "optimality=F(x, theta, data) or objective=f(x, theta, data)."
             )
         if not callable(self.criterion):
-            raise TypeError("Problem criterion must be a function criterion(x, theta, data) -> scalar.")
+            raise TypeError(
+                "Problem criterion must be a function criterion(x, theta, data) -> scalar."
+            )
         if self.fixed_steps and self.fixed_point is None:
             raise ValueError("fixed_steps=True needs fixed_point=T(x, theta, data): the step map.")
         _check_finite("Problem data", self.data)

@@ -79,8 +79,14 @@ def grad_z(problem, theta, grad_theta) -> jax.Array:
 
 
 def check_hypergradient(
-    problem, theta, method: AbstractHypergradient | None = None, *, solver, eps: float = 1e-5,
-    x0=None, on_failure="raise",
+    problem,
+    theta,
+    method: AbstractHypergradient | None = None,
+    *,
+    solver,
+    eps: float = 1e-5,
+    x0=None,
+    on_failure="raise",
 ) -> CheckResult:
     """Compare ``method``'s hypergradient with central finite differences at θ.
 
