@@ -276,6 +276,12 @@ class _Recorder:
         )
 
 
+def _warm_start(problem, x):
+    """Where the next inner solve starts: the last solution, except for a solution defined
+    by a fixed number of steps from ``problem.x0`` (warm-starting would change its meaning)."""
+    return problem.x0 if problem.fixed_steps else x
+
+
 def _version() -> str:
     from . import __version__
 
@@ -342,17 +348,24 @@ def tune(
     - ``on_failure``: policy for unconverged solves (HOAG records and adapts instead).
     - ``meta``: extra top-level entries for results.json.
     """
-    method = Implicit() if method is None else method
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}.")
     if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive finite number; got {learning_rate!r}.")
     opt, opt_name = _make_optimizer(optimizer, float(learning_rate))
     theta0 = problem.space.init() if theta0 is None else theta0
-    theta0 = _check_args(problem, theta0, solver, method, argument="theta0")
+    if isinstance(opt, RTHO):
+        # RTHO carries its own forward-mode tangents; no hypergradient method is involved.
+        _check_inner(problem, solver)
+        theta0 = problem.space.validate(theta0, argument="theta0")
+        method_name = "RTHO"
+    else:
+        method = Implicit() if method is None else method
+        theta0 = _check_args(problem, theta0, solver, method, argument="theta0")
+        method_name = _describe(method)
     policy = OnFailure.parse(on_failure)
     rec = _Recorder(
-        problem, method=_describe(method), optimizer_name=opt_name, learning_rate=float(learning_rate),
+        problem, method=method_name, optimizer_name=opt_name, learning_rate=float(learning_rate),
         steps=int(steps), out=out, resume=resume, meta=meta,
     )
     if isinstance(opt, HOAG):
@@ -384,18 +397,16 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
     else:
         update = jax.jit(opt.update)
     hg = None
-    x0 = problem.x0
     for _ in range(len(rec.history), steps):
         t = time.perf_counter()
         theta = space.to_theta(z)
-        hg = hypergradient(problem, theta, solver=solver, method=method, x0=x0, warm=hg, on_failure=policy)
+        hg = hypergradient(problem, theta, solver=solver, method=method, warm=hg, on_failure=policy)
         gz = grad_z(problem, theta, hg.grad)
         if is_lbfgs:
-            updates, opt_state = update(gz, opt_state, z, hg.value, hg.x)
+            updates, opt_state = update(gz, opt_state, z, hg.value, _warm_start(problem, hg.x))
         else:
             updates, opt_state = update(gz, opt_state, z)
         z_next = optax.apply_updates(z, updates)
-        x0 = hg.x
         row = rec.add(
             z=z, theta=theta, value=hg.value, grad_z_=gz, diag=hg.diagnostics,
             wall=time.perf_counter() - t,
@@ -532,6 +543,19 @@ def _rtho_chunk(problem, solver, state, Z, z, n):
 # --------------------------------------------------------------------------------------
 # Baselines
 # --------------------------------------------------------------------------------------
+def _check_inner(problem, solver):
+    """The checks of ``hypergradient`` that concern the inner solve only (baselines need no
+    hypergradient method, so they also serve fixed-step problems)."""
+    from .problem import Problem
+    from .solvers.base import AbstractInnerSolver
+
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be an invcal.Problem; got {type(problem).__name__}.")
+    if not isinstance(solver, AbstractInnerSolver):
+        raise TypeError(f"solver must be an invcal inner solver; got {solver!r}.")
+    solver.check_problem(problem)
+
+
 @eqx.filter_jit
 def _value_at(problem, solver, theta, x0):
     sol = solver.solve(problem, x0, theta)
@@ -551,7 +575,8 @@ def _evaluate_points(problem, solver, thetas, rec, progress, total):
                 f"(residual {float(sol.residual):.3g} after {int(sol.num_steps)} steps); raise "
                 "the solver's max_steps."
             )
-        x0 = last_x = sol.x
+        last_x = sol.x
+        x0 = _warm_start(problem, sol.x)
         row = rec.add(
             z=problem.space.to_z(theta), theta=theta, value=value, wall=time.perf_counter() - t,
             inner_steps=int(sol.num_steps), inner_residual=float(sol.residual), linear_steps=0,
@@ -566,7 +591,7 @@ def grid_search(problem, *, solver, grid: dict, out=None, resume=False, progress
     """Evaluate E at every point of the product grid ``{name: values}`` (user values),
     warm-starting each inner solve from the previous point. Array-valued θ entries are set
     to the same value in every component."""
-    _check_args(problem, problem.space.init(), solver, Implicit(), argument="theta")
+    _check_inner(problem, solver)
     unknown = set(grid) - set(problem.space.names)
     if unknown or not grid:
         raise ValueError(
@@ -594,7 +619,7 @@ def random_search(
 ) -> TuneResult:
     """Evaluate E at ``num`` points drawn uniformly in z between the transformed ``bounds``
     ``{name: (lo, hi)}`` (user values; log-uniform for Log-transformed entries)."""
-    _check_args(problem, problem.space.init(), solver, Implicit(), argument="theta")
+    _check_inner(problem, solver)
     if set(bounds) - set(problem.space.names):
         raise ValueError(f"bounds names {sorted(bounds)} are not all in {list(problem.space.names)}.")
     rng = np.random.default_rng(seed)

@@ -144,3 +144,29 @@ def test_bad_arguments_fail_before_work(kwargs, match):
 def test_any_optax_transformation_is_accepted():
     res = ic.tune(PROBLEM, solver=SOLVER, optimizer=optax.rmsprop(0.05), steps=5)
     assert len(res.history) == 5 and res.history[-1]["value"] < res.history[0]["value"]
+
+
+def _fixed_step_problem():
+    # x_T after 5 steps of x ← x − η(x − 1) from 0: x_T = 1 − (1 − η)^5. Warm-starting would
+    # silently turn it into 10, 15, ... steps.
+    return ic.Problem(
+        space=ic.Space(eta=ic.Param(0.1, ic.Bounded(0.0, 1.0))),
+        criterion=lambda x, th, d: (x - 0.5) ** 2,
+        x0=jnp.asarray(0.0),
+        fixed_point=lambda x, th, d: x - th["eta"] * (x - 1.0),
+        fixed_steps=True,
+        name="five-steps",
+    )
+
+
+def test_fixed_step_solutions_are_never_warm_started():
+    problem = _fixed_step_problem()
+    solver = ic.FixedSteps(5)
+    grid = ic.grid_search(problem, solver=solver, grid={"eta": [0.1, 0.1, 0.1]})
+    expected = (1 - 0.9**5 - 0.5) ** 2
+    np.testing.assert_allclose([r["value"] for r in grid.history], expected, rtol=1e-12)
+    res = ic.tune(problem, solver=solver, method=ic.ForwardUnrolled(), optimizer="adam",
+                  learning_rate=0.1, steps=4)
+    for row in res.history:
+        eta = row["theta"]["eta"]
+        np.testing.assert_allclose(row["value"], (1 - (1 - eta) ** 5 - 0.5) ** 2, rtol=1e-12)
