@@ -28,7 +28,13 @@ import numpy as np
 import optax
 
 from .diagnostics import OnFailure
-from .hypergradient import AbstractHypergradient, Hypergradient, Implicit, _check_args, hypergradient
+from .hypergradient import (
+    AbstractHypergradient,
+    Hypergradient,
+    Implicit,
+    _check_args,
+    hypergradient,
+)
 from .solvers.fixed_point import FixedSteps
 from .testing import _describe, grad_z
 
@@ -48,10 +54,14 @@ class HOAG(eqx.Module):
 
     At outer step k the inner solve and the implicit linear solve are run only to tolerance
     ε_k, a summable sequence (``"quadratic"``: ε₀/k², ``"cubic"``: ε₀/k³,
-    ``"exponential"``: ε₀·0.9^k, floored at ``min_tol``); θ moves by z ← z − g/L. A step is
-    accepted when E does not increase by more than the inexactness allows,
-    E_new ≤ E_old + C(ε_k + ε_{k−1}); then L shrinks by ``shrink``; otherwise the step is
-    rejected and L doubles. The initial L is 1/learning_rate.
+    ``"exponential"``: ε₀·0.9^k, floored at ``min_tol``); θ moves by z ← z − g/L.
+
+    The step size follows Pedregosa's rules, which allow for the inexactness: L starts at
+    ‖g₀‖·p (a first step of unit length in z; 1 if ‖g₀‖ ≤ 1e-3), or at 1/``step0`` when given;
+    after a step Δz, if E_new − ε_k ≤ E_old + ε_{k−1}(1 + ‖Δz‖) − (L/2)‖Δz‖² (sufficient
+    decrease up to the tolerances) L shrinks by ``shrink``; if E merely does not increase by
+    more than C(ε_k + ε_{k−1}) L is kept; otherwise the step is rejected (θ returns to the
+    last accepted point, so the criterion never creeps up) and L doubles.
     """
 
     tol0: float = 1e-3
@@ -59,6 +69,7 @@ class HOAG(eqx.Module):
     C: float = 0.25
     shrink: float = 0.95
     min_tol: float = 1e-12
+    step0: float | None = None
 
     def __check_init__(self):
         if self.decrease not in _DECREASE:
@@ -225,7 +236,9 @@ class _Recorder:
     def resumed_state(self):
         return self.results.get("state")
 
-    def add(self, *, z, theta, value, grad_z_=None, diag=None, accepted=True, wall, state=None, **extra):
+    def add(
+        self, *, z, theta, value, grad_z_=None, diag=None, accepted=True, wall, state=None, **extra
+    ):
         row = {
             "step": len(self.history),
             "z": _to_json(z),
@@ -240,15 +253,22 @@ class _Recorder:
         if diag is not None:
             d = diag.as_dict()
             row.update(
-                inner_steps=d["inner_steps"], inner_residual=d["inner_residual"],
-                linear_steps=d["linear_steps"], linear_residual=d["linear_residual"],
+                inner_steps=d["inner_steps"],
+                inner_residual=d["inner_residual"],
+                linear_steps=d["linear_steps"],
+                linear_residual=d["linear_residual"],
                 converged=d["inner_converged"] and d["linear_converged"],
             )
         row.update(extra)
         self.history.append(row)
         best = self.results["best"]
         if math.isfinite(row["value"]) and (best is None or row["value"] < best["value"]):
-            self.results["best"] = {"step": row["step"], "theta": row["theta"], "value": row["value"], "z": row["z"]}
+            self.results["best"] = {
+                "step": row["step"],
+                "theta": row["theta"],
+                "value": row["value"],
+                "z": row["z"],
+            }
         self.results["state"] = state
         self.write()
         return row
@@ -298,7 +318,11 @@ def _tree_from_json(like, leaves):
     if len(ref) != len(leaves):
         raise ValueError("saved optimizer state does not match this optimizer; drop --resume.")
     return jax.tree_util.tree_unflatten(
-        treedef, [jnp.asarray(v, dtype=jnp.asarray(r).dtype).reshape(jnp.shape(r)) for r, v in zip(ref, leaves)]
+        treedef,
+        [
+            jnp.asarray(v, dtype=jnp.asarray(r).dtype).reshape(jnp.shape(r))
+            for r, v in zip(ref, leaves, strict=True)
+        ],
     )
 
 
@@ -339,7 +363,8 @@ def tune(
     - ``optimizer``: ``"gd"``, ``"adam"``, ``"lbfgs"`` (optax's L-BFGS with zoom line
       search, whose trial points are differentiated through :func:`invcal.solve`), any
       ``optax.GradientTransformation``, ``HOAG(...)``/``"hoag"`` or ``RTHO(...)``/``"rtho"``.
-    - ``learning_rate``: step size in z (the initial 1/L for HOAG).
+    - ``learning_rate``: step size in z for the optax optimizers and RTHO (HOAG sets its
+      own, see :class:`HOAG`).
     - ``steps``: number of outer evaluations (hyperparameter updates for RTHO).
     - ``theta0``: initial θ (default: the space's initial values).
     - ``out``: directory for ``results.json``, written after every step; ``resume=True``
@@ -350,7 +375,11 @@ def tune(
     """
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+    if not (
+        isinstance(learning_rate, (int, float))
+        and math.isfinite(learning_rate)
+        and learning_rate > 0
+    ):
         raise ValueError(f"learning_rate must be a positive finite number; got {learning_rate!r}.")
     opt, opt_name = _make_optimizer(optimizer, float(learning_rate))
     theta0 = problem.space.init() if theta0 is None else theta0
@@ -365,14 +394,24 @@ def tune(
         method_name = _describe(method)
     policy = OnFailure.parse(on_failure)
     rec = _Recorder(
-        problem, method=method_name, optimizer_name=opt_name, learning_rate=float(learning_rate),
-        steps=int(steps), out=out, resume=resume, meta=meta,
+        problem,
+        method=method_name,
+        optimizer_name=opt_name,
+        learning_rate=float(learning_rate),
+        steps=int(steps),
+        out=out,
+        resume=resume,
+        meta=meta,
     )
     if isinstance(opt, HOAG):
-        return _tune_hoag(problem, solver, method, opt, float(learning_rate), int(steps), theta0, rec, progress)
+        return _tune_hoag(problem, solver, method, opt, int(steps), theta0, rec, progress)
     if isinstance(opt, RTHO):
-        return _tune_rtho(problem, solver, opt, float(learning_rate), int(steps), theta0, rec, progress)
-    return _tune_optax(problem, solver, method, opt, opt_name, int(steps), theta0, rec, progress, policy)
+        return _tune_rtho(
+            problem, solver, opt, float(learning_rate), int(steps), theta0, rec, progress
+        )
+    return _tune_optax(
+        problem, solver, method, opt, opt_name, int(steps), theta0, rec, progress, policy
+    )
 
 
 def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, progress, policy):
@@ -408,7 +447,11 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
             updates, opt_state = update(gz, opt_state, z)
         z_next = optax.apply_updates(z, updates)
         row = rec.add(
-            z=z, theta=theta, value=hg.value, grad_z_=gz, diag=hg.diagnostics,
+            z=z,
+            theta=theta,
+            value=hg.value,
+            grad_z_=gz,
+            diag=hg.diagnostics,
             wall=time.perf_counter() - t,
             state={"z": _to_json(z_next), "opt_state": _tree_to_json(opt_state)},
         )
@@ -418,22 +461,28 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
     return rec.finish(None if hg is None else hg.x, hg)
 
 
-def _tune_hoag(problem, solver, method, hoag, learning_rate, steps, theta0, rec, progress):
+def _tune_hoag(problem, solver, method, hoag, steps, theta0, rec, progress):
     space = problem.space
     saved = rec.resumed_state
     z = space.to_z(theta0)
-    L = 1.0 / learning_rate
+    L = None if hoag.step0 is None else 1.0 / hoag.step0
     k = 1
     if saved is not None and rec.history:
         z = jnp.asarray(saved["z"], dtype=z.dtype)
-        L, k = float(saved["L"]), int(saved["k"])
+        L, k = saved["L"], int(saved["k"])
     hg = None
     cur = None  # (z, value, grad_z, eps) of the last accepted point
 
     def evaluate(z, eps, warm):
         theta = space.to_theta(z)
         h = hypergradient(
-            problem, theta, solver=solver, method=method, warm=warm, tol=eps, linear_tol=eps,
+            problem,
+            theta,
+            solver=solver,
+            method=method,
+            warm=warm,
+            tol=eps,
+            linear_tol=eps,
             on_failure="record",
         )
         return theta, h, grad_z(problem, theta, h.grad)
@@ -442,27 +491,38 @@ def _tune_hoag(problem, solver, method, hoag, learning_rate, steps, theta0, rec,
         t = time.perf_counter()
         eps = hoag.tolerance(k)
         if cur is None:
-            theta, hg, gz = evaluate(z, eps, hg)
-            accepted = True
+            theta, h_row, gz = evaluate(z, eps, hg)
+            hg, accepted, z_row = h_row, True, z
             cur = (z, float(hg.value), gz, eps)
+            if L is None:
+                gnorm = float(jnp.linalg.norm(gz))
+                L = gnorm * gz.shape[0] if gnorm > 1e-3 else 1.0
         else:
-            z_try = cur[0] - cur[2] / L
-            theta, h_try, gz_try = evaluate(z_try, eps, hg)
-            allowance = hoag.C * (eps + cur[3])
-            accepted = bool(float(h_try.value) <= cur[1] + allowance)
-            if accepted:
-                L *= hoag.shrink
-                hg, z, gz = h_try, z_try, gz_try
-                cur = (z, float(hg.value), gz, eps)
-                k += 1
+            z_row = cur[0] - cur[2] / L
+            theta, h_row, gz = evaluate(z_row, eps, hg)
+            incr = float(jnp.linalg.norm(z_row - cur[0]))
+            e_new, e_old, eps_old = float(h_row.value), cur[1], cur[3]
+            if e_new - eps <= e_old + eps_old * (1.0 + incr) - 0.5 * L * incr**2:
+                accepted, L = True, L * hoag.shrink
+            elif e_new <= e_old + hoag.C * (eps + eps_old):
+                accepted = True
             else:
-                L *= 2.0
-                hg_row, gz = h_try, gz_try
-        h_row = hg if accepted else hg_row
+                accepted, L = False, 2.0 * L
+            if accepted:
+                hg = h_row
+                cur = (z_row, e_new, gz, eps)
+                k += 1
         row = rec.add(
-            z=z if accepted else z_try, theta=theta, value=h_row.value, grad_z_=gz,
-            diag=h_row.diagnostics, accepted=accepted, wall=time.perf_counter() - t,
-            state={"z": _to_json(cur[0]), "L": L, "k": k}, tol=eps, L=L,
+            z=z_row,
+            theta=theta,
+            value=h_row.value,
+            grad_z_=gz,
+            diag=h_row.diagnostics,
+            accepted=accepted,
+            wall=time.perf_counter() - t,
+            state={"z": _to_json(cur[0]), "L": L, "k": k},
+            tol=eps,
+            L=L,
         )
         if progress is not None:
             progress(row["step"] + 1, steps, row)
@@ -488,7 +548,9 @@ def _tune_rtho(problem, solver, rtho, learning_rate, steps, theta0, rec, progres
     p = z.shape[0]
     data = problem.data
     state = solver.init(problem, problem.x0, space.to_theta(z), data)
-    Z = jax.tree_util.tree_map(lambda a: jnp.zeros((p,) + jnp.shape(a), jnp.result_type(a, float)), state)
+    Z = jax.tree_util.tree_map(
+        lambda a: jnp.zeros((p,) + jnp.shape(a), jnp.result_type(a, float)), state
+    )
     update = jax.jit(opt.update)
     t_run = 0
     for _ in range(len(rec.history), steps):
@@ -500,9 +562,17 @@ def _tune_rtho(problem, solver, rtho, learning_rate, steps, theta0, rec, progres
         z_next = optax.apply_updates(z, updates)
         theta = space.to_theta(z)
         row = rec.add(
-            z=z, theta=theta, value=value, grad_z_=gz, diag=None, wall=time.perf_counter() - t,
+            z=z,
+            theta=theta,
+            value=value,
+            grad_z_=gz,
+            diag=None,
+            wall=time.perf_counter() - t,
             state={"z": _to_json(z_next), "opt_state": _tree_to_json(opt_state)},
-            inner_steps=int(t_run), inner_residual=float(res), linear_steps=0, linear_residual=0.0,
+            inner_steps=int(t_run),
+            inner_residual=float(res),
+            linear_steps=0,
+            linear_residual=0.0,
             converged=run_length is not None and t_run == run_length,
         )
         z = z_next
@@ -522,7 +592,9 @@ def _rtho_chunk(problem, solver, state, Z, z, n):
 
     def one(carry, _):
         s, Zs = carry
-        s_new, f_lin = jax.linearize(lambda s_, z_: solver.step(problem, s_, space.to_theta(z_), data), s, z)
+        s_new, f_lin = jax.linearize(
+            lambda s_, z_: solver.step(problem, s_, space.to_theta(z_), data), s, z
+        )
         Zs_new = jax.vmap(f_lin)(Zs, eye)
         return (s_new, Zs_new), None
 
@@ -533,9 +605,14 @@ def _rtho_chunk(problem, solver, state, Z, z, n):
         return problem.criterion(x_, space.to_theta(z_), data)
 
     value, (gx, gz_direct) = jax.value_and_grad(E, argnums=(0, 1))(x, z)
-    gz = gz_direct + jax.vmap(lambda zx: sum(
-        jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(zx), jax.tree_util.tree_leaves(gx))
-    ))(Zx)
+    gz = gz_direct + jax.vmap(
+        lambda zx: sum(
+            jnp.vdot(a, b)
+            for a, b in zip(
+                jax.tree_util.tree_leaves(zx), jax.tree_util.tree_leaves(gx), strict=True
+            )
+        )
+    )(Zx)
     res = solver.residual(problem, x, space.to_theta(z), data)
     return state, Z, value, gz, res
 
@@ -565,7 +642,7 @@ def _value_at(problem, solver, theta, x0):
 def _evaluate_points(problem, solver, thetas, rec, progress, total):
     x0 = problem.x0
     last_x = None
-    for theta in thetas[len(rec.history):]:
+    for theta in thetas[len(rec.history) :]:
         t = time.perf_counter()
         theta = problem.space.validate(theta)
         value, sol = _value_at(problem, solver, theta, x0)
@@ -578,16 +655,24 @@ def _evaluate_points(problem, solver, thetas, rec, progress, total):
         last_x = sol.x
         x0 = _warm_start(problem, sol.x)
         row = rec.add(
-            z=problem.space.to_z(theta), theta=theta, value=value, wall=time.perf_counter() - t,
-            inner_steps=int(sol.num_steps), inner_residual=float(sol.residual), linear_steps=0,
-            linear_residual=0.0, converged=True,
+            z=problem.space.to_z(theta),
+            theta=theta,
+            value=value,
+            wall=time.perf_counter() - t,
+            inner_steps=int(sol.num_steps),
+            inner_residual=float(sol.residual),
+            linear_steps=0,
+            linear_residual=0.0,
+            converged=True,
         )
         if progress is not None:
             progress(row["step"] + 1, total, row)
     return rec.finish(last_x, None)
 
 
-def grid_search(problem, *, solver, grid: dict, out=None, resume=False, progress=None, meta=None) -> TuneResult:
+def grid_search(
+    problem, *, solver, grid: dict, out=None, resume=False, progress=None, meta=None
+) -> TuneResult:
     """Evaluate E at every point of the product grid ``{name: values}`` (user values),
     warm-starting each inner solve from the previous point. Array-valued θ entries are set
     to the same value in every component."""
@@ -603,25 +688,41 @@ def grid_search(problem, *, solver, grid: dict, out=None, resume=False, progress
     thetas = []
     for combo in itertools.product(*axes.values()):
         theta = dict(base)
-        for name, v in zip(axes, combo):
+        for name, v in zip(axes, combo, strict=True):
             theta[name] = jnp.full(base[name].shape, v)
         thetas.append(theta)
     rec = _Recorder(
-        problem, method="grid", optimizer_name="grid", learning_rate=0.0, steps=len(thetas),
-        out=out, resume=resume, meta=meta,
+        problem,
+        method="grid",
+        optimizer_name="grid",
+        learning_rate=0.0,
+        steps=len(thetas),
+        out=out,
+        resume=resume,
+        meta=meta,
     )
     return _evaluate_points(problem, solver, thetas, rec, progress, len(thetas))
 
 
 def random_search(
-    problem, *, solver, bounds: dict, num: int = 20, seed: int = 0, out=None, resume=False,
-    progress=None, meta=None,
+    problem,
+    *,
+    solver,
+    bounds: dict,
+    num: int = 20,
+    seed: int = 0,
+    out=None,
+    resume=False,
+    progress=None,
+    meta=None,
 ) -> TuneResult:
     """Evaluate E at ``num`` points drawn uniformly in z between the transformed ``bounds``
     ``{name: (lo, hi)}`` (user values; log-uniform for Log-transformed entries)."""
     _check_inner(problem, solver)
     if set(bounds) - set(problem.space.names):
-        raise ValueError(f"bounds names {sorted(bounds)} are not all in {list(problem.space.names)}.")
+        raise ValueError(
+            f"bounds names {sorted(bounds)} are not all in {list(problem.space.names)}."
+        )
     rng = np.random.default_rng(seed)
     base = problem.space.init()
     thetas = []
@@ -634,7 +735,13 @@ def random_search(
             theta[name] = tr.forward(jnp.asarray(zs))
         thetas.append(theta)
     rec = _Recorder(
-        problem, method="random", optimizer_name="random", learning_rate=0.0, steps=len(thetas),
-        out=out, resume=resume, meta=meta,
+        problem,
+        method="random",
+        optimizer_name="random",
+        learning_rate=0.0,
+        steps=len(thetas),
+        out=out,
+        resume=resume,
+        meta=meta,
     )
     return _evaluate_points(problem, solver, thetas, rec, progress, len(thetas))

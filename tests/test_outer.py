@@ -35,8 +35,13 @@ def held_out(x, th, data):
 
 
 PROBLEM = ic.Problem(
-    space=ic.Space(lam=ic.Param(1.0, ic.Log())), criterion=held_out, x0=jnp.zeros(P), data=DATA,
-    objective=objective, fixed_point=step, name="ridge",
+    space=ic.Space(lam=ic.Param(1.0, ic.Log())),
+    criterion=held_out,
+    x0=jnp.zeros(P),
+    data=DATA,
+    objective=objective,
+    fixed_point=step,
+    name="ridge",
 )
 SOLVER = ic.Newton(tol=1e-11)
 
@@ -75,7 +80,10 @@ def test_tune_reaches_grid_optimum(optimizer, lr, steps, optimum):
 def test_hoag_rejects_too_long_steps_and_recovers(optimum):
     # From below the optimum, a step of 1/L = 100 in log λ overshoots far past it: rejected.
     res = ic.tune(
-        PROBLEM, solver=SOLVER, optimizer=ic.HOAG(tol0=1e-4), learning_rate=100.0, steps=30,
+        PROBLEM,
+        solver=SOLVER,
+        optimizer=ic.HOAG(tol0=1e-4, step0=100.0),
+        steps=30,
         theta0={"lam": 1e-3},
     )
     assert any(not row["accepted"] for row in res.history)
@@ -86,8 +94,11 @@ def test_hoag_rejects_too_long_steps_and_recovers(optimum):
 
 def test_rtho_reaches_grid_optimum(optimum):
     res = ic.tune(
-        PROBLEM, solver=ic.FixedPointIteration(), optimizer=ic.RTHO(delta=25),
-        learning_rate=0.5, steps=150,
+        PROBLEM,
+        solver=ic.FixedPointIteration(),
+        optimizer=ic.RTHO(delta=25),
+        learning_rate=0.5,
+        steps=150,
     )
     final_lam = float(res.history[-1]["theta"]["lam"])
     assert closed_form_value(final_lam) <= optimum[1] * 1.01
@@ -165,8 +176,14 @@ def test_fixed_step_solutions_are_never_warm_started():
     grid = ic.grid_search(problem, solver=solver, grid={"eta": [0.1, 0.1, 0.1]})
     expected = (1 - 0.9**5 - 0.5) ** 2
     np.testing.assert_allclose([r["value"] for r in grid.history], expected, rtol=1e-12)
-    res = ic.tune(problem, solver=solver, method=ic.ForwardUnrolled(), optimizer="adam",
-                  learning_rate=0.1, steps=4)
+    res = ic.tune(
+        problem,
+        solver=solver,
+        method=ic.ForwardUnrolled(),
+        optimizer="adam",
+        learning_rate=0.1,
+        steps=4,
+    )
     for row in res.history:
         eta = row["theta"]["eta"]
         np.testing.assert_allclose(row["value"], (1 - (1 - eta) ** 5 - 0.5) ** 2, rtol=1e-12)
