@@ -384,9 +384,15 @@ def _plot_landscape(results, land: dict, path: Path) -> str:
         shape = "curve"
     else:
         a0, a1 = axes
-        cs = ax.contourf(a0, a1, V.T, levels=20, cmap="viridis")
+        # Levels at quantiles of E put the colour resolution where the values are: a flat
+        # valley next to steep walls stays readable.
+        fin = V.compressed()
+        levels = np.unique(np.quantile(fin, np.linspace(0.0, 1.0, 21))) if fin.size else 20
+        if np.size(levels) < 3:
+            levels = 20
+        cs = ax.contourf(a0, a1, V.T, levels=levels, cmap="viridis")
         ax.contour(a0, a1, V.T, levels=cs.levels[::4], colors="white", linewidths=0.4, alpha=0.6)
-        fig.colorbar(cs, ax=ax, label="criterion E")
+        fig.colorbar(cs, ax=ax, label="criterion E (levels at quantiles)", format="%.4g")
         ax.plot(traj[0], traj[1], "o-", ms=3, lw=1.0, color="tab:red", label="trajectory")
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
