@@ -58,7 +58,11 @@ def available() -> dict[str, str]:
     """Registered problem names → their one-line descriptions (loads each module)."""
     out = {}
     for name, ep in sorted(_entries().items()):
-        fn = ep.load()
+        try:
+            fn = ep.load()
+        except Exception as e:  # one broken module must not hide the others
+            out[name] = f"(cannot be loaded: {type(e).__name__}: {e})"
+            continue
         out[name] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
     return out
 

@@ -159,6 +159,7 @@ def _atomic_write(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1, allow_nan=True)
+    os.chmod(tmp, 0o644)  # mkstemp files are private; results are meant to be shared
     os.replace(tmp, path)
 
 
