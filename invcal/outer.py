@@ -550,7 +550,8 @@ def _tune_rtho(problem, solver, rtho, learning_rate, steps, theta0, rec, progres
     data = problem.data
     state = solver.init(problem, problem.x0, space.to_theta(z), data)
     Z = jax.tree_util.tree_map(
-        lambda a: jnp.zeros((p,) + jnp.shape(a), jnp.result_type(a, float)), state
+        lambda a: jnp.zeros((p,) + jnp.shape(a), a.dtype),
+        eqx.filter(state, eqx.is_inexact_array),
     )
     update = jax.jit(opt.update)
     t_run = 0
@@ -588,24 +589,31 @@ def _tune_rtho(problem, solver, rtho, learning_rate, steps, theta0, rec, progres
 
 @eqx.filter_jit
 def _rtho_chunk(problem, solver, state, Z, z, n):
+    # Tangents are carried for the floating-point leaves of the state only (step counters and
+    # other integer leaves have none), so Z has the structure of the state's float part.
     space, data = problem.space, problem.data
     eye = jnp.eye(z.shape[0], dtype=z.dtype)
 
     def one(carry, _):
         s, Zs = carry
-        s_new, f_lin = jax.linearize(
-            lambda s_, z_: solver.step(problem, s_, space.to_theta(z_), data), s, z
-        )
+        dyn, static = eqx.partition(s, eqx.is_inexact_array)
+
+        def f(d, z_):
+            out = solver.step(problem, eqx.combine(d, static), space.to_theta(z_), data)
+            return eqx.partition(out, eqx.is_inexact_array)
+
+        dyn_new, f_lin, static_new = jax.linearize(f, dyn, z, has_aux=True)
         Zs_new = jax.vmap(f_lin)(Zs, eye)
-        return (s_new, Zs_new), None
+        return (eqx.combine(dyn_new, static_new), Zs_new), None
 
     (state, Z), _ = jax.lax.scan(one, (state, Z), None, length=n)
     x, Zx = solver.current(state), solver.current(Z)
+    x_dyn, x_static = eqx.partition(x, eqx.is_inexact_array)
 
-    def E(x_, z_):
-        return problem.criterion(x_, space.to_theta(z_), data)
+    def E(xd, z_):
+        return problem.criterion(eqx.combine(xd, x_static), space.to_theta(z_), data)
 
-    value, (gx, gz_direct) = jax.value_and_grad(E, argnums=(0, 1))(x, z)
+    value, (gx, gz_direct) = jax.value_and_grad(E, argnums=(0, 1))(x_dyn, z)
     gz = gz_direct + jax.vmap(
         lambda zx: sum(
             jnp.vdot(a, b)

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import invcal as ic
+import invcal.testing  # noqa: F401
 
 RNG = np.random.default_rng(3)
 N, P = 40, 12
@@ -187,3 +188,37 @@ def test_fixed_step_solutions_are_never_warm_started():
     for row in res.history:
         eta = row["theta"]["eta"]
         np.testing.assert_allclose(row["value"], (1 - (1 - eta) ** 5 - 0.5) ** 2, rtol=1e-12)
+
+
+def test_rtho_with_an_integer_step_counter_matches_a_float_one():
+    def problem_with(counter):
+        return ic.Problem(
+            space=ic.Space(eta=ic.Param(0.1, ic.Bounded(0.0, 1.0))),
+            criterion=lambda x, th, d: (x[0] - 0.5) ** 2,
+            x0=(jnp.asarray(0.0), counter),
+            fixed_point=lambda x, th, d: (x[0] - th["eta"] * (x[0] - 1.0), x[1] + 1),
+            fixed_steps=True,
+            name="five-steps-counter",
+        )
+
+    runs = [
+        ic.tune(
+            problem_with(c),
+            solver=ic.FixedSteps(5),
+            optimizer=ic.RTHO(delta=2),
+            learning_rate=0.5,
+            steps=4,
+        )
+        for c in (jnp.asarray(0, jnp.int32), jnp.asarray(0.0))
+    ]
+    np.testing.assert_allclose(
+        [r["grad_z"][0] for r in runs[0].history],
+        [r["grad_z"][0] for r in runs[1].history],
+        rtol=1e-12,
+    )
+    # The first update uses the exact hypergradient of the 2-step partial run.
+    problem = problem_with(jnp.asarray(0.0))
+    theta0 = problem.space.init()
+    hg = ic.hypergradient(problem, theta0, solver=ic.FixedSteps(2), method=ic.ForwardUnrolled())
+    expected = float(ic.testing.grad_z(problem, theta0, hg.grad)[0])
+    np.testing.assert_allclose(runs[0].history[0]["grad_z"][0], expected, rtol=1e-12)
