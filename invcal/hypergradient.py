@@ -116,6 +116,10 @@ class Implicit(AbstractHypergradient):
     def __check_init__(self):
         if self.mode not in _MODES:
             raise ValueError(f"Implicit mode must be 'reverse' or 'forward'; got {self.mode!r}.")
+        if self.system not in (None, "optimality", "fixed_point"):
+            raise ValueError(
+                f"Implicit system must be None, 'optimality' or 'fixed_point'; got {self.system!r}."
+            )
         if self.linear_solver is not None and not isinstance(
             self.linear_solver, lx.AbstractLinearSolver
         ):
@@ -263,6 +267,13 @@ def _unrolled_diag(solver, problem, x, theta, n_total, tol):
 
 class _AbstractUnrolled(AbstractHypergradient):
     num_steps: int | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        if self.num_steps is not None and int(self.num_steps) < 1:
+            raise ValueError(
+                f"{type(self).__name__} num_steps must be >= 1 (or None for the solver's "
+                f"max_steps); got {self.num_steps!r}."
+            )
 
     def _n(self, solver) -> int:
         n = solver.max_steps if self.num_steps is None else self.num_steps

@@ -219,6 +219,11 @@ class Space(eqx.Module):
 
     def to_z(self, theta: Mapping) -> jax.Array:
         """User θ → flat unconstrained vector z."""
+        if not isinstance(theta, Mapping) or set(theta) != set(self.names):
+            raise ValueError(
+                f"theta must be a dict with names {list(self.names)}; got "
+                f"{sorted(theta) if isinstance(theta, Mapping) else type(theta).__name__}."
+            )
         parts = [
             jnp.ravel(p.transform.inverse(jnp.asarray(theta[k]))) for k, p in self.params.items()
         ]
