@@ -1,0 +1,242 @@
+"""BPDN / Lasso: the working-set solver against scikit-learn, the support-restricted
+hypergradient against finite differences and the engine's methods, bad inputs, the CLI setup."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import pytest
+
+import invcal as ic
+from invcal import sparse
+from problems import bpdn
+
+TOL = 1e-14
+SOLVER = sparse.WorkingSetFISTA(tol=TOL)
+SUPPORT = sparse.SupportImplicit()
+ACTIVE_SET = ic.Implicit(lx.CG(rtol=1e-12, atol=1e-15, max_steps=10_000), active_set=True)
+
+
+@pytest.fixture(scope="module")
+def cs():
+    return bpdn.compressed_sensing(n=40, p=120, k=5, n_val=30, seed=0)
+
+
+@pytest.fixture(scope="module")
+def held_out(cs):
+    lam = sparse.lambda_max(cs["A"], cs["y"]) / 5
+    return bpdn.build(cs["A"], cs["y"], A_val=cs["A_val"], y_val=cs["y_val"], lam=lam)
+
+
+@eqx.filter_jit
+def _solve(solver, problem, theta):
+    return solver.solve(problem, problem.x0, theta)
+
+
+def _sklearn_lasso(A, y, lam, positive=False):
+    from sklearn.linear_model import Lasso
+
+    n = A.shape[0]
+    model = Lasso(
+        alpha=lam / n, fit_intercept=False, tol=1e-14, max_iter=1_000_000, positive=positive
+    )
+    return model.fit(np.asarray(A), np.asarray(y)).coef_
+
+
+@pytest.mark.parametrize("working_set", [None, 8])
+def test_solver_matches_sklearn(held_out, working_set):
+    theta = held_out.space.init()
+    sol = _solve(sparse.WorkingSetFISTA(tol=TOL, working_set=working_set), held_out, theta)
+    ref = _sklearn_lasso(held_out.data["A"], held_out.data["y"], float(theta["lam"]))
+    assert bool(sol.converged) and float(sol.residual) <= TOL
+    np.testing.assert_allclose(sol.x, ref, atol=1e-9)
+    gap = sparse.duality_gap(sol.x, theta, held_out.data, fb=held_out.fixed_point)
+    assert abs(float(gap)) <= 1e-9
+
+
+def test_nonnegative_solver_matches_sklearn():
+    raw = bpdn.compressed_sensing(n=40, p=120, k=5, nonneg=True, seed=1)
+    prob = bpdn.build(raw["A"], raw["y"], criterion="sure", sigma=raw["sigma"], nonneg=True)
+    theta = prob.space.init()
+    sol = _solve(SOLVER, prob, theta)
+    ref = _sklearn_lasso(raw["A"], raw["y"], float(theta["lam"]), positive=True)
+    assert bool(sol.converged)
+    assert np.all(np.asarray(sol.x) >= 0)
+    np.testing.assert_allclose(sol.x[0], ref, atol=1e-9)
+
+
+def test_duality_gap_bounds_suboptimality(held_out):
+    theta = held_out.space.init()
+    x_star = _solve(SOLVER, held_out, theta).x
+    fb, data = held_out.fixed_point, held_out.data
+    w = fb.penalty(theta, data, 120)
+    P = lambda x: float(sparse.primal(x, w, data["A"], data["y"]))  # noqa: E731
+    x = x_star + 0.01 * jax.random.normal(jax.random.PRNGKey(0), x_star.shape)
+    gap = float(sparse.duality_gap(x, theta, data, fb=fb))
+    assert 0 <= P(x) - P(x_star) <= gap
+
+
+def test_support_implicit_matches_finite_differences(held_out):
+    theta = held_out.space.init()
+    res = ic.check_hypergradient(held_out, theta, SUPPORT, solver=SOLVER, eps=1e-6)
+    assert res.relative_error < 1e-6, res
+    forward = ic.hypergradient(
+        held_out, theta, solver=SOLVER, method=sparse.SupportImplicit(mode="forward")
+    )
+    dE_dlam = res.gradient[0] / float(theta["lam"])  # the check reports dE/d(log λ)
+    assert float(forward.grad["lam"]) == pytest.approx(dE_dlam, rel=1e-10)
+
+
+def test_support_implicit_matches_engine_and_solve(held_out):
+    theta = held_out.space.init()
+    ours = ic.hypergradient(held_out, theta, solver=SOLVER, method=SUPPORT)
+    engine = ic.hypergradient(held_out, theta, solver=SOLVER, method=ACTIVE_SET)
+    np.testing.assert_allclose(ours.grad["lam"], engine.grad["lam"], rtol=1e-10)
+    assert int(ours.diagnostics.linear_steps) <= int(np.sum(ours.x != 0)) + 1
+
+    def E(lam):
+        x = ic.solve(held_out, {"lam": lam}, solver=SOLVER, method=SUPPORT)
+        return held_out.criterion(x, None, held_out.data)
+
+    g_rev, g_fwd = jax.jit(lambda t: (jax.grad(E)(t), jax.jacfwd(E)(t)))(theta["lam"])
+    np.testing.assert_allclose(g_rev, ours.grad["lam"], rtol=1e-10)
+    np.testing.assert_allclose(g_fwd, ours.grad["lam"], rtol=1e-10)
+
+
+def test_unrolled_fista_approaches_the_implicit_value(held_out):
+    theta = held_out.space.init()
+    ours = ic.hypergradient(held_out, theta, solver=SOLVER, method=SUPPORT)
+    unrolled = ic.hypergradient(
+        held_out,
+        theta,
+        solver=ic.FISTA(tol=1e-10, max_steps=1500),
+        method=ic.Unrolled(num_steps=1500),
+    )
+    np.testing.assert_allclose(unrolled.grad["lam"], ours.grad["lam"], rtol=1e-6)
+
+
+@eqx.filter_jit
+def _value_z(problem, z):
+    theta = problem.space.to_theta(z)
+    return problem.criterion(SOLVER.solve(problem, problem.x0, theta).x, theta, problem.data)
+
+
+def test_weighted_lasso_matches_engine_and_fd(cs):
+    lam = sparse.lambda_max(cs["A"], cs["y"]) / 5
+    prob = bpdn.build(
+        cs["A"], cs["y"], A_val=cs["A_val"], y_val=cs["y_val"], lam=lam, weighted=True
+    )
+    theta = prob.space.init()
+    ours = ic.hypergradient(prob, theta, solver=SOLVER, method=SUPPORT)
+    engine = ic.hypergradient(prob, theta, solver=SOLVER, method=ACTIVE_SET)
+    g = np.asarray(ours.grad["lam"])
+    assert g.shape == (120,)
+    np.testing.assert_allclose(g, engine.grad["lam"], rtol=1e-9, atol=1e-14)
+    # Off the support the hypergradient is exactly zero (the solution does not move).
+    assert np.all(g[np.asarray(ours.x) == 0] == 0)
+    # Directional central difference in z = log λ along a random direction.
+    z = prob.space.to_z(theta)
+    d = jax.random.normal(jax.random.PRNGKey(3), z.shape)
+    eps = 1e-6
+    fd = (float(_value_z(prob, z + eps * d)) - float(_value_z(prob, z - eps * d))) / (2 * eps)
+    g_d = float(jnp.vdot(ic.testing.grad_z(prob, theta, ours.grad), d))
+    assert g_d == pytest.approx(fd, rel=1e-6)
+
+
+def test_fd_on_operator_and_nonneg():
+    # A matrix-free subsampled DCT (no column gathering) with the constraint x >= 0.
+    raw = bpdn.compressed_sensing(n=40, p=128, k=5, n_val=30, operator="dct", nonneg=True, seed=2)
+    lam = sparse.lambda_max(raw["A"], raw["y"], nonneg=True) / 5
+    prob = bpdn.build(
+        raw["A"], raw["y"], A_val=raw["A_val"], y_val=raw["y_val"], lam=lam, nonneg=True
+    )
+    res = ic.check_hypergradient(prob, prob.space.init(), SUPPORT, solver=SOLVER, eps=1e-6)
+    assert res.relative_error < 1e-6, res
+    assert np.all(np.asarray(res.gradient) != 0)
+
+
+def test_support_larger_than_max_support_is_reported(held_out):
+    with pytest.raises(ic.HypergradientNotConverged, match="linear solve"):
+        ic.hypergradient(
+            held_out,
+            held_out.space.init(),
+            solver=SOLVER,
+            method=sparse.SupportImplicit(max_support=2),
+        )
+
+
+def test_methods_refuse_other_problems():
+    prob = ic.Problem(
+        space=ic.Space(lam=ic.Param(1.0, ic.Log())),
+        criterion=lambda x, th, d: jnp.sum(x**2),
+        x0=jnp.zeros(3),
+        fixed_point=lambda x, th, d: x / 2,
+    )
+    with pytest.raises(ValueError, match="lasso_problem"):
+        ic.hypergradient(prob, {"lam": 1.0}, solver=SOLVER, method=SUPPORT)
+    with pytest.raises(ValueError, match="lasso_problem"):
+        ic.hypergradient(prob, {"lam": 1.0}, solver=ic.FISTA(), method=SUPPORT)
+
+
+# --------------------------------------------------------------------------------------
+# Bad inputs fail before any solve
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def no_solve(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a solve ran before the input was validated")
+
+    monkeypatch.setattr(sparse.WorkingSetFISTA, "solve", boom)
+
+
+def test_bad_inputs_raise_before_any_solve(cs, no_solve):
+    A, y = np.asarray(cs["A"]), np.asarray(cs["y"])
+    with pytest.raises(ValueError, match=r"y must have shape \(40,\)"):
+        bpdn.build(A, y[:-1], criterion="sure", sigma=0.1)
+    bad = A.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="A contains NaN or inf"):
+        bpdn.build(bad, y, criterion="sure", sigma=0.1)
+    with pytest.raises(ValueError, match="y contains NaN or inf"):
+        bpdn.build(A, np.where(np.arange(40) == 0, np.inf, y), criterion="sure", sigma=0.1)
+    with pytest.raises(ValueError, match="held-out data"):
+        bpdn.build(A, y, A_val=cs["A_val"], y_val=np.asarray(cs["y_val"])[:-2])
+    for lam in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="lam must be > 0"):
+            bpdn.build(A, y, criterion="sure", sigma=0.1, lam=lam)
+    with pytest.raises(ValueError, match="lam must be > 0"):
+        bpdn.build(A, y, criterion="sure", sigma=0.1, weighted=True, lam=np.r_[-1.0, np.ones(119)])
+    for sigma in (0.0, -0.5, None):
+        with pytest.raises(ValueError, match="sigma > 0"):
+            bpdn.build(A, y, criterion="sure", sigma=sigma)
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        bpdn.build(A, y, criterion="aic")
+
+
+def test_bad_theta_given_directly_raises(held_out):
+    with pytest.raises(ValueError, match="must be > 0"):
+        ic.hypergradient(held_out, {"lam": -1.0}, solver=SOLVER, method=SUPPORT)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+def test_setup_runs_and_draws_the_report(tmp_path):
+    setup = bpdn.setup(case="cs-gaussian", small=True)
+    assert setup.description.startswith("Sparse recovery")
+    result = ic.tune(
+        setup.problem,
+        solver=setup.solver,
+        method=setup.method,
+        optimizer="adam",
+        learning_rate=0.3,
+        steps=4,
+        out=tmp_path,
+    )
+    assert len(result.history) == 4
+    figures = setup.extra_report(result, tmp_path)
+    names = [f for _, f in figures]
+    assert names == ["bpdn_path.png", "bpdn_signal.png", "bpdn_support.png"]
+    for name in names:
+        assert (tmp_path / name).stat().st_size > 0
