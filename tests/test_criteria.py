@@ -1,0 +1,139 @@
+"""Outer criteria: held-out, K-fold (vmapped folds, one λ), SURE (Monte-Carlo divergence)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import invcal as ic
+from invcal import criteria, sparse
+from problems import bpdn
+
+SOLVER = sparse.WorkingSetFISTA(tol=1e-14)
+SUPPORT = sparse.SupportImplicit()
+
+
+@pytest.fixture(scope="module")
+def cs():
+    return bpdn.compressed_sensing(n=40, p=120, k=5, seed=4)
+
+
+def test_held_out_ignores_padding_rows():
+    crit = criteria.held_out()
+    x = jnp.array([1.0, 2.0])
+    data = {
+        "A_val": jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]),
+        "y_val": jnp.array([0.0, 0.0, 0.0]),
+        "val_weight": jnp.array([1.0, 1.0, 0.0]),
+    }
+    assert float(crit(x, None, data)) == pytest.approx(2.5)
+    del data["val_weight"]
+    assert float(crit(x, None, data)) == pytest.approx(5.0 / 3.0)
+    assert criteria.held_out() == crit  # equal criteria share compiled code
+
+
+def test_kfold_data_matches_sklearn_kfold_and_centers_per_fold():
+    from sklearn.model_selection import KFold
+
+    rng = np.random.default_rng(0)
+    A, y = rng.normal(size=(23, 4)), rng.normal(size=23)
+    data = criteria.kfold_data(A, y, 5, center=True)
+    assert data["A"].shape == (5, 19, 4) and data["A_val"].shape == (5, 5, 4)
+    for k, (tr, va) in enumerate(KFold(5).split(A)):
+        n_tr, n_va = len(tr), len(va)
+        assert float(data["n_train"][k]) == n_tr
+        xm, ym = A[tr].mean(0), y[tr].mean()
+        np.testing.assert_allclose(data["A"][k, :n_tr], A[tr] - xm)
+        np.testing.assert_allclose(data["y"][k, :n_tr], y[tr] - ym)
+        np.testing.assert_allclose(data["A_val"][k, :n_va], A[va] - xm)
+        np.testing.assert_allclose(data["y_val"][k, :n_va], y[va] - ym)
+        assert np.all(np.asarray(data["A"][k, n_tr:]) == 0)  # zero rows: same least squares
+        assert float(np.sum(data["val_weight"][k])) == n_va
+    with pytest.raises(ValueError, match="2 <= folds"):
+        criteria.kfold_data(A, y, 1)
+    with pytest.raises(ValueError, match="A must be"):
+        criteria.kfold_data(A, y[:-1], 5)
+
+
+def test_kfold_equals_the_mean_of_separate_folds(cs):
+    A, y = np.asarray(cs["A"]), np.asarray(cs["y"])
+    lam = sparse.lambda_max(A, y) / 4
+    cv = bpdn.build(A, y, criterion="kfold", folds=5, lam=lam)
+    theta = cv.space.init()
+    hg = ic.hypergradient(cv, theta, solver=SOLVER, method=SUPPORT)
+    values, grads = [], []
+    from sklearn.model_selection import KFold
+
+    for tr, va in KFold(5).split(A):
+        one = bpdn.build(A[tr], y[tr], A_val=A[va], y_val=y[va], lam=lam)
+        h = ic.hypergradient(one, theta, solver=SOLVER, method=SUPPORT)
+        values.append(float(h.value))
+        grads.append(float(h.grad["lam"]))
+    assert float(hg.value) == pytest.approx(np.mean(values), rel=1e-10)
+    assert float(hg.grad["lam"]) == pytest.approx(np.mean(grads), rel=1e-8)
+    res = ic.check_hypergradient(cv, theta, SUPPORT, solver=SOLVER, eps=1e-6)
+    assert res.relative_error < 1e-6
+
+
+# --------------------------------------------------------------------------------------
+# SURE
+# --------------------------------------------------------------------------------------
+def test_sure_is_unbiased_for_a_linear_smoother():
+    # Ridge fit f(y) = H y, H = A(AᵀA + μI)⁻¹Aᵀ: div f = tr H exactly, E[SURE] = E‖f(y) − μ‖².
+    rng = np.random.default_rng(1)
+    n, p, sigma = 30, 10, 0.7
+    A = rng.normal(size=(n, p))
+    mu = A @ rng.normal(size=p)
+    H = A @ np.linalg.solve(A.T @ A + 3.0 * np.eye(p), A.T)
+    draws = 4000
+    Y = mu + sigma * rng.normal(size=(draws, n))
+    sure = [float(criteria.sure_value(yy, H @ yy, np.trace(H), sigma)) for yy in Y[:200]]
+    risk = np.mean(np.sum((Y @ H.T - mu) ** 2, axis=1)) / n
+    assert np.mean(sure) == pytest.approx(risk, rel=0.1)
+    # The Monte-Carlo divergence of a linear map: δᵀHδ averaged over probes → tr H.
+    div = criteria.monte_carlo_divergence(lambda v: jnp.asarray(H) @ v, Y[0], num_probes=2000)
+    assert float(div) == pytest.approx(np.trace(H), rel=0.05)
+
+
+def test_lasso_divergence_by_exact_jvp_is_the_projection_on_the_support(cs):
+    # For the Lasso, J = A_S(A_SᵀA_S)⁻¹A_Sᵀ (Zou et al. 2007): δᵀJδ = ‖P_S δ‖².
+    A, y = jnp.asarray(cs["A"]), jnp.asarray(cs["y"])
+    prob = bpdn.build(A, y, criterion="held_out", A_val=A, y_val=y)
+    theta = prob.space.init()
+
+    @jax.jit
+    def fitted(y_):
+        p_ = eqx.tree_at(lambda p: p.data["y"], prob, y_)
+        return A @ ic.solve(p_, theta, solver=SOLVER, method=SUPPORT)
+
+    div = criteria.monte_carlo_divergence(fitted, y, key=7, num_probes=3)
+    x = eqx.filter_jit(lambda p: SOLVER.solve(p, p.x0, theta).x)(prob)
+    S = np.flatnonzero(np.asarray(x))
+    AS = np.asarray(A)[:, S]
+    P = AS @ np.linalg.solve(AS.T @ AS, AS.T)
+    probes = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (3, 40)))
+    expected = np.mean([d @ P @ d for d in probes])
+    assert float(div) == pytest.approx(expected, rel=1e-8)
+
+
+def test_finite_difference_sure_hypergradient(cs):
+    prob = bpdn.build(cs["A"], cs["y"], criterion="sure", sigma=cs["sigma"])
+    assert prob.x0.shape == (2, 120)  # x*(y) and x*(y + εδ), solved side by side
+    res = ic.check_hypergradient(prob, prob.space.init(), SUPPORT, solver=SOLVER, eps=1e-6)
+    assert res.relative_error < 1e-6
+
+
+def test_sure_rejects_bad_sigma_and_data():
+    data = {"y": jnp.ones(5)}
+    for sigma in (0.0, -1.0, np.inf, np.nan, None, "abc"):
+        with pytest.raises(ValueError, match="sigma > 0"):
+            criteria.sure_pair(data, sigma=sigma)
+        with pytest.raises(ValueError, match="sigma > 0"):
+            criteria.sure_value(jnp.ones(3), jnp.ones(3), 1.0, sigma)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        criteria.sure_pair({"y": jnp.array([1.0, jnp.nan])}, sigma=1.0)
+    with pytest.raises(ValueError, match="measurements under 'y'"):
+        criteria.sure_pair({"b": jnp.ones(3)}, sigma=1.0)
+    with pytest.raises(TypeError, match="predict must be"):
+        criteria.held_out(predict=3)
