@@ -193,7 +193,11 @@ class Implicit(AbstractHypergradient):
         mask = problem.support(x, theta, data) if self.active_set else None
         value, (gx, gth) = jax.value_and_grad(problem.criterion, argnums=(0, 1))(x, theta, data)
         if self.mode == "reverse":
-            y0 = adjoint0 if self.warm_start else None
+            y0 = None
+            if self.warm_start and adjoint0 is not None:
+                # lineax wants y0 exactly like the right-hand side (the zero cold start is
+                # made from x0, whose dtype may differ).
+                y0 = jax.tree_util.tree_map(lambda y, g: jnp.asarray(y, g.dtype), adjoint0, gx)
             v, g_impl, steps, rel, ok = adjoint_solve(
                 problem, spec, x, theta, data, gx, linear_solver=lin, mask=mask, y0=y0
             )

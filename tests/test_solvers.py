@@ -209,3 +209,30 @@ def test_bad_hypergradient_arguments(kwargs, error, match):
     if "on_failure" not in args:
         with pytest.raises(error, match=match):
             ic.solve(problem, theta, **args)
+
+
+def _shifted_half(x, theta, data):
+    return 0.5 * x + theta["lam"] * data  # float64 whatever x is
+
+
+@pytest.mark.parametrize("dtype", [int, np.float32])
+def test_x0_takes_the_dtype_of_the_iterates(dtype):
+    # x0=jnp.array([0, 0, 0]) is an int array, and a float32 x0 meets float64 data: the
+    # loops' carry used to fail with a raw while-loop type error.
+    problem = ic.Problem(
+        space=RIDGE.space,
+        criterion=lambda x, theta, data: jnp.sum(x**2),
+        x0=np.zeros(3, dtype=dtype),
+        data=jnp.arange(3.0),
+        fixed_point=_shifted_half,
+    )
+    for solver in (ic.FISTA(), ic.FixedPointIteration(), ic.Newton()):
+        sol = _solve(solver, problem, problem.x0, THETA)
+        assert sol.x.dtype == jnp.float64
+        np.testing.assert_allclose(sol.x, 2 * LAM * jnp.arange(3.0), atol=1e-9)
+    # x* = 2λ·data, E = 4λ²‖data‖², dE/dλ = 8λ‖data‖² = 80 at λ = 2.
+    hg = ic.hypergradient(problem, THETA, solver=ic.FISTA(), method=ic.Implicit())
+    warm = ic.hypergradient(problem, THETA, solver=ic.FISTA(), method=ic.Implicit(), warm=hg)
+    unrolled = ic.hypergradient(problem, THETA, solver=ic.FixedSteps(60), method=ic.Unrolled())
+    for g in (hg, warm, unrolled):
+        assert float(g.grad["lam"]) == pytest.approx(80.0, rel=1e-9)

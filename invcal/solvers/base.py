@@ -11,7 +11,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["AbstractInnerSolver", "InnerSolution", "tree_norm"]
+__all__ = ["AbstractInnerSolver", "InnerSolution", "tree_norm", "as_iterate"]
+
+
+def as_iterate(problem, x0, theta, data):
+    """``x0`` with the dtypes of the iterates: integer leaves become floating point, then
+    each leaf takes the dtype that the problem's map gives it. Loops need a carry of a
+    fixed type, and ``x0=jnp.array([0, 0])`` (int) or a float32 ``x0`` with float64 data
+    would otherwise stop with a raw while-loop type error."""
+    x0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.result_type(a, float)), x0)
+    fn = problem.fixed_point if problem.fixed_point is not None else problem.residual
+    out = jax.eval_shape(lambda x: fn(x, theta, data), x0)
+    return jax.tree_util.tree_map(lambda a, o: jnp.asarray(a, o.dtype), x0, out)
 
 
 def no_gradient(tree):

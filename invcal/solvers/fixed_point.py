@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import AbstractInnerSolver, InnerSolution, no_gradient, tree_norm
+from .base import AbstractInnerSolver, InnerSolution, as_iterate, no_gradient, tree_norm
 
 __all__ = ["FixedPointIteration", "FISTA", "FixedSteps"]
 
@@ -37,6 +37,7 @@ class FixedPointIteration(_NeedsFixedPoint):
     max_steps: int = 10_000
 
     def init(self, problem, x0, theta, data):
+        x0 = as_iterate(problem, x0, theta, data)
         return (x0, jnp.asarray(jnp.inf))
 
     def step(self, problem, state, theta, data):
@@ -65,6 +66,7 @@ class FISTA(_NeedsFixedPoint):
     restart: bool = True
 
     def init(self, problem, x0, theta, data):
+        x0 = as_iterate(problem, x0, theta, data)
         return (x0, x0, jnp.asarray(1.0), jnp.asarray(jnp.inf))
 
     def step(self, problem, state, theta, data):
@@ -102,6 +104,7 @@ class FixedSteps(_NeedsFixedPoint):
         self.max_steps = int(num_steps)
 
     def init(self, problem, x0, theta, data):
+        x0 = as_iterate(problem, x0, theta, data)
         return (x0, jnp.asarray(jnp.inf))
 
     def step(self, problem, state, theta, data):

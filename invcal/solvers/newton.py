@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .base import AbstractInnerSolver, tree_norm
+from .base import AbstractInnerSolver, as_iterate, tree_norm
 
 __all__ = ["Newton"]
 
@@ -28,7 +28,7 @@ class Newton(AbstractInnerSolver):
         return tree_norm(problem.residual(x, theta, data))
 
     def init(self, problem, x0, theta, data):
-        return x0
+        return as_iterate(problem, x0, theta, data)
 
     def current(self, state):
         return state
