@@ -152,7 +152,12 @@ class Space(eqx.Module):
     on; ``space.to_theta(z)`` maps back. Both are differentiable and jit-able.
     """
 
-    params: dict[str, Param]
+    # The order is part of the meaning (it is the order of z), so it is kept in a static
+    # tuple: a dict field would be flattened and rebuilt in *sorted* key order by every jit,
+    # vmap or grad, and to_theta inside a transformation would then assign z's entries to
+    # the wrong names whenever the names were not given in sorted order.
+    _names: tuple[str, ...] = eqx.field(static=True)
+    _params: tuple[Param, ...]
 
     def __init__(self, params: Mapping[str, Param] | None = None, **kwargs: Param):
         merged = dict(params or {})
@@ -165,11 +170,17 @@ class Space(eqx.Module):
             if not isinstance(p, Param):
                 raise TypeError(f"Space entry {name!r} must be a Param; got {type(p).__name__}.")
             p.transform.check(name, p.init)
-        self.params = merged
+        self._names = tuple(merged)
+        self._params = tuple(merged.values())
+
+    @property
+    def params(self) -> dict[str, Param]:
+        """``{name: Param}`` in the space's order (the order of z)."""
+        return dict(zip(self._names, self._params, strict=True))
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(self.params)
+        return self._names
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:

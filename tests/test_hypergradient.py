@@ -325,3 +325,47 @@ def test_hypergradient_compiles_once_across_outer_steps():
     for lam, tol in [(2.0, None), (np.float64(3.0), None), (1, 1e-12), (jnp.asarray(2.5), 1e-11)]:
         hg = ic.hypergradient(problem, {"lam": lam}, solver=solver, method=method, warm=hg, tol=tol)
     assert len(traces) == 1
+
+
+# --------------------------------------------------------------------------------------
+# Several named hyperparameters, one of them also in the criterion
+# --------------------------------------------------------------------------------------
+def _two_objective(x, theta, data):
+    a, b, _, _ = data
+    return objective(x, {"lam": theta["zeta"]}, data) + theta["mu"] * jnp.sum(x)
+
+
+def _two_criterion(x, theta, data):
+    return criterion(x, theta, data) + 0.01 * theta["zeta"] ** 2
+
+
+def _two_closed_form(zeta, mu):
+    x = jnp.linalg.solve(A.T @ A + zeta * jnp.eye(P), A.T @ B - mu)
+    return _two_criterion(x, {"zeta": zeta}, (A, B, C, D))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [ic.Implicit(lx.CG(**TOL)), ic.Implicit(lx.CG(**TOL), mode="forward")],
+    ids=["reverse", "forward"],
+)
+def test_several_hyperparameters_in_space_order(method):
+    # Names deliberately not in sorted order: "zeta" before "mu".
+    problem = ic.Problem(
+        space=ic.Space(zeta=ic.Param(1.0, ic.Log()), mu=ic.Param(0.0)),
+        criterion=_two_criterion,
+        x0=jnp.zeros(P),
+        data=(A, B, C, D),
+        objective=_two_objective,
+        name="two",
+    )
+    theta = {"zeta": jnp.asarray(LAM), "mu": jnp.asarray(0.3)}
+    exact = jax.grad(_two_closed_form, argnums=(0, 1))(LAM, 0.3)
+    solver = ic.Newton(tol=1e-13)
+    check = ic.check_hypergradient(problem, theta, method, solver=solver, eps=1e-4)
+    assert check.relative_error <= 1e-6
+    hg = ic.hypergradient(problem, theta, solver=solver, method=method)
+    assert _rel(hg.grad["zeta"], exact[0]) < 1e-9
+    assert _rel(hg.grad["mu"], exact[1]) < 1e-9
+    # dE/dz in the space's order: (λ·dE/dλ for the Log entry, dE/dμ).
+    np.testing.assert_allclose(check.gradient, [LAM * exact[0], exact[1]], rtol=1e-9)

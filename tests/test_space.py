@@ -3,6 +3,7 @@ bad input fails early with a message that names the argument."""
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -220,3 +221,22 @@ def test_problem_construction_errors():
         _problem(fixed_point=None, objective=_criterion, fixed_steps=True)
     # Integer data and non-array leaves are fine.
     _problem(data={"n": 3, "idx": jnp.arange(3), "name": "toy"})
+
+
+def test_space_order_survives_transformations():
+    # Names not in sorted order: the order is z's order inside jit/vmap/grad too (a dict
+    # field used to be rebuilt in sorted order there, swapping the entries of z).
+    space = ic.Space(zeta=ic.Param(2.0, ic.Log()), mu=ic.Param(np.zeros(2)), a=ic.Param(0.3))
+    assert space.names == ("zeta", "mu", "a") == tuple(space.params)
+    z = jnp.array([0.0, 1.0, 2.0, 3.0])
+    eager = space.to_theta(z)
+    for traced in (
+        eqx.filter_jit(lambda sp, v: sp.to_theta(v))(space, z),
+        jax.vmap(lambda sp, v: sp.to_theta(v), in_axes=(None, 0))(space, z[None]),
+    ):
+        for name in space.names:
+            np.testing.assert_array_equal(jnp.squeeze(jnp.asarray(traced[name])), eager[name])
+    assert float(eager["zeta"]) == 1.0 and eager["mu"].tolist() == [1.0, 2.0]
+    z_traced = eqx.filter_jit(lambda sp, th: sp.to_z(th))(space, eager)
+    np.testing.assert_allclose(z_traced, z, atol=1e-15)
+    assert eqx.filter_jit(lambda sp: sp.flat_names())(space) == space.flat_names()
