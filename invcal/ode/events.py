@@ -1,0 +1,524 @@
+r"""NONMEM-style event tables → validated event data → padded per-subject arrays.
+
+A table has one row per record, grouped by subject and sorted by time within a subject
+(Beal, Sheiner, Boeckmann & Bauer, *NONMEM Users Guides*, Part V):
+
+| column | meaning | default when the column is absent |
+|---|---|---|
+| ID | subject identifier (rows of a subject are contiguous) | required |
+| TIME | time of the record, ≥ 0, non-decreasing within a subject | required |
+| DV | observed value on observation rows (``.`` or empty: missing) | required |
+| AMT | dose amount on dose rows | 0 |
+| EVID | 0 observation, 1 dose, 2 other (no observation, no dose) | 1 where AMT > 0, else 0 |
+| CMT | dose compartment, 1-based index into the model's states | 1 |
+| MDV | 1: the row has no observation | 1 where EVID ≠ 0, else 0 |
+| RATE | 0: bolus; > 0: zero-order infusion of AMT at RATE (duration AMT/RATE) | 0 |
+
+Every other column is a covariate (its value on a subject's first row is the subject's
+baseline covariate), unless ``covariates=`` lists the allowed ones; a column whose name
+looks like a misspelt reserved one (``Time``, ``AMT_``) is refused either way.
+
+:func:`read_events` checks the table and names the offending row in every error;
+:func:`subject_arrays` turns it into the padded arrays the solvers vmap over: each subject's
+timeline is cut into solve segments at doses and infusion starts and ends, a segment carrying
+the bolus jump applied at its start and the infusion rates during it, and each observation
+knows its segment (a dose and an observation at the same time: the record order decides
+whether the observation sees the dose, as in NONMEM).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import numpy as np
+
+__all__ = ["Events", "SubjectArrays", "read_events", "subject_arrays"]
+
+REQUIRED = ("ID", "TIME", "DV")
+OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE")
+RESERVED = REQUIRED + OPTIONAL
+UNSUPPORTED = {
+    "SS": "steady-state dosing",
+    "II": "interdose intervals",
+    "ADDL": "additional doses",
+    "DUR": "modelled infusion durations",
+}
+_MISSING = ("", ".", "NA", "NaN", "nan")
+
+
+@dataclass(frozen=True)
+class Events:
+    """A validated event table (one entry per row, in the table's order).
+
+    ``row`` holds 1-based row numbers of the table (the header is row 0), which every error
+    message quotes. ``subjects`` lists the IDs in order of first appearance.
+    """
+
+    id: np.ndarray
+    time: np.ndarray
+    dv: np.ndarray
+    amt: np.ndarray
+    evid: np.ndarray
+    cmt: np.ndarray
+    mdv: np.ndarray
+    rate: np.ndarray
+    covariates: dict[str, np.ndarray]
+    row: np.ndarray
+    source: str = "table"
+    subjects: tuple = field(default=())
+
+    @property
+    def is_observation(self) -> np.ndarray:
+        return (self.evid == 0) & (self.mdv == 0)
+
+    @property
+    def is_dose(self) -> np.ndarray:
+        return self.evid == 1
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subjects)
+
+    @property
+    def n_observations(self) -> int:
+        return int(np.sum(self.is_observation))
+
+    def where(self, i: int) -> str:
+        """'row 5 (ID 1)' for the i-th entry: how errors name a row."""
+        return f"row {int(self.row[i])} (ID {self.id[i]!r}) of {self.source}"
+
+    def baseline(self) -> dict[str, np.ndarray]:
+        """Each covariate's value on each subject's first row, ordered as ``subjects``."""
+        first = [int(np.flatnonzero(self.id == s)[0]) for s in self.subjects]
+        return {k: v[first] for k, v in self.covariates.items()}
+
+    def observations(self, subject) -> tuple[np.ndarray, np.ndarray]:
+        """(TIME, DV) of a subject's observations."""
+        m = (self.id == subject) & self.is_observation
+        return self.time[m], self.dv[m]
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+def _num(v) -> str:
+    """A number as an error message shows it."""
+    try:
+        return f"{float(v):g}"
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def _read_csv(path) -> tuple[list[str], dict[str, list[str]]]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path}: the file is empty; expected a header row.") from None
+        header = [h.strip() for h in header]
+        cols: dict[str, list[str]] = {h: [] for h in header}
+        for lineno, rec in enumerate(reader, start=2):
+            if not rec or all(not c.strip() for c in rec):
+                continue
+            if len(rec) != len(header):
+                raise ValueError(
+                    f"{path}, line {lineno}: {len(rec)} fields but the header has "
+                    f"{len(header)} ({', '.join(header)})."
+                )
+            for h, c in zip(header, rec, strict=True):
+                cols[h].append(c.strip())
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})
+        raise ValueError(f"{path}: duplicate column names {dup}.")
+    return header, cols
+
+
+def _from_frame(table) -> tuple[list[str], dict[str, list]]:
+    if hasattr(table, "columns") and hasattr(table, "__getitem__"):  # a pandas DataFrame
+        header = [str(c) for c in table.columns]
+        return header, {str(c): list(np.asarray(table[c], dtype=object)) for c in table.columns}
+    if isinstance(table, Mapping):
+        header = [str(k) for k in table]
+        cols = {str(k): list(np.asarray(v, dtype=object).ravel()) for k, v in table.items()}
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"the columns of the table have different lengths: "
+                f"{ {k: len(v) for k, v in cols.items()} }."
+            )
+        return header, cols
+    raise TypeError(
+        "read_events expects a path to a CSV file, a pandas DataFrame or a dict of columns; "
+        f"got {type(table).__name__}."
+    )
+
+
+def _numeric(name: str, values: list, ids: list, missing_ok: bool) -> np.ndarray:
+    out = np.empty(len(values))
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and v.strip() in _MISSING):
+            if not missing_ok:
+                raise ValueError(
+                    f"row {i + 1} (ID {ids[i]!r}): column {name} is missing; it needs a number."
+                )
+            out[i] = np.nan
+            continue
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"row {i + 1} (ID {ids[i]!r}): column {name} has {v!r}, which is not a number."
+            ) from None
+    return out
+
+
+def _parse_ids(values: list) -> np.ndarray:
+    ids = []
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and v.strip() in _MISSING):
+            raise ValueError(f"row {i + 1}: ID is missing.")
+        if isinstance(v, str):
+            try:
+                x = float(v)
+                v = int(x) if x.is_integer() else v.strip()
+            except ValueError:
+                v = v.strip()
+        elif isinstance(v, (float, np.floating)):
+            if not math.isfinite(v):
+                raise ValueError(f"row {i + 1}: ID is {v!r}; it must be finite.")
+            v = int(v) if float(v).is_integer() else float(v)
+        elif isinstance(v, (np.integer,)):
+            v = int(v)
+        ids.append(v)
+    out = np.empty(len(ids), dtype=object)
+    out[:] = ids
+    return out
+
+
+def _check_columns(header, covariates) -> list[str]:
+    for name in REQUIRED:
+        if name not in header:
+            near = difflib.get_close_matches(name, header, n=1, cutoff=0.6)
+            hint = f" (found {near[0]!r}: rename it to {name!r})" if near else ""
+            raise ValueError(
+                f"the table has no {name} column{hint}; an event table needs "
+                f"{', '.join(REQUIRED)} (columns found: {', '.join(header)})."
+            )
+    extra = [h for h in header if h not in RESERVED]
+    for h in extra:
+        if h.upper() in UNSUPPORTED:
+            raise ValueError(
+                f"column {h!r} ({UNSUPPORTED[h.upper()]}) is not supported yet; expand such "
+                "doses into one row per dose."
+            )
+    if covariates is not None:
+        covariates = [str(c) for c in covariates]
+        missing = [c for c in covariates if c not in header]
+        if missing:
+            raise ValueError(f"covariates {missing} are not columns of the table ({header}).")
+        unknown = [h for h in extra if h not in covariates]
+        if unknown:
+            raise ValueError(
+                f"unknown column {unknown[0]!r}: it is neither one of {', '.join(RESERVED)} "
+                f"nor a declared covariate ({list(covariates)}). Drop it, or add it to "
+                "covariates=."
+            )
+        return covariates
+    for h in extra:
+        near = difflib.get_close_matches(h.upper(), RESERVED, n=1, cutoff=0.75)
+        if near:
+            raise ValueError(
+                f"unknown column {h!r}: did you mean {near[0]!r}? Rename it, or pass "
+                f"covariates=({h!r},) if it is a covariate."
+            )
+    return extra
+
+
+def read_events(table, *, covariates=None, source: str | None = None) -> Events:
+    """Read and validate a NONMEM-style event table.
+
+    **Arguments**
+
+    - ``table``: a path to a CSV file (header row first), a pandas DataFrame or a dict of
+      columns.
+    - ``covariates``: the covariate columns allowed; ``None`` accepts every non-reserved
+      column as a covariate (except names that look like misspelt reserved columns).
+    - ``source``: how errors name the table (default: the file name).
+
+    Raises ``ValueError`` naming the row for: unknown columns, non-numeric or missing
+    values, negative or decreasing times, non-contiguous subjects, unsupported EVID/RATE,
+    doses without a positive amount, observations without a finite DV, covariates that are
+    not finite, and subjects with no observation.
+    """
+    if isinstance(table, (str, os.PathLike)):
+        if not os.path.exists(table):
+            raise FileNotFoundError(f"no event table at {os.fspath(table)!r}.")
+        header, cols = _read_csv(table)
+        source = source or os.path.basename(os.fspath(table))
+    else:
+        header, cols = _from_frame(table)
+        source = source or "table"
+    covs = _check_columns(header, covariates)
+    n = len(cols["ID"])
+    if n == 0:
+        raise ValueError(f"{source} has no rows.")
+    ids = _parse_ids(cols["ID"])
+    idl = list(ids)
+
+    def num(name, missing_ok=True, default=None):
+        if name not in cols:
+            return None if default is None else np.full(n, default, dtype=float)
+        return _numeric(name, cols[name], idl, missing_ok)
+
+    time = num("TIME", missing_ok=False)
+    dv = num("DV")
+    amt = num("AMT", default=0.0)
+    amt = np.where(np.isnan(amt), 0.0, amt)
+    evid = num("EVID")
+    if evid is None:
+        evid = np.where(amt > 0, 1.0, 0.0)
+    mdv = num("MDV")
+    if mdv is None:
+        mdv = np.where(evid != 0, 1.0, 0.0)
+    cmt = num("CMT")
+    rate = num("RATE", default=0.0)
+    rate = np.where(np.isnan(rate), 0.0, rate)
+    cov_values = {c: num(c) for c in covs}
+    rows = np.arange(1, n + 1)
+
+    def where(i):
+        return f"row {i + 1} (ID {ids[i]!r}) of {source}"
+
+    # Row-wise checks, first offending row reported.
+    for i in range(n):
+        t = time[i]
+        if not math.isfinite(t):
+            raise ValueError(f"{where(i)}: TIME is {_num(t)}; times must be finite.")
+        if t < 0:
+            raise ValueError(f"{where(i)}: TIME is {t:g}; times must be >= 0.")
+        e = evid[i]
+        if not math.isfinite(e) or e not in (0.0, 1.0, 2.0):
+            extra = " (resets are not supported)" if e in (3.0, 4.0) else ""
+            raise ValueError(
+                f"{where(i)}: EVID is {_num(e)}{extra}; use 0 (observation), 1 (dose) or 2 (other)."
+            )
+        if mdv[i] not in (0.0, 1.0) or not math.isfinite(mdv[i]):
+            if np.isnan(mdv[i]):
+                mdv[i] = 1.0 if e != 0 else 0.0
+            else:
+                raise ValueError(f"{where(i)}: MDV is {_num(mdv[i])}; use 0 or 1.")
+        if e == 1.0:
+            a = amt[i]
+            if not (math.isfinite(a) and a > 0):
+                raise ValueError(f"{where(i)}: a dose (EVID=1) needs AMT > 0; got AMT={_num(a)}.")
+            r = rate[i]
+            if not math.isfinite(r) or r < 0:
+                what = " (modelled rates/durations, RATE=-1/-2, are not supported)" if r < 0 else ""
+                raise ValueError(f"{where(i)}: RATE is {_num(r)}{what}; use 0 (bolus) or > 0.")
+            c = 1.0 if cmt is None or np.isnan(cmt[i]) else cmt[i]
+            if not (math.isfinite(c) and float(c).is_integer() and c >= 1):
+                raise ValueError(
+                    f"{where(i)}: CMT is {_num(c)}; a dose needs a compartment number >= 1 "
+                    "(1-based index into the model's states)."
+                )
+        if e == 0.0 and mdv[i] == 0.0 and not math.isfinite(dv[i] if dv is not None else np.nan):
+            raise ValueError(
+                f"{where(i)}: DV is {cols['DV'][i]!r} on an observation row (EVID=0, MDV=0); "
+                "observations need a finite DV. Mark the row MDV=1 to skip it."
+            )
+        for c, v in cov_values.items():
+            if not math.isfinite(v[i]):
+                raise ValueError(
+                    f"{where(i)}: covariate {c} is {cols[c][i]!r}; covariates must be finite."
+                )
+    cmt_full = np.ones(n, dtype=int)
+    if cmt is not None:
+        ok = np.isfinite(cmt)
+        cmt_full[ok] = cmt[ok].astype(int)
+    # Subjects: contiguous blocks, times non-decreasing within each.
+    subjects, seen = [], set()
+    for i in range(n):
+        if i == 0 or ids[i] != ids[i - 1]:
+            if ids[i] in seen:
+                raise ValueError(
+                    f"{where(i)}: subject {ids[i]!r} appears again after other subjects; "
+                    "keep each subject's rows together (sort the table by ID, then TIME)."
+                )
+            seen.add(ids[i])
+            subjects.append(ids[i])
+        elif time[i] < time[i - 1]:
+            raise ValueError(
+                f"{where(i)}: TIME {time[i]:g} is before the previous row's {time[i - 1]:g}; "
+                "sort each subject's rows by TIME."
+            )
+    is_obs = (evid == 0) & (mdv == 0)
+    for s in subjects:
+        m = ids == s
+        if not np.any(is_obs & m):
+            first = int(np.flatnonzero(m)[0])
+            raise ValueError(
+                f"subject {s!r} (from {where(first)}) has no observation (no row with "
+                "EVID=0 and MDV=0); drop the subject or add its observations."
+            )
+    dv_clean = np.where(is_obs, dv if dv is not None else 0.0, np.nan)
+    return Events(
+        id=ids,
+        time=time,
+        dv=dv_clean,
+        amt=np.where(evid == 1, amt, 0.0),
+        evid=evid.astype(int),
+        cmt=cmt_full,
+        mdv=mdv.astype(int),
+        rate=np.where(evid == 1, rate, 0.0),
+        covariates=cov_values,
+        row=rows,
+        source=source,
+        subjects=tuple(subjects),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Padded arrays
+# --------------------------------------------------------------------------------------
+class SubjectArrays(eqx.Module):
+    """Per-subject arrays padded to common sizes (a leading subject axis; vmap over it).
+
+    - ``seg_t0``, ``seg_t1`` (N, S): solve segments; ``seg_jump`` (N, S, n_states): bolus
+      amounts added at a segment's start; ``seg_rate`` (N, S, n_states): infusion rates during
+      it. Padding segments have zero length and no jump.
+    - ``obs_t``, ``obs_seg``, ``dv``, ``obs_mask`` (N, M): observation times, their segment,
+      values and a mask (padding is 0 with ``obs_mask`` False).
+    - ``cov`` (N, C): baseline covariates (columns ordered as ``names``).
+    """
+
+    seg_t0: jax.Array
+    seg_t1: jax.Array
+    seg_jump: jax.Array
+    seg_rate: jax.Array
+    obs_t: jax.Array
+    obs_seg: jax.Array
+    dv: jax.Array
+    obs_mask: jax.Array
+    cov: jax.Array
+    names: tuple[str, ...] = eqx.field(static=True, default=())
+
+    @property
+    def n_subjects(self) -> int:
+        return int(self.obs_t.shape[0])
+
+
+def _segments(ev: Events, idx: np.ndarray, n_states: int, states):
+    """Cut one subject's timeline into solve segments; return them and each observation's
+    segment index."""
+    # Timeline entries: (time, order, kind, payload). Infusion ends sort before rows at the
+    # same time (the state is continuous there, so the order does not matter for it).
+    timeline = []
+    for order, i in enumerate(idx):
+        if ev.evid[i] == 1:
+            c = int(ev.cmt[i])
+            if c > n_states:
+                raise ValueError(
+                    f"{ev.where(i)}: dose into compartment CMT={c}, but the model has "
+                    f"{n_states} state(s) {tuple(states)}; CMT is a 1-based index into them."
+                )
+            if ev.rate[i] > 0:
+                dur = ev.amt[i] / ev.rate[i]
+                timeline.append((ev.time[i], 1, order, "start", c - 1, ev.rate[i]))
+                timeline.append((ev.time[i] + dur, 0, order, "stop", c - 1, ev.rate[i]))
+            else:
+                timeline.append((ev.time[i], 1, order, "bolus", c - 1, ev.amt[i]))
+        elif ev.evid[i] == 0 and ev.mdv[i] == 0:
+            timeline.append((ev.time[i], 1, order, "obs", i, 0.0))
+    timeline.sort(key=lambda e: (e[0], e[1], e[2]))
+    t_start = float(ev.time[idx[0]])
+    rate = np.zeros(n_states)
+    segs = [{"t0": t_start, "jump": np.zeros(n_states), "rate": rate.copy(), "nobs": 0}]
+    obs_seg, obs_t, obs_dv = [], [], []
+    for t, _, _, kind, c, val in timeline:
+        if kind == "obs":
+            obs_seg.append(len(segs) - 1)
+            obs_t.append(t)
+            obs_dv.append(ev.dv[c])
+            segs[-1]["nobs"] += 1
+            continue
+        cur = segs[-1]
+        if not (cur["t0"] == t and cur["nobs"] == 0):
+            cur = {"t0": t, "jump": np.zeros(n_states), "rate": rate.copy(), "nobs": 0}
+            segs.append(cur)
+        if kind == "bolus":
+            cur["jump"][c] += val
+        elif kind == "start":
+            rate[c] += val
+        else:
+            rate[c] -= val
+            rate[c] = 0.0 if abs(rate[c]) < 1e-12 * max(val, 1.0) else rate[c]
+        cur["rate"] = rate.copy()
+    t_end = max([s["t0"] for s in segs] + obs_t)
+    for k, s in enumerate(segs):
+        s["t1"] = segs[k + 1]["t0"] if k + 1 < len(segs) else t_end
+    return segs, np.asarray(obs_seg, int), np.asarray(obs_t), np.asarray(obs_dv)
+
+
+def subject_arrays(events: Events, model, *, covariates: tuple[str, ...] = ()) -> SubjectArrays:
+    """Padded per-subject arrays for ``model`` (checks dose compartments against its states).
+
+    ``covariates`` selects and orders the baseline covariate columns in ``cov``."""
+    if not isinstance(events, Events):
+        raise TypeError(
+            f"expected event data from invcal.ode.read_events(...); got {type(events).__name__}."
+        )
+    unknown = [c for c in covariates if c not in events.covariates]
+    if unknown:
+        raise ValueError(
+            f"covariates {unknown} are not columns of {events.source} "
+            f"(covariate columns: {sorted(events.covariates)})."
+        )
+    n_states = len(model.states)
+    per = []
+    for s in events.subjects:
+        idx = np.flatnonzero(events.id == s)
+        per.append(_segments(events, idx, n_states, model.states))
+    N = len(per)
+    S = max(len(p[0]) for p in per)
+    M = max(len(p[1]) for p in per)
+    seg_t0 = np.zeros((N, S))
+    seg_t1 = np.zeros((N, S))
+    jump = np.zeros((N, S, n_states))
+    rate = np.zeros((N, S, n_states))
+    obs_t = np.zeros((N, M))
+    obs_seg = np.zeros((N, M), dtype=np.int32)
+    dv = np.zeros((N, M))
+    mask = np.zeros((N, M), dtype=bool)
+    for n, (segs, oseg, ot, odv) in enumerate(per):
+        for k, sg in enumerate(segs):
+            seg_t0[n, k], seg_t1[n, k] = sg["t0"], sg["t1"]
+            jump[n, k], rate[n, k] = sg["jump"], sg["rate"]
+        last = segs[-1]
+        for k in range(len(segs), S):  # zero-length padding at the end of the timeline
+            seg_t0[n, k] = seg_t1[n, k] = last["t1"]
+            rate[n, k] = last["rate"]
+        m = len(ot)
+        obs_t[n, :m], obs_seg[n, :m], dv[n, :m], mask[n, :m] = ot, oseg, odv, True
+        obs_t[n, m:], obs_seg[n, m:] = (ot[-1], oseg[-1]) if m else (0.0, 0)
+    base = events.baseline()
+    cov = np.stack([base[c] for c in covariates], axis=1) if covariates else np.zeros((N, 0))
+    return SubjectArrays(
+        seg_t0=jax.numpy.asarray(seg_t0),
+        seg_t1=jax.numpy.asarray(seg_t1),
+        seg_jump=jax.numpy.asarray(jump),
+        seg_rate=jax.numpy.asarray(rate),
+        obs_t=jax.numpy.asarray(obs_t),
+        obs_seg=jax.numpy.asarray(obs_seg),
+        dv=jax.numpy.asarray(dv),
+        obs_mask=jax.numpy.asarray(mask),
+        cov=jax.numpy.asarray(cov, dtype=float),
+        names=tuple(covariates),
+    )

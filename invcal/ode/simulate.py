@@ -1,0 +1,185 @@
+r"""Predictions of one subject's observations, and their derivatives, from diffrax.
+
+For a subject with solve segments [t₀ₖ, t₁ₖ] (cut at doses and infusion changes), the state
+is carried across segments with the bolus jumps, y(t₀ₖ⁺) = y(t₀ₖ⁻) + Δₖ, and each segment is
+one ``diffeqsolve`` saving at the observation times that fall in it. The prediction of
+observation j is f_j(φ) = observe(y(t_j; φ), φ).
+
+:func:`prediction_jets` returns f and its derivatives ∂ᵏf/∂φᵏ up to a given order by nested
+forward-mode differentiation of the solve (``jax.jacfwd`` through ``diffrax.ForwardMode``);
+:func:`taylor` evaluates the degree-k Taylor polynomial they define. Any function of f
+composed with that polynomial, evaluated at the expansion point, has exactly the value and
+the first k derivatives of the same function of the true f — and it contains no ODE solve, so
+reverse mode, ``jax.hessian`` and implicit differentiation apply freely to it. The population
+objectives are built that way: the ODE is solved (with its sensitivities) once per subject
+and evaluation, everything downstream is small dense algebra.
+"""
+
+from __future__ import annotations
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["predict", "prediction_jets", "taylor", "simulate"]
+
+
+def _solve_segments(model, subject, phi, obs_t, obs_seg):
+    """States at ``obs_t`` (each in its segment ``obs_seg``) and a success flag."""
+    p = model.param_dict(phi)
+    y0 = model.initial_state(p).astype(jnp.result_type(phi, float))
+    controller = dfx.PIDController(rtol=model.rtol, atol=model.atol)
+
+    def field(t, y, args):
+        params, rate = args
+        return model.vector_field(t, y, params) + rate
+
+    term = dfx.ODETerm(field)
+
+    def one(y, seg):
+        t0, t1, jump, rate = seg
+        y = y + jump
+        ts = jnp.clip(obs_t, t0, t1)
+        sol = dfx.diffeqsolve(
+            term,
+            model.solver,
+            t0,
+            t1,
+            model.dt0,
+            y,
+            args=(p, rate),
+            saveat=dfx.SaveAt(ts=ts, t1=True),
+            stepsize_controller=controller,
+            max_steps=model.max_steps,
+            adjoint=model.adjoint,
+            throw=False,
+        )
+        ok = sol.result == dfx.RESULTS.successful
+        return sol.ys[-1], (sol.ys[:-1], ok)
+
+    segs = (subject.seg_t0, subject.seg_t1, subject.seg_jump, subject.seg_rate)
+    _, (ys, oks) = jax.lax.scan(one, y0, segs)
+    y_obs = ys[obs_seg, jnp.arange(obs_t.shape[0])]
+    return y_obs, jnp.all(oks), p
+
+
+def predict(model, subject, phi):
+    """(f, ok): predictions at the subject's observation times (padding included) and
+    whether every solve segment succeeded with finite predictions."""
+    y_obs, ok, p = _solve_segments(model, subject, phi, subject.obs_t, subject.obs_seg)
+    f = jax.vmap(lambda y: model.observe(y, p))(y_obs)
+    return f, ok & jnp.all(jnp.isfinite(f))
+
+
+def prediction_jets(model, subject, phi, order: int):
+    """(jets, ok) with jets = (f, ∂f/∂φ, ∂²f/∂φ², …) up to ``order`` (shapes (M,), (M, d),
+    (M, d, d), …), by nested ``jax.jacfwd`` of the solve (one primal solve, shared)."""
+    model.check_order(order, "these derivatives")
+
+    def level0(q):
+        f, ok = predict(model, subject, q)
+        return (f,), ok
+
+    fn = level0
+    for k in range(1, order + 1):
+        prev = fn
+        if k == 1 and not model.forward_mode:
+
+            def fn(q, prev=prev):
+                (f,), ok = prev(q)
+                J = jax.jacrev(lambda r: prev(r)[0][0])(q)
+                return (f, J), ok
+
+            continue
+
+        def fn(q, prev=prev):
+            def top(r):
+                jets, ok = prev(r)
+                return jets[-1], (jets, ok)
+
+            d_top, (jets, ok) = jax.jacfwd(top, has_aux=True)(q)
+            return (*jets, d_top), ok
+
+    jets, ok = fn(phi)
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(j)) for j in jets]))
+    return jets, ok & finite
+
+
+def taylor(jets, dphi):
+    """The Taylor polynomial Σₖ (1/k!) ∂ᵏf[dφ, …, dφ] of the jets at the displacement dφ."""
+    out = jets[0]
+    if len(jets) > 1:
+        out = out + jets[1] @ dphi
+    if len(jets) > 2:
+        out = out + 0.5 * jnp.einsum("mij,i,j->m", jets[2], dphi, dphi)
+    if len(jets) > 3:
+        out = out + jnp.einsum("mijk,i,j,k->m", jets[3], dphi, dphi, dphi) / 6.0
+    if len(jets) > 4:
+        raise ValueError("taylor: jets above order 3 are not supported.")
+    return out
+
+
+def predict_at(model, subject, phi, times):
+    """Predictions at arbitrary ``times`` (e.g. a dense grid for plots); a time equal to a
+    dose time sees the dose."""
+    times = jnp.asarray(times, dtype=float)
+    # The last segment starting at or before t (after every jump at t).
+    seg = jnp.clip(jnp.searchsorted(subject.seg_t0, times, side="right") - 1, 0, None)
+    y, ok, p = _solve_segments(model, subject, phi, times, seg)
+    f = jax.vmap(lambda yy: model.observe(yy, p))(y)
+    return f, ok
+
+
+def simulate(model, events, params, *, times=None):
+    """Predictions for every subject of ``events`` with parameters ``params``.
+
+    ``params``: dict name → scalar (every subject) or array over subjects (ordered as
+    ``events.subjects``), on the declared scale. ``times``: a 1-D array of times to predict
+    at for every subject (past the last observation the segments are extended); default the
+    subject's observation times. Returns dict subject ID → (times, predictions) as NumPy
+    arrays; raises if a solve fails, naming the subject.
+    """
+    from .events import subject_arrays
+
+    missing = [n for n in model.params if n not in params]
+    if missing:
+        raise ValueError(
+            f"simulate: params lacks {missing} (the model's params are {model.params})."
+        )
+    arrays = subject_arrays(events, model)
+    N = arrays.n_subjects
+    phi = np.stack(
+        [np.broadcast_to(np.asarray(params[n], dtype=float), (N,)) for n in model.params], axis=1
+    )
+    out = {}
+    for i, sid in enumerate(events.subjects):
+        subj = jax.tree_util.tree_map(lambda a, i=i: a[i], arrays)
+        if times is None:
+            f, ok = _predict_jit(model, subj, jnp.asarray(phi[i]))
+            mask = np.asarray(subj.obs_mask)
+            t, f = np.asarray(subj.obs_t)[mask], np.asarray(f)[mask]
+        else:
+            t = np.asarray(times, dtype=float)
+            tmax = float(np.max(t))
+            subj = _extend(subj, tmax)
+            f, ok = _predict_at_jit(model, subj, jnp.asarray(phi[i]), jnp.asarray(t))
+            f = np.asarray(f)
+        if not bool(ok):
+            raise RuntimeError(
+                f"simulate: the ODE solve failed for subject {sid!r} (max_steps reached or a "
+                "non-finite state); check its parameters or raise the model's max_steps."
+            )
+        out[sid] = (t, f)
+    return out
+
+
+def _extend(subject, tmax):
+    """Stretch the last segment to ``tmax`` so predictions past the last record exist."""
+    t1 = subject.seg_t1
+    return eqx.tree_at(lambda s: s.seg_t1, subject, t1.at[-1].set(jnp.maximum(t1[-1], tmax)))
+
+
+_predict_jit = jax.jit(predict, static_argnums=0)
+_predict_at_jit = jax.jit(predict_at, static_argnums=0)
