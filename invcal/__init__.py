@@ -1,6 +1,11 @@
 """invcal: tune the hyperparameters of inverse problems and ODE models by hypergradients."""
 
-from .diagnostics import Diagnostics, HypergradientNotConverged, OnFailure
+from .diagnostics import (
+    Diagnostics,
+    HypergradientNotConverged,
+    HypergradientNotConvergedWarning,
+    OnFailure,
+)
 from .hypergradient import (
     AbstractHypergradient,
     ForwardUnrolled,
@@ -14,7 +19,14 @@ from .hypergradient import (
 from .implicit import Neumann
 from .outer import HOAG, RTHO, TuneResult, grid_search, random_search, tune
 from .problem import Problem
-from .solvers import FISTA, AbstractInnerSolver, FixedPointIteration, FixedSteps, InnerSolution, Newton
+from .solvers import (
+    FISTA,
+    AbstractInnerSolver,
+    FixedPointIteration,
+    FixedSteps,
+    InnerSolution,
+    Newton,
+)
 from .space import Bounded, Identity, Log, Param, Softplus, Space
 from .testing import check_hypergradient
 
@@ -31,6 +43,7 @@ __all__ = [
     "ForwardUnrolled",
     "Hypergradient",
     "HypergradientNotConverged",
+    "HypergradientNotConvergedWarning",
     "Identity",
     "Implicit",
     "InnerSolution",

@@ -222,3 +222,43 @@ def test_rtho_with_an_integer_step_counter_matches_a_float_one():
     hg = ic.hypergradient(problem, theta0, solver=ic.FixedSteps(2), method=ic.ForwardUnrolled())
     expected = float(ic.testing.grad_z(problem, theta0, hg.grad)[0])
     np.testing.assert_allclose(runs[0].history[0]["grad_z"][0], expected, rtol=1e-12)
+
+
+def test_names_out_of_sorted_order_survive_lbfgs_and_rtho():
+    # Two hyperparameters whose names are not in sorted order: a regression guard for the
+    # jitted outer paths (transforms rebuild dicts in sorted key order).
+    def objective2(x, th, data):
+        A, b, _, _ = data
+        return (
+            0.5 * jnp.mean((A @ x - b) ** 2)
+            + 0.5 * th["zeta"] * jnp.sum(x[: P // 2] ** 2)
+            + (0.5 * th["alpha"] * jnp.sum(x[P // 2 :] ** 2))
+        )
+
+    def step2(x, th, data):
+        return x - jax.grad(objective2)(x, th, data) / (LIP + th["zeta"] + th["alpha"])
+
+    problem = ic.Problem(
+        space=ic.Space(zeta=ic.Param(1.0, ic.Log()), alpha=ic.Param(0.01, ic.Log())),
+        criterion=held_out,
+        x0=jnp.zeros(P),
+        data=DATA,
+        objective=objective2,
+        fixed_point=step2,
+        name="ridge2",
+    )
+    theta = problem.space.init()
+    fd = ic.testing.finite_difference(problem, theta, solver=SOLVER, eps=1e-6)
+    hg = ic.hypergradient(problem, theta, solver=SOLVER)
+    np.testing.assert_allclose(ic.testing.grad_z(problem, theta, hg.grad), fd, rtol=1e-6)
+    assert fd[0] != pytest.approx(fd[1], rel=0.1)
+    rtho = ic.tune(
+        problem,
+        solver=ic.FixedPointIteration(),
+        optimizer=ic.RTHO(delta=2000),
+        learning_rate=0.1,
+        steps=1,
+    )
+    np.testing.assert_allclose(rtho.history[0]["grad_z"], fd, rtol=1e-5)
+    lb = ic.tune(problem, solver=SOLVER, optimizer="lbfgs", steps=6)
+    assert lb.value < hg.value
