@@ -79,5 +79,7 @@ def load(name: str, **options) -> Setup:
         )
     setup = entries[key].load()(**options)
     if not isinstance(setup, Setup):
-        raise TypeError(f"entry point {key!r} returned {type(setup).__name__}, not invcal.catalog.Setup.")
+        raise TypeError(
+            f"entry point {key!r} returned {type(setup).__name__}, not invcal.catalog.Setup."
+        )
     return setup
