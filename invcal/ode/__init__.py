@@ -1,15 +1,46 @@
 """Hierarchical ODE models: subjects' ODEs solved with diffrax, calibrated at two levels.
 
 ``ODEModel`` declares a subject's ODE, ``read_events`` reads a NONMEM-style event table, and
-``simulate`` predicts every subject's observations.
+``fit_population`` fits the population parameters by FOCEI or Laplace marginal likelihood
+with implicit hypergradients through each subject's MAP random effects.
 """
 
 from .events import Events, SubjectArrays, read_events, subject_arrays
 from .model import ODEModel
+from .population import (
+    FOCEI,
+    AbstractApproximation,
+    AbstractResidualError,
+    Additive,
+    Combined,
+    Laplace,
+    Population,
+    PopulationLM,
+    PopulationObjective,
+    Proportional,
+    fit_population,
+    population_objective,
+    population_problem,
+)
 from .simulate import predict, prediction_jets, simulate, taylor
+from .summary import PopulationFit
 
 __all__ = [
+    "AbstractApproximation",
+    "AbstractResidualError",
+    "Additive",
+    "Combined",
     "Events",
+    "FOCEI",
+    "Laplace",
+    "Population",
+    "PopulationFit",
+    "PopulationLM",
+    "Proportional",
+    "fit_population",
+    "population_objective",
+    "PopulationObjective",
+    "population_problem",
     "ODEModel",
     "SubjectArrays",
     "predict",

@@ -1,0 +1,1021 @@
+r"""Population (nonlinear mixed-effects) models of ODE subjects: FOCEI and Laplace.
+
+Subject i has parameters φᵢ = μ + Bᵢβ + Sηᵢ (fixed effects μ, covariate effects β on the
+baseline covariates, random effects ηᵢ ~ N(0, Ω) on the subset S of the parameters, Ω
+diagonal with SDs ω) and observations yᵢⱼ = fᵢⱼ(φᵢ) + εᵢⱼ with εᵢⱼ ~ N(0, Rᵢⱼ), where
+Rᵢⱼ = R(fᵢⱼ) is the residual error model (additive σₐ², proportional (σₚf)², combined
+σₐ² + σₚ²f²). The population parameters θ = (μ, β, ω, σ) are the hyperparameters.
+
+**Inner problem.** Each subject's random effects are the MAP estimate
+
+    ηᵢ*(θ) = argmin_η Lᵢ(η, θ),
+    Lᵢ = ½ Σⱼ [(yᵢⱼ − fᵢⱼ)²/Rᵢⱼ + log 2πRᵢⱼ] + ½ ηᵀΩ⁻¹η,
+
+found by Levenberg–Marquardt, vmapped over subjects, on the exact Hessian ∇²_η Lᵢ where it
+is positive definite (quadratic convergence near ηᵢ*) and otherwise on the Fisher-scoring
+matrix Hᵢ = Σⱼ Jⱼᵀ(1/Rⱼ + R′ⱼ²/(2Rⱼ²))Jⱼ + Ω⁻¹ (Gauss–Newton for additive error); J = ∂f/∂η
+and the second derivatives come from diffrax forward-mode sensitivities. Between outer steps
+the solve starts from the first-order prediction ηᵢ* + (dηᵢ*/dθ)Δθ.
+
+**Outer objective** (minus the approximate log-likelihood, summed over subjects):
+
+    −ℓᵢ(θ) = Lᵢ(ηᵢ*, θ) + ½ log|Ω| + ½ log|Hᵢ(ηᵢ*, θ)|,
+
+from the Laplace approximation ∫e^{−Lᵢ}dη ≈ e^{−Lᵢ(η*)}(2π)^{q/2}|Hᵢ|^{−½} after the prior's
+normalization. ``FOCEI`` takes Hᵢ the expected-information matrix above (Beal & Sheiner's
+first-order conditional estimation with interaction, NONMEM; Wang 2007, eq. for FOCEI; for
+additive error it equals Lindstrom & Bates' (1990) linear-mixed-effects approximation at the
+conditional modes, which nlme maximizes: Pinheiro & Bates 2000, §7.2); ``Laplace`` takes the
+exact Hessian ∇²_η Lᵢ.
+
+**Hypergradient.** By the implicit function theorem at ∇_η Lᵢ(ηᵢ*, θ) = 0,
+
+    d(−ℓᵢ)/dθ = ∂_θ(−ℓᵢ) − ∂_θ[vᵢᵀ ∇_η Lᵢ],     vᵢ = (∇²_ηη Lᵢ)⁻¹ ∂_η(−ℓᵢ),
+
+which carries the dependence of the log-determinant on η* (∂_η(−ℓᵢ) ≠ 0 there: only Lᵢ is
+stationary). FOCEI needs second derivatives of the ODE predictions with respect to φ,
+Laplace third ones; they come from nested forward-mode derivatives of the diffrax solve and
+enter through a Taylor polynomial (:func:`invcal.ode.taylor`), so all the algebra above is
+plain JAX on small arrays.
+
+:func:`population_problem` expresses the same model as an :class:`invcal.Problem`
+(x = the stacked η, ``objective`` = Σ Lᵢ, ``criterion`` = −Σ ℓᵢ) with the
+:class:`PopulationLM` inner solver, so the engine's ``hypergradient``, ``check_hypergradient``
+and ``tune`` apply to it; :func:`fit_population` runs the fast path: one compiled L-BFGS loop
+whose every evaluation solves the inner problems warm-started and returns the objective with
+its hypergradient.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..problem import Problem
+from ..solvers.base import AbstractInnerSolver, InnerSolution, no_gradient
+from ..space import Identity, Log, Param, Space
+from .events import Events, subject_arrays
+from .model import ODEModel
+from .simulate import prediction_jets, taylor
+
+__all__ = [
+    "AbstractResidualError",
+    "Additive",
+    "Proportional",
+    "Combined",
+    "AbstractApproximation",
+    "FOCEI",
+    "Laplace",
+    "Population",
+    "PopulationLM",
+    "population_problem",
+    "fit_population",
+    "population_objective",
+    "PopulationObjective",
+]
+
+_LOG2PI = math.log(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------------------
+# Residual error models
+# --------------------------------------------------------------------------------------
+class AbstractResidualError(eqx.Module):
+    """Residual variance R(f) of an observation with prediction f."""
+
+    @property
+    @abc.abstractmethod
+    def names(self) -> tuple[str, ...]:
+        """Names of the residual SD parameters (hyperparameters, Log transform)."""
+
+    @abc.abstractmethod
+    def variance(self, f, theta):
+        """R(f) given θ's residual SDs."""
+
+
+class Additive(AbstractResidualError):
+    """R = σₐ²."""
+
+    @property
+    def names(self):
+        return ("sigma_add",)
+
+    def variance(self, f, theta):
+        return jnp.broadcast_to(theta["sigma_add"] ** 2, jnp.shape(f))
+
+
+class Proportional(AbstractResidualError):
+    """R = (σₚ f)² (needs predictions away from 0 at every observation)."""
+
+    @property
+    def names(self):
+        return ("sigma_prop",)
+
+    def variance(self, f, theta):
+        return (theta["sigma_prop"] * f) ** 2
+
+
+class Combined(AbstractResidualError):
+    """R = σₐ² + σₚ² f²."""
+
+    @property
+    def names(self):
+        return ("sigma_add", "sigma_prop")
+
+    def variance(self, f, theta):
+        return theta["sigma_add"] ** 2 + (theta["sigma_prop"] * f) ** 2
+
+
+_ERRORS = {"additive": Additive, "proportional": Proportional, "combined": Combined}
+
+
+def _error_model(error) -> AbstractResidualError:
+    if isinstance(error, AbstractResidualError):
+        return error
+    if isinstance(error, str) and error.lower() in _ERRORS:
+        return _ERRORS[error.lower()]()
+    raise ValueError(
+        f"error must be 'additive', 'proportional', 'combined' or an "
+        f"invcal.ode residual error model (Additive(), ...); got {error!r}."
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Marginal-likelihood approximations
+# --------------------------------------------------------------------------------------
+class AbstractApproximation(eqx.Module):
+    """Which matrix Hᵢ enters ½ log|Hᵢ| of the approximate marginal likelihood."""
+
+    #: Derivative order of the ODE predictions that the value needs (the gradient: +1).
+    order: int = eqx.field(static=True, default=1)
+
+    @abc.abstractmethod
+    def hessian(self, pop, L, f_of_eta, eta, theta, subject):
+        """Hᵢ at η (a q×q matrix)."""
+
+
+class FOCEI(AbstractApproximation):
+    """First-order conditional estimation with interaction (Beal & Sheiner, NONMEM; Wang
+    2007): Hᵢ = Σⱼ Jⱼᵀ(1/Rⱼ + R′ⱼ²/(2Rⱼ²))Jⱼ + Ω⁻¹, the expected information at ηᵢ*."""
+
+    order: int = eqx.field(static=True, default=1)
+
+    def hessian(self, pop, L, f_of_eta, eta, theta, subject):
+        return pop.fisher(f_of_eta, eta, theta, subject)
+
+
+class Laplace(AbstractApproximation):
+    """Laplace's approximation with the exact Hessian Hᵢ = ∇²_η Lᵢ(ηᵢ*) (needs third
+    derivatives of the ODE predictions for the hypergradient)."""
+
+    order: int = eqx.field(static=True, default=2)
+
+    def hessian(self, pop, L, f_of_eta, eta, theta, subject):
+        return jax.hessian(L)(eta)
+
+
+_METHODS = {"focei": FOCEI, "laplace": Laplace}
+
+
+def _approximation(method) -> AbstractApproximation:
+    if isinstance(method, AbstractApproximation):
+        return method
+    if isinstance(method, str) and method.lower() in _METHODS:
+        return _METHODS[method.lower()]()
+    raise ValueError(
+        f"method must be 'focei', 'laplace', invcal.ode.FOCEI() or invcal.ode.Laplace(); "
+        f"got {method!r}."
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The population model
+# --------------------------------------------------------------------------------------
+def _logdet_spd(H):
+    """log|H| by Cholesky; +inf where H is not positive definite."""
+    C = jnp.linalg.cholesky(H)
+    d = jnp.diagonal(C)
+    ok = jnp.all(jnp.isfinite(d) & (d > 0))
+    return jnp.where(ok, 2.0 * jnp.sum(jnp.log(jnp.where(ok, d, 1.0))), jnp.inf)
+
+
+class Population(eqx.Module):
+    """The structure of a population model: which parameters have random effects and
+    covariates, the residual error model and the likelihood approximation. Holds no data.
+
+    Hyperparameter names: the model's parameters (fixed effects μ, Identity), ``omega_<p>``
+    (random-effect SD of p, Log), ``beta_<p>_<cov>`` (covariate effect, Identity) and the
+    error model's ``sigma_add``/``sigma_prop`` (Log).
+    """
+
+    model: ODEModel = eqx.field(static=True)
+    random: tuple[str, ...] = eqx.field(static=True)
+    covariates: tuple[tuple[str, str], ...] = eqx.field(static=True)
+    error: AbstractResidualError = eqx.field(static=True)
+    approximation: AbstractApproximation = eqx.field(static=True)
+
+    # -- structure -----------------------------------------------------------------
+    @property
+    def cov_names(self) -> tuple[str, ...]:
+        """The covariate columns used, in the order of ``SubjectArrays.cov``."""
+        seen = []
+        for _, c in self.covariates:
+            if c not in seen:
+                seen.append(c)
+        return tuple(seen)
+
+    @property
+    def n_random(self) -> int:
+        return len(self.random)
+
+    def names(self) -> tuple[str, ...]:
+        return (
+            tuple(self.model.params)
+            + tuple(f"beta_{p}_{c}" for p, c in self.covariates)
+            + tuple(f"omega_{p}" for p in self.random)
+            + tuple(self.error.names)
+        )
+
+    def space(self, init: Mapping) -> Space:
+        params = {}
+        for p in self.model.params:
+            params[p] = Param(init[p], Identity())
+        for p, c in self.covariates:
+            params[f"beta_{p}_{c}"] = Param(init[f"beta_{p}_{c}"], Identity())
+        for p in self.random:
+            params[f"omega_{p}"] = Param(init[f"omega_{p}"], Log())
+        for s in self.error.names:
+            params[s] = Param(init[s], Log())
+        return Space(params)
+
+    def phi(self, eta, theta, cov):
+        """φ = μ + Bβ + Sη (d,) for one subject."""
+        phi = jnp.stack([jnp.asarray(theta[p], dtype=float) for p in self.model.params])
+        for p, c in self.covariates:
+            k = self.model.params.index(p)
+            phi = phi.at[k].add(theta[f"beta_{p}_{c}"] * cov[self.cov_names.index(c)])
+        idx = jnp.asarray([self.model.params.index(p) for p in self.random], dtype=int)
+        return phi.at[idx].add(eta) if self.random else phi
+
+    def omega_sd(self, theta):
+        return jnp.stack([theta[f"omega_{p}"] for p in self.random])
+
+    # -- per-subject terms on a Taylor surrogate of the predictions ---------------------
+    def surrogate(self, jets, phi0, theta, subject):
+        """η ↦ f̃(φ(η, θ)): the Taylor polynomial of the predictions around φ0."""
+        return lambda eta, th=theta: taylor(jets, self.phi(eta, th, subject.cov) - phi0)
+
+    def inner_objective(self, f, eta, theta, subject):
+        """Lᵢ = ½ Σⱼ [(y − f)²/R + log 2πR] + ½ ηᵀΩ⁻¹η over the observed entries."""
+        R = self.error.variance(f, theta)
+        m = subject.obs_mask
+        R = jnp.where(m, R, 1.0)
+        r = jnp.where(m, subject.dv - f, 0.0)
+        data = jnp.sum(jnp.where(m, r * r / R + jnp.log(R) + _LOG2PI, 0.0))
+        w = self.omega_sd(theta)
+        return 0.5 * (data + jnp.sum((eta / w) ** 2))
+
+    def fisher(self, f_of_eta, eta, theta, subject):
+        """Σⱼ Jⱼᵀ(1/Rⱼ + R′ⱼ²/(2Rⱼ²))Jⱼ + Ω⁻¹ at η."""
+        f = f_of_eta(eta)
+        J = jax.jacfwd(f_of_eta)(eta)
+        R, dR = jax.jvp(
+            lambda ff: self.error.variance(ff, theta), (f,), (jnp.ones_like(f),)
+        )  # R is elementwise in f, so one JVP with ones gives R′ for every entry
+        m = subject.obs_mask
+        R = jnp.where(m, R, 1.0)
+        W = jnp.where(m, 1.0 / R + 0.5 * (dR / R) ** 2, 0.0)
+        w = self.omega_sd(theta)
+        return J.T @ (W[:, None] * J) + jnp.diag(1.0 / w**2)
+
+    def neg_loglik(self, f_of_eta, eta, theta, subject):
+        """−ℓᵢ = Lᵢ(η) + ½ log|Ω| + ½ log|Hᵢ(η)| (the η passed is ηᵢ*)."""
+
+        def L(e):
+            return self.inner_objective(f_of_eta(e), e, theta, subject)
+
+        H = self.approximation.hessian(self, L, f_of_eta, eta, theta, subject)
+        w = self.omega_sd(theta)
+        return L(eta) + jnp.sum(jnp.log(w)) + 0.5 * _logdet_spd(H)
+
+    # -- one subject, given its jets at φ0 = φ(η*, θ) -------------------------------------
+    def subject_value_grad(self, space, jets, eta, z, subject):
+        """(−ℓᵢ, d(−ℓᵢ)/dz, dηᵢ*/dz) at ηᵢ* = ``eta`` by the implicit function theorem."""
+        theta0 = space.to_theta(z)
+        phi0 = self.phi(eta, theta0, subject.cov)
+
+        def parts(e, zz):
+            th = space.to_theta(zz)
+            f_of_eta = lambda ee: taylor(jets, self.phi(ee, th, subject.cov) - phi0)  # noqa: E731
+            return f_of_eta, th
+
+        def nll(e, zz):
+            f_of_eta, th = parts(e, zz)
+            return self.neg_loglik(f_of_eta, e, th, subject)
+
+        def L(e, zz):
+            f_of_eta, th = parts(e, zz)
+            return self.inner_objective(f_of_eta(e), e, th, subject)
+
+        value, (g_eta, g_z) = jax.value_and_grad(nll, argnums=(0, 1))(eta, z)
+        H = jax.hessian(L, argnums=0)(eta, z)
+        # ∂(∇_η L)/∂z (q, n): the mixed term of the hypergradient and, through
+        # dη*/dz = −H⁻¹ ∂(∇_η L)/∂z, a first-order prediction of η* at the next z.
+        Lez = jax.jacfwd(lambda zz: jax.grad(L, argnums=0)(eta, zz))(z)
+        v = jnp.linalg.solve(H, g_eta)
+        deta_dz = -jnp.linalg.solve(H, Lez)
+        return value, g_z - Lez.T @ v, deta_dz
+
+    # -- the inner solve -------------------------------------------------------------
+    def lm_eval(self, eta, theta, subject):
+        """(Lᵢ, ∇Lᵢ, A, jets, ok) at η, with second-order jets of the predictions.
+
+        A is the exact Hessian ∇²Lᵢ where it is positive definite (Newton steps converge
+        quadratically near ηᵢ*), else the Fisher-scoring matrix (always positive definite:
+        Gauss–Newton for additive error), so every step is a descent direction."""
+        phi = self.phi(eta, theta, subject.cov)
+        jets, ok = prediction_jets(self.model, subject, phi, 2)
+        f_of_eta = self.surrogate(jets, phi, theta, subject)
+
+        def L(e):
+            return self.inner_objective(f_of_eta(e), e, theta, subject)
+
+        val, g = jax.value_and_grad(L)(eta)
+        H = jax.hessian(L)(eta)
+        F = self.fisher(f_of_eta, eta, theta, subject)
+        newton_ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)))
+        A = jnp.where(newton_ok, H, F)
+        ok = ok & jnp.isfinite(val) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(A))
+        return jnp.where(ok, val, jnp.inf), g, A, jets, ok
+
+    def lm_solve(self, eta0, theta, subject, tol, max_steps):
+        """Levenberg–Marquardt on Lᵢ for one subject: (η*, step length, steps, ok, jets).
+
+        Steps δ = −(A + λ diag A)⁻¹∇L (A from :meth:`lm_eval`); a step is taken if Lᵢ does
+        not increase (then λ /= 10), otherwise λ grows tenfold. Stops when the undamped step
+        ‖A⁻¹∇L‖∞ ≤ ``tol``. ``jets`` are the second-order jets at the returned η. The first
+        pass of the loop evaluates η0 itself, so the ODE solve appears once in the program
+        (compile time)."""
+        q = eta0.shape[0]
+        d = len(self.model.params)
+        M = subject.obs_t.shape[0]
+        dtype = jnp.result_type(eta0, float)
+
+        def step_of(g, A, lam):
+            return -jnp.linalg.solve(A + lam * jnp.diag(jnp.diagonal(A)), g)
+
+        def cond(c):
+            return c["ok"] & (c["dec"] > tol) & (c["k"] <= max_steps)
+
+        def body(c):
+            started = c["k"] > 0
+            eta_t = c["eta"] + jnp.where(started, step_of(c["g"], c["A"], c["lam"]), 0.0)
+            val_t, g_t, A_t, jets_t, ok_t = self.lm_eval(eta_t, theta, subject)
+            accept = ~started | (ok_t & (val_t <= c["val"] + 1e-12 * (1.0 + jnp.abs(c["val"]))))
+            new = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(accept, a, b),
+                {"eta": eta_t, "val": val_t, "g": g_t, "A": A_t, "jets": jets_t},
+                {k: c[k] for k in ("eta", "val", "g", "A", "jets")},
+            )
+            lam = jnp.where(accept, c["lam"] * 0.1, jnp.maximum(c["lam"] * 10.0, 1e-3))
+            new["lam"] = jnp.where(started & (lam >= 1e-8), lam, 0.0)
+            new["ok"] = jnp.where(started, c["ok"], ok_t)
+            new["dec"] = jnp.where(
+                new["ok"], jnp.max(jnp.abs(step_of(new["g"], new["A"], 0.0))), jnp.inf
+            )
+            new["k"] = c["k"] + 1
+            return new
+
+        c0 = {
+            "eta": eta0,
+            "val": jnp.asarray(jnp.inf, dtype),
+            "g": jnp.zeros(q, dtype),
+            "A": jnp.eye(q, dtype=dtype),
+            "jets": (
+                jnp.zeros((M,), dtype),
+                jnp.zeros((M, d), dtype),
+                jnp.zeros((M, d, d), dtype),
+            ),
+            "lam": jnp.asarray(0.0, dtype),
+            "k": jnp.asarray(0),
+            "ok": jnp.asarray(True),
+            "dec": jnp.asarray(jnp.inf, dtype),
+        }
+        c = jax.lax.while_loop(cond, body, c0)
+        return c["eta"], c["dec"], c["k"] - 1, c["ok"], c["jets"]
+
+    def solve_inner(self, eta0, theta, arrays, tol, max_steps):
+        """vmapped :meth:`lm_solve` over subjects: (η* (N, q), step (N,), steps (N,), ok (N,),
+        second-order jets at η*)."""
+        return jax.vmap(lambda e, s: self.lm_solve(e, theta, s, tol, max_steps))(eta0, arrays)
+
+    # -- the outer objective with its hypergradient ------------------------------------
+    def value_and_grad(self, space, z, eta0, arrays, tol, max_steps):
+        """(−Σℓᵢ, d/dz, η*, info) at z with the inner solve from η0; ``info`` has per-subject
+        flags, −ℓᵢ, predictions, ∂f/∂φ and dηᵢ*/dz."""
+        z = jax.lax.stop_gradient(z)
+        theta = space.to_theta(z)
+        eta, dec, steps, ok, jets = self.solve_inner(eta0, theta, arrays, tol, max_steps)
+        order = self.approximation.order + 1
+
+        def one(e, s, jt):
+            if order > 2:  # the inner solve's jets stop at order 2
+                phi0 = self.phi(e, theta, s.cov)
+                jt, ok_j = prediction_jets(self.model, s, phi0, order)
+            else:
+                ok_j = jnp.asarray(True)
+            v, g, de = self.subject_value_grad(space, jt, e, z, s)
+            return v, g, de, ok_j, jt[0], jt[1]
+
+        vals, grads, deta_dz, ok_j, f, J = jax.vmap(one)(eta, arrays, jets)
+        ok = ok & ok_j & jnp.isfinite(vals) & jnp.all(jnp.isfinite(grads), axis=1)
+        conv = dec <= tol
+        total = jnp.where(jnp.all(ok), jnp.sum(vals), jnp.inf)
+        grad = jnp.where(jnp.all(ok), jnp.sum(grads, axis=0), 0.0)
+        info = {
+            "ok": ok,
+            "inner_converged": conv,
+            "inner_steps": steps,
+            "ipred": f,
+            "J": J,
+            "nll": vals,
+            "deta_dz": deta_dz,
+        }
+        return total, grad, eta, info
+
+
+def _population(model, random, covariates, error, method) -> Population:
+    if not isinstance(model, ODEModel):
+        raise TypeError(f"model must be an invcal.ode.ODEModel; got {type(model).__name__}.")
+    random = tuple(model.params) if random is None else tuple(random)
+    bad = [p for p in random if p not in model.params]
+    if bad:
+        raise ValueError(f"random {bad} are not parameters of the model ({model.params}).")
+    if not random:
+        raise ValueError("random must name at least one parameter with a random effect.")
+    covs = []
+    for p, cs in (covariates or {}).items():
+        if p not in model.params:
+            raise ValueError(
+                f"covariates key {p!r} is not a parameter of the model ({model.params})."
+            )
+        for c in (cs,) if isinstance(cs, str) else tuple(cs):
+            covs.append((p, str(c)))
+    approx = _approximation(method)
+    model.check_order(approx.order + 1, f"{type(approx).__name__} hypergradients")
+    return Population(
+        model=model,
+        random=random,
+        covariates=tuple(covs),
+        error=_error_model(error),
+        approximation=approx,
+    )
+
+
+def _initial_theta(pop: Population, init: Mapping, events: Events) -> dict:
+    if not isinstance(init, Mapping):
+        raise TypeError(
+            "init must be a dict of initial values: every model parameter's fixed effect, "
+            f"e.g. {dict.fromkeys(pop.model.params, 0.0)}."
+        )
+    names = pop.names()
+    unknown = [k for k in init if k not in names]
+    if unknown:
+        raise ValueError(
+            f"init has unknown names {unknown}; the population parameters are {list(names)}."
+        )
+    missing = [p for p in pop.model.params if p not in init]
+    if missing:
+        raise ValueError(
+            f"init needs a fixed-effect value for every model parameter; missing {missing}."
+        )
+    out = {k: float(v) for k, v in init.items()}
+    obs = events.dv[events.is_observation]
+    scale = float(np.mean(np.abs(obs))) if obs.size else 1.0
+    defaults = {"sigma_add": 0.1 * max(scale, 1e-12), "sigma_prop": 0.1}
+    for p in pop.random:
+        out.setdefault(f"omega_{p}", 0.5)
+    for p, c in pop.covariates:
+        out.setdefault(f"beta_{p}_{c}", 0.0)
+    for s in pop.error.names:
+        out.setdefault(s, defaults[s])
+    return {k: out[k] for k in names}
+
+
+# --------------------------------------------------------------------------------------
+# The engine's view: an invcal.Problem and its inner solver
+# --------------------------------------------------------------------------------------
+class PopulationLM(AbstractInnerSolver):
+    """The vmapped Levenberg–Marquardt solve of every subject's Lᵢ as an invcal inner solver
+    (x = η stacked (N, q)). ``residual`` is the largest undamped step ‖A⁻¹∇Lᵢ‖∞ (A the
+    Hessian, or the Fisher matrix where the Hessian is not positive definite); the solution
+    is smooth in θ, so differentiate it with :class:`invcal.Implicit` (unrolling would need
+    reverse-mode derivatives of the ODE solve inside the iteration)."""
+
+    tol: float = 1e-10
+    max_steps: int = 100
+    population: Population | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if not isinstance(self.population, Population):
+            raise TypeError(
+                "PopulationLM needs population=Population(...); build both with "
+                "invcal.ode.population_problem(...)."
+            )
+
+    def init(self, problem, x0, theta, data):
+        return x0
+
+    def step(self, problem, state, theta, data):
+        def one(e, s):
+            return self.population.lm_solve(e, theta, s, 0.0, 1)[0]
+
+        return jax.vmap(one)(state, data)
+
+    def current(self, state):
+        return state
+
+    def residual(self, problem, x, theta, data):
+        pop = self.population
+
+        def one(e, s):
+            _, g, A, _, ok = pop.lm_eval(e, theta, s)
+            return jnp.where(ok, jnp.max(jnp.abs(jnp.linalg.solve(A, g))), jnp.inf)
+
+        return jnp.max(jax.vmap(one)(x, data))
+
+    def solve(self, problem, x0, theta, data=None, *, tol=None) -> InnerSolution:
+        data = problem.data if data is None else data
+        tol = jnp.asarray(self.tol if tol is None else tol)
+        x0, theta, data = no_gradient((x0, theta, data))
+        eta, dec, steps, ok, _ = self.population.solve_inner(x0, theta, data, tol, self.max_steps)
+        res = jnp.where(jnp.all(ok), jnp.max(dec), jnp.inf)
+        return InnerSolution(
+            x=eta, num_steps=jnp.max(steps), residual=res, converged=res <= tol, tol=tol
+        )
+
+
+def _taylor_at(pop, order, x, theta, data):
+    """Per-subject surrogates f̃ built at stop_gradient(φ(ηᵢ, θ)), exact to ``order``."""
+
+    def one(e, s):
+        phi = pop.phi(e, theta, s.cov)
+        phi0 = jax.lax.stop_gradient(phi)
+        jets, _ = prediction_jets(pop.model, s, phi0, order)
+        jets = jax.lax.stop_gradient(jets)
+        return jets, phi0
+
+    return jax.vmap(one)(x, data)
+
+
+def population_problem(
+    model,
+    events,
+    *,
+    init,
+    random=None,
+    error="additive",
+    method="focei",
+    covariates=None,
+    name="population",
+):
+    """(problem, solver): the population model as an :class:`invcal.Problem` whose x is the
+    stacked random effects η (N, q), ``objective`` Σᵢ Lᵢ and ``criterion`` −Σᵢ ℓᵢ, with
+    :class:`PopulationLM` as its inner solver. Derivatives of the ODE predictions enter
+    through Taylor polynomials built at the current point (exact to the order the implicit
+    hypergradient needs), so ``invcal.Implicit()`` in either mode applies."""
+    pop = _population(model, random, covariates, error, method)
+    if not isinstance(events, Events):
+        raise TypeError("events must come from invcal.ode.read_events(...).")
+    arrays = subject_arrays(events, model, covariates=pop.cov_names)
+    space = pop.space(_initial_theta(pop, init, events))
+    obj_order = 2
+    crit_order = pop.approximation.order + 1
+
+    def objective(x, theta, data):
+        jets, phi0 = _taylor_at(pop, obj_order, x, theta, data)
+
+        def one(e, s, jt, p0):
+            f = taylor(jt, pop.phi(e, theta, s.cov) - p0)
+            return pop.inner_objective(f, e, theta, s)
+
+        return jnp.sum(jax.vmap(one)(x, data, jets, phi0))
+
+    def criterion(x, theta, data):
+        jets, phi0 = _taylor_at(pop, crit_order, x, theta, data)
+
+        def one(e, s, jt, p0):
+            f_of_eta = lambda ee: taylor(jt, pop.phi(ee, theta, s.cov) - p0)  # noqa: E731
+            return pop.neg_loglik(f_of_eta, e, theta, s)
+
+        return jnp.sum(jax.vmap(one)(x, data, jets, phi0))
+
+    problem = Problem(
+        space=space,
+        criterion=criterion,
+        x0=jnp.zeros((arrays.n_subjects, pop.n_random)),
+        data=arrays,
+        objective=objective,
+        name=name,
+    )
+    return problem, PopulationLM(population=pop)
+
+
+# --------------------------------------------------------------------------------------
+# The fast path: a compiled L-BFGS over z
+# --------------------------------------------------------------------------------------
+def _two_loop(g, S, Y, rho, count, head, m):
+    """L-BFGS two-loop recursion: −H_k g from the last ``count`` pairs (ring buffer)."""
+    q = g
+    idx = (head - 1 - jnp.arange(m)) % m  # newest first
+    valid = jnp.arange(m) < count
+
+    def first(q, i):
+        k, ok = idx[i], valid[i]
+        a = jnp.where(ok, rho[k] * jnp.vdot(S[k], q), 0.0)
+        return q - a * Y[k], a
+
+    q, alphas = jax.lax.scan(first, q, jnp.arange(m))
+    newest = idx[0]
+    gamma = jnp.where(
+        count > 0, jnp.vdot(S[newest], Y[newest]) / jnp.vdot(Y[newest], Y[newest]), 1.0
+    )
+    r = gamma * q
+
+    def second(r, i):
+        k, ok, a = idx[i], valid[i], alphas[i]
+        b = jnp.where(ok, rho[k] * jnp.vdot(Y[k], r), 0.0)
+        return r + jnp.where(ok, a - b, 0.0) * S[k], None
+
+    r, _ = jax.lax.scan(second, r, jnp.arange(m)[::-1])
+    return -r
+
+
+@eqx.filter_jit
+def _fit_lbfgs(pop, space, arrays, z0, eta0, opts):
+    """L-BFGS with backtracking (Armijo) line search; one objective evaluation per loop
+    iteration (so the objective and its ODE solves are compiled once)."""
+    m = 10
+    n = z0.shape[0]
+    max_iter, gtol, ftol, inner_tol, max_step = (
+        opts["max_iter"],
+        opts["gtol"],
+        opts["ftol"],
+        opts["inner_tol"],
+        opts["max_step"],
+    )
+    inner_max = opts["inner_max_steps"]
+    N, M = arrays.obs_t.shape
+    d = len(pop.model.params)
+
+    def evaluate(z, eta):
+        return pop.value_and_grad(space, z, eta, arrays, inner_tol, inner_max)
+
+    state = {
+        "z": z0,
+        "f": jnp.asarray(jnp.inf),
+        "g": jnp.zeros(n),
+        "eta": eta0,
+        "d": jnp.zeros(n),
+        "alpha": jnp.asarray(0.0),
+        "started": jnp.asarray(False),
+        "S": jnp.zeros((m, n)),
+        "Y": jnp.zeros((m, n)),
+        "rho": jnp.zeros(m),
+        "count": jnp.asarray(0),
+        "head": jnp.asarray(0),
+        "iter": jnp.asarray(0),
+        "evals": jnp.asarray(0),
+        "ls": jnp.asarray(0),
+        "done": jnp.asarray(False),
+        "status": jnp.asarray(0),
+        "small": jnp.asarray(0),
+        "history": jnp.full((opts["history"],), jnp.nan),
+        "inner_history": jnp.zeros((opts["history"],), int),
+        "info": {
+            "ok": jnp.zeros(N, bool),
+            "inner_converged": jnp.zeros(N, bool),
+            "inner_steps": jnp.zeros(N, int),
+            "ipred": jnp.zeros((N, M)),
+            "J": jnp.zeros((N, M, d)),
+            "nll": jnp.zeros(N),
+            "deta_dz": jnp.zeros((N, eta0.shape[1], n)),
+        },
+    }
+
+    def cond(s):
+        return ~s["done"]
+
+    def body(s):
+        z_t = s["z"] + s["alpha"] * s["d"]
+        # Warm start at η* + (dη*/dz)Δz: first-order accurate, so Newton needs ~2 steps.
+        eta_guess = s["eta"] + s["info"]["deta_dz"] @ (z_t - s["z"])
+        f_t, g_t, eta_t, info_t = evaluate(z_t, eta_guess)
+        slope = jnp.vdot(s["g"], s["d"])
+        armijo = jnp.isfinite(f_t) & (f_t <= s["f"] + 1e-4 * s["alpha"] * slope)
+        accept = armijo | ~s["started"]
+        # -- accepted: update the memory and the direction -------------------------
+        sv, yv = z_t - s["z"], g_t - s["g"]
+        sy = jnp.vdot(sv, yv)
+        push = accept & s["started"] & (sy > 1e-12 * jnp.linalg.norm(sv) * jnp.linalg.norm(yv))
+        head = s["head"]
+        S = jnp.where(push, s["S"].at[head].set(sv), s["S"])
+        Y = jnp.where(push, s["Y"].at[head].set(yv), s["Y"])
+        rho = jnp.where(push, s["rho"].at[head].set(1.0 / jnp.where(push, sy, 1.0)), s["rho"])
+        head = jnp.where(push, (head + 1) % m, head)
+        count = jnp.where(push, jnp.minimum(s["count"] + 1, m), s["count"])
+        d_new = _two_loop(g_t, S, Y, rho, count, head, m)
+        descent = jnp.vdot(d_new, g_t) < 0
+        d_new = jnp.where(descent, d_new, -g_t)
+        count = jnp.where(descent, count, 0)
+        dmax = jnp.max(jnp.abs(d_new))
+        alpha_new = jnp.where(dmax > 0, jnp.minimum(1.0, max_step / jnp.maximum(dmax, 1e-300)), 0.0)
+        # -- rejected: backtrack by safeguarded quadratic interpolation ---------------
+        a = s["alpha"]
+        denom = 2.0 * (f_t - s["f"] - a * slope)
+        a_q = jnp.where(jnp.isfinite(f_t) & (denom > 0), -slope * a * a / denom, 0.1 * a)
+        a_back = jnp.clip(a_q, 0.1 * a, 0.5 * a)
+        f_prev = s["f"]
+        new = {
+            "z": jnp.where(accept, z_t, s["z"]),
+            "f": jnp.where(accept, f_t, s["f"]),
+            "g": jnp.where(accept, g_t, s["g"]),
+            "eta": jnp.where(accept, eta_t, s["eta"]),
+            "d": jnp.where(accept, d_new, s["d"]),
+            "alpha": jnp.where(accept, alpha_new, a_back),
+            "started": jnp.asarray(True),
+            "S": S,
+            "Y": Y,
+            "rho": rho,
+            "count": count,
+            "head": head,
+            "iter": s["iter"] + jnp.where(accept & s["started"], 1, 0),
+            "evals": s["evals"] + 1,
+            "ls": jnp.where(accept, 0, s["ls"] + 1),
+            "info": jax.tree_util.tree_map(
+                lambda a_, b_: jnp.where(accept, a_, b_), info_t, s["info"]
+            ),
+        }
+        rel = jnp.abs(f_prev - f_t) / (1.0 + jnp.abs(f_t))
+        small = jnp.where(
+            accept & s["started"], jnp.where(rel <= ftol, s["small"] + 1, 0), s["small"]
+        )
+        gmax = jnp.max(jnp.abs(new["g"]))
+        history = jnp.where(
+            accept,
+            s["history"].at[jnp.minimum(new["iter"], opts["history"] - 1)].set(f_t),
+            s["history"],
+        )
+        status = jnp.where(
+            ~jnp.isfinite(new["f"]),
+            4,  # the starting point failed
+            jnp.where(
+                gmax <= gtol,
+                1,
+                jnp.where(
+                    small >= 3,
+                    2,
+                    jnp.where(new["ls"] >= 30, 3, jnp.where(new["iter"] >= max_iter, 5, 0)),
+                ),
+            ),
+        )
+        inner_history = (
+            s["inner_history"]
+            .at[jnp.minimum(s["evals"], opts["history"] - 1)]
+            .set(jnp.max(info_t["inner_steps"]))
+        )
+        new.update(
+            history=history,
+            inner_history=inner_history,
+            small=small,
+            status=status,
+            done=status > 0,
+        )
+        return new
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+_STATUS = {
+    1: "converged: gradient norm below gtol",
+    2: "converged: relative change of the objective below ftol",
+    3: "stopped: the line search failed to decrease the objective",
+    4: "failed: the objective is not finite at the starting point",
+    5: "stopped: max_iter reached",
+}
+
+
+def _prepare(model, events, init, random, error, method, covariates):
+    if not isinstance(events, Events):
+        from .events import read_events
+
+        events = read_events(events)
+    pop = _population(model, random, covariates, error, method)
+    arrays = subject_arrays(events, model, covariates=pop.cov_names)
+    space = pop.space(_initial_theta(pop, init, events))
+    return pop, events, arrays, space
+
+
+def _options(max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, *, min_iter=1):
+    for name, v, lo in (("max_iter", max_iter, min_iter), ("inner_max_steps", inner_max_steps, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}.")
+    for name, v in (
+        ("gtol", gtol),
+        ("ftol", ftol),
+        ("inner_tol", inner_tol),
+        ("max_step", max_step),
+    ):
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive number; got {v!r}.")
+    # Arrays, not Python numbers: changing an option must not recompile the fit.
+    return {
+        "max_iter": jnp.asarray(int(max_iter)),
+        "gtol": jnp.asarray(float(gtol)),
+        "ftol": jnp.asarray(float(ftol)),
+        "inner_tol": jnp.asarray(float(inner_tol)),
+        "inner_max_steps": jnp.asarray(int(inner_max_steps)),
+        "max_step": jnp.asarray(float(max_step)),
+        "history": 512,
+    }
+
+
+def _bad_subjects(events, ok) -> list:
+    return [events.subjects[i] for i in np.flatnonzero(~np.asarray(ok))]
+
+
+def fit_population(
+    model,
+    events,
+    *,
+    init,
+    random=None,
+    error="additive",
+    method="focei",
+    covariates=None,
+    max_iter: int = 200,
+    gtol: float = 1e-5,
+    ftol: float = 1e-10,
+    inner_tol: float = 1e-9,
+    inner_max_steps: int = 50,
+    max_step: float = 1.0,
+):
+    """Fit a population ODE model by maximizing the FOCEI or Laplace likelihood.
+
+    **Arguments**
+
+    - ``model``: an :class:`invcal.ode.ODEModel`; ``events``: from :func:`read_events` (or a
+      path / DataFrame, read with default options).
+    - ``init``: initial values by hyperparameter name: a fixed effect for every model
+      parameter (required); optionally ``omega_<p>`` (random-effect SD, default 0.5),
+      ``sigma_add``/``sigma_prop`` (residual SDs; default 0.1·mean|DV| / 0.1) and
+      ``beta_<p>_<cov>`` (default 0).
+    - ``random``: the parameters with random effects (default all); Ω is diagonal.
+    - ``error``: ``"additive"``, ``"proportional"``, ``"combined"`` or an error model object.
+    - ``method``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``).
+    - ``covariates``: ``{param: (column, ...)}``: φ_p gains β·(baseline covariate value);
+      center or log-transform the column in the table as the model needs.
+    - ``max_iter``, ``gtol`` (on ‖∂/∂z‖∞ of −log-likelihood), ``ftol`` (relative change of
+      the objective, three accepted steps in a row): outer L-BFGS stops; ``inner_tol``
+      (largest Newton step of η), ``inner_max_steps``: inner solves; ``max_step``: largest
+      change of any unconstrained parameter in one trial step (keeps line-search trials away
+      from parameter values that make the ODE stiff).
+
+    The outer optimizer is L-BFGS (memory 10, Armijo backtracking) in the unconstrained
+    coordinates z (log SDs), compiled as one loop; every evaluation starts the inner solves
+    from the first-order prediction η* + (dη*/dz)Δz of the last accepted point. Returns a
+    :class:`PopulationFit`.
+    """
+    from .summary import PopulationFit
+
+    pop, events, arrays, space = _prepare(model, events, init, random, error, method, covariates)
+    opts = _options(max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step)
+    z0 = space.to_z(space.init())
+    eta0 = jnp.zeros((arrays.n_subjects, pop.n_random))
+    t0 = time.perf_counter()
+    out = _fit_lbfgs(pop, space, arrays, z0, eta0, opts)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    seconds = time.perf_counter() - t0
+    status = int(out["status"])
+    ok = out["info"]["ok"]
+    if status == 4 or not np.all(ok):
+        bad = _bad_subjects(events, ok)
+        raise RuntimeError(
+            "fit_population: the objective is not finite"
+            + (f" for subject(s) {bad}" if bad else "")
+            + " (an ODE solve failed: max_steps reached or a non-finite state, or the "
+            "inner fit failed); check the initial values, the model's max_steps and the "
+            "solver (Kvaerno5() for stiff systems)."
+        )
+    return PopulationFit._from_run(
+        population=pop,
+        space=space,
+        events=events,
+        arrays=arrays,
+        run=out,
+        status=status,
+        message=_STATUS[status],
+        seconds=seconds,
+    )
+
+
+@dataclass(frozen=True)
+class PopulationObjective:
+    """The approximate marginal likelihood at θ and its hypergradient.
+
+    ``value`` = −log-likelihood (−Σℓᵢ); ``grad``: d value/dθ by name (user values);
+    ``grad_z``: d value/dz in the unconstrained coordinates (ordered as ``names``);
+    ``eta``: ηᵢ* (N, q); ``subject_value``: −ℓᵢ; ``ok``/``inner_converged``: per subject;
+    ``failed``: IDs of the subjects whose terms are not finite.
+    """
+
+    value: float
+    grad: dict
+    grad_z: np.ndarray
+    z: np.ndarray
+    names: tuple
+    eta: np.ndarray
+    subject_value: np.ndarray
+    ok: np.ndarray
+    inner_converged: np.ndarray
+    failed: list
+
+    @property
+    def loglik(self) -> float:
+        return -self.value
+
+
+def population_objective(
+    model,
+    events,
+    theta,
+    *,
+    random=None,
+    error="additive",
+    method="focei",
+    covariates=None,
+    eta0=None,
+    inner_tol: float = 1e-9,
+    inner_max_steps: int = 50,
+    raise_on_failure: bool = True,
+) -> PopulationObjective:
+    """The FOCEI or Laplace objective −Σℓᵢ(θ) and its implicit hypergradient at ``theta``
+    (a dict of every population parameter by name, user values), with the inner solves
+    from ``eta0`` (default zeros).
+
+    It runs the compiled program of :func:`fit_population` for zero iterations, so the two
+    share one compilation. A subject whose ODE solve or inner fit fails makes the value
+    infinite without touching the other subjects' terms; it raises ``RuntimeError`` naming
+    those subjects, or with ``raise_on_failure=False`` lists them in ``failed``.
+    """
+    pop, events, arrays, space = _prepare(model, events, theta, random, error, method, covariates)
+    names = tuple(space.names)
+    missing = [k for k in names if k not in theta]
+    if missing:
+        raise ValueError(f"theta lacks {missing}; pass every population parameter {names}.")
+    opts = _options(0, 1.0, 1.0, inner_tol, inner_max_steps, 1.0, min_iter=0)
+    z = space.to_z(space.validate(dict(theta)))
+    if eta0 is None:
+        eta0 = jnp.zeros((arrays.n_subjects, pop.n_random))
+    eta0 = jnp.asarray(eta0, dtype=float)
+    if eta0.shape != (arrays.n_subjects, pop.n_random):
+        raise ValueError(
+            f"eta0 must have shape ({arrays.n_subjects}, {pop.n_random}) (subjects, random "
+            f"effects); got {eta0.shape}."
+        )
+    out = jax.tree_util.tree_map(np.asarray, _fit_lbfgs(pop, space, arrays, z, eta0, opts))
+    info = out["info"]
+    failed = _bad_subjects(events, info["ok"])
+    if failed and raise_on_failure:
+        raise RuntimeError(
+            f"population_objective: not finite for subject(s) {failed} (an ODE solve failed: "
+            "max_steps reached or a non-finite state, or the inner fit failed)."
+        )
+    g_z = out["g"]
+
+    def flat_theta(zz):
+        th = space.to_theta(zz)
+        return jnp.stack([th[k] for k in names])
+
+    dtheta_dz = np.asarray(jax.jacfwd(flat_theta)(z)).diagonal()
+    grad = {k: float(g_z[i] / dtheta_dz[i]) for i, k in enumerate(names)}
+    return PopulationObjective(
+        value=float(out["f"]),
+        grad=grad,
+        grad_z=g_z,
+        z=np.asarray(z),
+        names=names,
+        eta=out["eta"],
+        subject_value=info["nll"],
+        ok=info["ok"],
+        inner_converged=info["inner_converged"],
+        failed=failed,
+    )

@@ -1,0 +1,222 @@
+r"""The result of a population fit, reported the way nlme reports one.
+
+Standard errors of the fixed effects are those of the linear mixed-effects approximation at
+the conditional modes (Lindstrom & Bates 1990; Pinheiro & Bates 2000, §7.2), as nlme gives
+them: with Xᵢ = ∂fᵢ/∂(μ, β) and Zᵢ = ∂fᵢ/∂η at ηᵢ*, Vᵢ = ZᵢΩZᵢᵀ + diag(Rᵢ),
+
+    Cov(μ̂, β̂) ≈ (Σᵢ XᵢᵀVᵢ⁻¹Xᵢ)⁻¹.
+
+AIC = −2ℓ + 2k and BIC = −2ℓ + k log n with k the number of population parameters and n the
+number of observations (nlme's convention).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PopulationFit"]
+
+
+@dataclass
+class PopulationFit:
+    """A fitted population model (learned attributes as plain Python/NumPy values).
+
+    - ``fixed_effects``: name → value (model parameters on their declared scale, then
+      covariate effects ``beta_<p>_<cov>``); ``standard_errors``: name → SE of each.
+    - ``random_sd``: parameter → SD of its random effect; ``residual_sd``: float (a dict for
+      combined error: ``{"sigma_add": …, "sigma_prop": …}``).
+    - ``loglik``, ``aic``, ``bic``, ``n_params``, ``n_obs``, ``n_subjects``.
+    - ``individual``: ``{"ID": [...], p: array}`` per-subject parameters φᵢ;
+      ``eta``: ``{p: array}`` random effects ηᵢ*.
+    - ``theta``: every population parameter by name; ``converged``, ``message``,
+      ``iterations``, ``evaluations``, ``seconds``, ``history`` (objective per iteration).
+    - ``ipred``: ``{ID: (time, DV, IPRED)}`` individual predictions at the observations.
+    """
+
+    method: str
+    error: str
+    fixed_effects: dict
+    standard_errors: dict
+    random_sd: dict
+    residual_sd: Any
+    loglik: float
+    n_params: int
+    n_obs: int
+    n_subjects: int
+    individual: dict
+    eta: dict
+    theta: dict
+    converged: bool
+    message: str
+    iterations: int
+    evaluations: int
+    seconds: float
+    history: np.ndarray
+    ipred: dict
+    source: str = ""
+    model_params: tuple = ()
+    subject_nll: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    inner_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    _context: Any = field(default=None, repr=False)
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.loglik + self.n_params * math.log(self.n_obs)
+
+    # ------------------------------------------------------------------------------
+    @classmethod
+    def _from_run(cls, *, population, space, events, arrays, run, status, message, seconds):
+        pop = population
+        z = run["z"]
+        theta = {k: float(np.asarray(v)) for k, v in space.to_theta(z).items()}
+        params = tuple(pop.model.params)
+        fixed = {p: theta[p] for p in params}
+        for p, c in pop.covariates:
+            fixed[f"beta_{p}_{c}"] = theta[f"beta_{p}_{c}"]
+        random_sd = {p: theta[f"omega_{p}"] for p in pop.random}
+        names = pop.error.names
+        residual = theta[names[0]] if len(names) == 1 else {s: theta[s] for s in names}
+        eta = np.asarray(run["eta"])
+        cov = np.asarray(arrays.cov)
+        phi = np.tile(np.array([theta[p] for p in params]), (eta.shape[0], 1))
+        for p, c in pop.covariates:
+            phi[:, params.index(p)] += theta[f"beta_{p}_{c}"] * cov[:, pop.cov_names.index(c)]
+        ridx = [params.index(p) for p in pop.random]
+        phi[:, ridx] += eta
+        individual = {"ID": list(events.subjects)}
+        individual.update({p: phi[:, k] for k, p in enumerate(params)})
+        info = run["info"]
+        mask = np.asarray(arrays.obs_mask)
+        ipred = {
+            sid: (
+                np.asarray(arrays.obs_t)[i][mask[i]],
+                np.asarray(arrays.dv)[i][mask[i]],
+                np.asarray(info["ipred"])[i][mask[i]],
+            )
+            for i, sid in enumerate(events.subjects)
+        }
+        se = _fixed_effect_se(pop, theta, arrays, info, fixed)
+        n_iter = int(run["iter"])
+        hist = np.asarray(run["history"])[: min(n_iter + 1, len(run["history"]))]
+        return cls(
+            method=type(pop.approximation).__name__,
+            error=type(pop.error).__name__.lower(),
+            fixed_effects=fixed,
+            standard_errors=se,
+            random_sd=random_sd,
+            residual_sd=residual,
+            loglik=-float(run["f"]),
+            n_params=int(z.shape[0]),
+            n_obs=int(mask.sum()),
+            n_subjects=len(events.subjects),
+            individual=individual,
+            eta={p: eta[:, k] for k, p in enumerate(pop.random)},
+            theta=theta,
+            converged=status in (1, 2),
+            message=message,
+            iterations=n_iter,
+            evaluations=int(run["evals"]),
+            seconds=float(seconds),
+            history=hist,
+            ipred=ipred,
+            source=events.source,
+            model_params=params,
+            subject_nll=np.asarray(info["nll"]),
+            inner_steps=np.asarray(run["inner_history"])[: int(run["evals"])],
+            _context=(pop, space, events, arrays, run),
+        )
+
+    # ------------------------------------------------------------------------------
+    def predictions(self, *, population: bool = False) -> dict:
+        """``{ID: (time, DV, prediction)}`` at the observations: individual predictions
+        (IPRED, φᵢ with ηᵢ*) or, with ``population=True``, population predictions (PRED,
+        η = 0)."""
+        if not population:
+            return self.ipred
+        from .simulate import simulate
+
+        pop, space, events, arrays, run = self._context
+        phi = {p: np.asarray(self.individual[p]).copy() for p in self.model_params}
+        for p in pop.random:
+            phi[p] = phi[p] - self.eta[p]
+        sim = simulate(pop.model, events, phi)
+        return {sid: (self.ipred[sid][0], self.ipred[sid][1], sim[sid][1]) for sid in sim}
+
+    def summary(self) -> str:
+        """A text summary in the layout of nlme's ``summary()``."""
+        lines = [
+            f"Nonlinear mixed-effects ODE model fit by {self.method} (invcal)",
+            f"  Data: {self.source}; {self.n_subjects} subjects, {self.n_obs} observations; "
+            f"{self.error} residual error",
+            "",
+            f"{'AIC':>12s} {'BIC':>12s} {'logLik':>12s}",
+            f"{self.aic:12.4f} {self.bic:12.4f} {self.loglik:12.4f}",
+            "",
+            "Random effects (diagonal Omega):",
+            "  " + " ".join(f"{p:>11s}" for p in self.random_sd) + f" {'Residual':>11s}",
+        ]
+        res = self.residual_sd
+        res_txt = (
+            f"{res:11.4g}"
+            if not isinstance(res, dict)
+            else " ".join(f"{k}={v:.4g}" for k, v in res.items())
+        )
+        lines.append("  " + " ".join(f"{v:11.4g}" for v in self.random_sd.values()) + " " + res_txt)
+        lines += ["  (standard deviations)", "", "Fixed effects:"]
+        lines.append(f"  {'':>14s} {'Value':>11s} {'Std.Error':>11s} {'z-value':>9s}")
+        for k, v in self.fixed_effects.items():
+            se = self.standard_errors.get(k, float("nan"))
+            zval = v / se if se and math.isfinite(se) and se > 0 else float("nan")
+            lines.append(f"  {k:>14s} {v:11.5f} {se:11.5f} {zval:9.3f}")
+        lines += [
+            "",
+            f"Number of observations: {self.n_obs}; groups: {self.n_subjects}; "
+            f"parameters: {self.n_params}",
+            f"Optimizer: L-BFGS, {self.iterations} iterations, {self.evaluations} evaluations, "
+            f"{self.seconds:.2f} s; {self.message}",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _fixed_effect_se(pop, theta, arrays, info, fixed) -> dict:
+    """nlme-style SEs of the fixed effects from the LME approximation at η*."""
+    params = tuple(pop.model.params)
+    J = np.asarray(info["J"])  # (N, M, d) = ∂f/∂φ at φᵢ*
+    f = np.asarray(info["ipred"])
+    mask = np.asarray(arrays.obs_mask)
+    cov = np.asarray(arrays.cov)
+    ridx = [params.index(p) for p in pop.random]
+    omega = np.array([theta[f"omega_{p}"] for p in pop.random]) ** 2
+    names = list(fixed)
+    info_mat = np.zeros((len(names), len(names)))
+    import jax.numpy as jnp
+
+    th = {k: jnp.asarray(v) for k, v in theta.items()}
+    for i in range(J.shape[0]):
+        m = mask[i]
+        Ji = J[i][m]
+        R = np.asarray(pop.error.variance(jnp.asarray(f[i][m]), th))
+        X = np.zeros((Ji.shape[0], len(names)))
+        X[:, : len(params)] = Ji
+        for j, (p, c) in enumerate(pop.covariates):
+            X[:, len(params) + j] = Ji[:, params.index(p)] * cov[i, pop.cov_names.index(c)]
+        Z = Ji[:, ridx]
+        V = Z @ np.diag(omega) @ Z.T + np.diag(R)
+        info_mat += X.T @ np.linalg.solve(V, X)
+    try:
+        covm = np.linalg.inv(info_mat)
+        se = np.sqrt(np.maximum(np.diag(covm), 0.0))
+    except np.linalg.LinAlgError:
+        se = np.full(len(names), np.nan)
+    return {k: float(s) for k, s in zip(names, se, strict=True)}
