@@ -5,6 +5,7 @@
 with implicit hypergradients through each subject's MAP random effects.
 """
 
+from . import plots
 from .events import Events, SubjectArrays, read_events, subject_arrays
 from .model import ODEModel
 from .population import (
@@ -38,6 +39,7 @@ __all__ = [
     "PopulationLM",
     "Proportional",
     "fit_population",
+    "plots",
     "population_objective",
     "PopulationObjective",
     "population_problem",

@@ -143,12 +143,51 @@ class PopulationFit:
             return self.ipred
         from .simulate import simulate
 
-        pop, space, events, arrays, run = self._context
-        phi = {p: np.asarray(self.individual[p]).copy() for p in self.model_params}
-        for p in pop.random:
-            phi[p] = phi[p] - self.eta[p]
-        sim = simulate(pop.model, events, phi)
+        pop, _, events, _, _ = self._context
+        sim = simulate(pop.model, events, self.population_parameters())
         return {sid: (self.ipred[sid][0], self.ipred[sid][1], sim[sid][1]) for sid in sim}
+
+    def population_parameters(self) -> dict:
+        """Per-subject parameters with η = 0 (μ + Bᵢβ): what PRED uses."""
+        return {
+            p: np.asarray(self.individual[p]) - (self.eta[p] if p in self.eta else 0.0)
+            for p in self.model_params
+        }
+
+    def individual_parameters(self) -> dict:
+        """Per-subject parameters φᵢ (without the ID column): what IPRED uses."""
+        return {p: np.asarray(self.individual[p]) for p in self.model_params}
+
+    def plot_subjects(self, **kwargs):
+        """Observations with IPRED and PRED curves per subject (see
+        :func:`invcal.ode.plots.plot_subjects`)."""
+        from .plots import plot_subjects
+
+        pop, _, events, _, _ = self._context
+        return plot_subjects(
+            pop.model,
+            events,
+            self.individual_parameters(),
+            self.population_parameters(),
+            **kwargs,
+        )
+
+    def plot_goodness_of_fit(self):
+        """DV vs PRED/IPRED and IWRES vs time (see
+        :func:`invcal.ode.plots.plot_goodness_of_fit`)."""
+        import jax.numpy as jnp
+
+        from .plots import plot_goodness_of_fit
+
+        pop, _, events, _, _ = self._context
+        th = {k: jnp.asarray(v) for k, v in self.theta.items()}
+        return plot_goodness_of_fit(
+            pop.model,
+            events,
+            self.individual_parameters(),
+            self.population_parameters(),
+            lambda f: pop.error.variance(jnp.asarray(f), th),
+        )
 
     def summary(self) -> str:
         """A text summary in the layout of nlme's ``summary()``."""
