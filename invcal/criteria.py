@@ -145,12 +145,14 @@ def kfold_data(
     r"""Stack the K (train, validation) splits of linear measurements y ≈ Ax.
 
     ``folds`` is K (contiguous folds, as scikit-learn's ``KFold(K)`` without shuffling) or a
-    sequence of (train_indices, validation_indices). Returns a dict whose leaves have a
-    leading axis K: ``A``, ``y`` (training rows, zero-padded to the largest fold), ``A_val``,
-    ``y_val``, ``val_weight`` (1 on real validation rows, 0 on padding), ``n_train`` (real
-    training rows per fold) and, with ``center=True`` (a model with an unpenalized intercept),
-    the training means ``x_mean`` (p,) and ``y_mean`` subtracted from each fold's training
-    *and* validation rows, as scikit-learn does inside each fold.
+    sequence of (train_indices, validation_indices); one pair is a single held-out split.
+
+    Returns a dict whose leaves have a leading axis K: ``A``, ``y`` (training rows,
+    zero-padded to the largest fold), ``A_val``, ``y_val``, ``val_weight`` (1 on real
+    validation rows, 0 on padding), ``n_train`` (real training rows per fold) and, with
+    ``center=True`` (a model with an unpenalized intercept), the training means ``x_mean``
+    (p,) and ``y_mean`` subtracted from each fold's training *and* validation rows, as
+    scikit-learn does inside each fold.
     """
     A = np.asarray(A, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -172,8 +174,8 @@ def kfold_data(
             splits.append((np.setdiff1d(np.arange(n), val), val))
     else:
         splits = [(np.asarray(tr), np.asarray(va)) for tr, va in folds]
-        if len(splits) < 2:
-            raise ValueError("kfold_data: need at least 2 (train, validation) splits.")
+        if not splits:
+            raise ValueError("kfold_data: need at least one (train, validation) split.")
     n_tr = max(len(tr) for tr, _ in splits)
     n_va = max(len(va) for _, va in splits)
     out = {k: [] for k in ("A", "y", "A_val", "y_val", "val_weight", "n_train", "x_mean", "y_mean")}
