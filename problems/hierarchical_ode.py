@@ -228,7 +228,8 @@ def setup(**options) -> Setup:
 
 
 def fit(*, method="focei", rtol=1e-7, subjects=None, **kwargs) -> ode.PopulationFit:
-    """Fit Theoph from the issue's initial values with :func:`invcal.ode.fit_population`."""
+    """Fit Theoph from the issue's initial values with :func:`invcal.ode.fit_population`
+    (``kwargs`` go to it, e.g. ``algorithm="lindstrom-bates"`` for nlme's algorithm)."""
     model = theophylline_model(rtol=float(rtol), atol=float(rtol) * 1e-2)
     return ode.fit_population(
         model, load_theoph(subjects=subjects), init=INIT, method=_check_method(method), **kwargs

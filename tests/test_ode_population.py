@@ -125,6 +125,27 @@ def test_fit_theoph_from_nlme_estimates(model, theoph):
 
 
 # --------------------------------------------------------------------------------------
+# nlme's Lindstrom-Bates algorithm (one compilation)
+# --------------------------------------------------------------------------------------
+def test_lindstrom_bates_reproduces_nlme(theoph):
+    model = theophylline_model(rtol=1e-7, atol=1e-9)
+    fit = ode.fit_population(model, theoph, init=INIT, algorithm="lindstrom-bates")
+    assert fit.converged, fit.message
+    assert fit.loglik == pytest.approx(NLME_LOGLIK, abs=0.01)
+    for p in ("lKe", "lKa", "lCl"):
+        assert fit.fixed_effects[p] == pytest.approx(NLME[p], abs=1e-3)
+    for p in ("lKa", "lCl"):
+        assert fit.random_sd[p] == pytest.approx(NLME[f"omega_{p}"], rel=0.01)
+    assert fit.random_sd["lKe"] < 1e-3
+    assert fit.residual_sd == pytest.approx(NLME["sigma_add"], rel=0.01)
+    assert "Lindstrom-Bates" in fit.summary()
+    with pytest.raises(ValueError, match="lindstrom-bates.*additive"):
+        ode.fit_population(model, theoph, init=INIT, algorithm="lindstrom-bates", method="laplace")
+    with pytest.raises(ValueError, match="algorithm must be"):
+        ode.fit_population(model, theoph, init=INIT, algorithm="newton")
+
+
+# --------------------------------------------------------------------------------------
 # Laplace (one compilation)
 # --------------------------------------------------------------------------------------
 def test_laplace_hypergradient_matches_finite_differences(model, theoph):

@@ -61,6 +61,7 @@ class PopulationFit:
     model_params: tuple = ()
     subject_nll: np.ndarray = field(default_factory=lambda: np.zeros(0))
     inner_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    algorithm: str = "lbfgs"
     _context: Any = field(default=None, repr=False)
 
     @property
@@ -73,7 +74,9 @@ class PopulationFit:
 
     # ------------------------------------------------------------------------------
     @classmethod
-    def _from_run(cls, *, population, space, events, arrays, run, status, message, seconds):
+    def _from_run(
+        cls, *, population, space, events, arrays, run, status, message, seconds, algorithm
+    ):
         pop = population
         z = run["z"]
         theta = {k: float(np.asarray(v)) for k, v in space.to_theta(z).items()}
@@ -105,7 +108,7 @@ class PopulationFit:
         }
         se = _fixed_effect_se(pop, theta, arrays, info, fixed)
         n_iter = int(run["iter"])
-        hist = np.asarray(run["history"])[: min(n_iter + 1, len(run["history"]))]
+        hist = np.asarray(run["history"])[: int(run["n_history"])]
         return cls(
             method=type(pop.approximation).__name__,
             error=type(pop.error).__name__.lower(),
@@ -120,7 +123,7 @@ class PopulationFit:
             individual=individual,
             eta={p: eta[:, k] for k, p in enumerate(pop.random)},
             theta=theta,
-            converged=status in (1, 2),
+            converged=status in (1, 2, 6),
             message=message,
             iterations=n_iter,
             evaluations=int(run["evals"]),
@@ -130,8 +133,9 @@ class PopulationFit:
             source=events.source,
             model_params=params,
             subject_nll=np.asarray(info["nll"]),
-            inner_steps=np.asarray(run["inner_history"])[: int(run["evals"])],
+            inner_steps=np.asarray(run["inner_history"])[: int(run["n_inner"])],
             _context=(pop, space, events, arrays, run),
+            algorithm=algorithm,
         )
 
     # ------------------------------------------------------------------------------
@@ -192,7 +196,9 @@ class PopulationFit:
     def summary(self) -> str:
         """A text summary in the layout of nlme's ``summary()``."""
         lines = [
-            f"Nonlinear mixed-effects ODE model fit by {self.method} (invcal)",
+            f"Nonlinear mixed-effects ODE model fit by {self.method} (invcal, "
+            + ("exact maximum" if self.algorithm == "lbfgs" else "Lindstrom-Bates algorithm")
+            + ")",
             f"  Data: {self.source}; {self.n_subjects} subjects, {self.n_obs} observations; "
             f"{self.error} residual error",
             "",
@@ -219,8 +225,12 @@ class PopulationFit:
             "",
             f"Number of observations: {self.n_obs}; groups: {self.n_subjects}; "
             f"parameters: {self.n_params}",
-            f"Optimizer: L-BFGS, {self.iterations} iterations, {self.evaluations} evaluations, "
-            f"{self.seconds:.2f} s; {self.message}",
+            (
+                f"Optimizer: L-BFGS, {self.iterations} iterations, "
+                if self.algorithm == "lbfgs"
+                else f"Lindstrom-Bates: {self.iterations} linearizations, "
+            )
+            + f"{self.evaluations} evaluations, {self.seconds:.2f} s; {self.message}",
         ]
         return "\n".join(lines)
 
