@@ -7,7 +7,9 @@ reusable (the operators by any imaging problem, :func:`split_bregman` as a fast 
 """
 
 from .data import IMAGES, TRAIN, VALIDATION, add_noise, load_image, load_images
+from .denoise import DenoiseInfo, denoise_tv
 from .metrics import mse, psnr
+from .noise import estimate_sigma
 from .operators import (
     AbstractBoundary,
     Blur,
@@ -20,18 +22,52 @@ from .operators import (
     idct2,
     laplacian,
 )
+from .tuning import MSE, PSNR, SURE, AbstractTVCriterion, tv_problem
+from .tv import (
+    AbstractTVNorm,
+    AbstractUStep,
+    Anisotropic,
+    GaussSeidel,
+    Isotropic,
+    SpectralSolve,
+    SplitBregman,
+    SplitBregmanState,
+    TVSolution,
+    split_bregman,
+)
+from .weights import AbstractWeightLayout, BlockWeights, DirectionalWeights, ScalarWeight
 
 __all__ = [
     "AbstractBoundary",
+    "AbstractTVCriterion",
+    "AbstractTVNorm",
+    "AbstractUStep",
+    "AbstractWeightLayout",
+    "Anisotropic",
+    "BlockWeights",
     "Blur",
+    "DenoiseInfo",
+    "DirectionalWeights",
+    "GaussSeidel",
     "IMAGES",
+    "Isotropic",
+    "MSE",
     "Neumann",
+    "PSNR",
     "Periodic",
+    "SURE",
+    "ScalarWeight",
+    "SpectralSolve",
+    "SplitBregman",
+    "SplitBregmanState",
     "TRAIN",
+    "TVSolution",
     "VALIDATION",
     "add_noise",
     "dct2",
+    "denoise_tv",
     "divergence",
+    "estimate_sigma",
     "gaussian_kernel",
     "gradient",
     "idct2",
@@ -40,4 +76,6 @@ __all__ = [
     "load_images",
     "mse",
     "psnr",
+    "split_bregman",
+    "tv_problem",
 ]

@@ -343,6 +343,7 @@ class SplitBregman(eqx.Module):
     def step(self, state: SplitBregmanState, f, w) -> SplitBregmanState:
         """One Split Bregman iteration T(s; w, f) (single image: u is (H, W))."""
         rho = jnp.asarray(self.penalty, f.dtype)
+        w = jnp.asarray(w).astype(f.dtype)  # a float64 θ must not promote a float32 state
         bnd = self.boundary
         r = self.adjoint(f) - rho * bnd.divergence(state.d - state.b)
         u = self.u_step(state.u, r, rho, bnd, self.blur)

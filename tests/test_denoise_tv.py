@@ -1,0 +1,161 @@
+"""``invcal.imaging.denoise_tv``: the one-call TV denoiser with its weight chosen by SURE."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import invcal as ic
+from invcal.imaging import (
+    SURE,
+    Anisotropic,
+    DenoiseInfo,
+    Isotropic,
+    SplitBregman,
+    add_noise,
+    denoise_tv,
+    estimate_sigma,
+    load_image,
+    psnr,
+    split_bregman,
+    tv_problem,
+)
+
+
+@pytest.fixture(scope="module")
+def noisy32():
+    truth = load_image("camera", 32)
+    return add_noise(truth, 0.1, seed=5), truth
+
+
+@pytest.fixture(scope="module")
+def auto_result(noisy32):
+    noisy, _ = noisy32
+    return denoise_tv(noisy, sigma=0.1, return_info=True)
+
+
+def test_auto_weight_is_near_the_oracle(noisy32, auto_result):
+    noisy, truth = noisy32
+    out, info = auto_result
+    assert isinstance(out, np.ndarray) and out.shape == noisy.shape and out.dtype == noisy.dtype
+    assert isinstance(info, DenoiseInfo)
+    assert info.sigma == 0.1 and not info.sigma_estimated and info.isotropic
+    assert info.converged and len(info.search) >= 5
+    assert info.sure == min(r[1] for r in info.search)
+    # the oracle: the best of a log grid of weights, scored against the truth
+    method = SplitBregman(Isotropic())
+    grid = 0.1 * np.exp(np.linspace(np.log(0.3), np.log(3.0), 25))
+    scores = [float(psnr(split_bregman(noisy, w, method, tol=1e-4).u, truth)) for w in grid]
+    assert float(psnr(out, truth)) > float(psnr(noisy, truth)) + 5.0
+    assert float(psnr(out, truth)) > max(scores) - 0.3  # SURE on 1024 pixels: MC noise
+
+
+def test_the_sure_hypergradient_it_follows_matches_finite_differences(noisy32, auto_result):
+    # the same settings as inside denoise_tv (so the compiled code is shared)
+    noisy, _ = noisy32
+    problem = tv_problem(noisy, criterion=SURE(0.1), method=SplitBregman(Isotropic()), init=0.1)
+    res = ic.check_hypergradient(
+        problem,
+        {"weight": jnp.asarray(0.05)},
+        ic.ForwardUnrolled(100),
+        solver=ic.FixedSteps(100),
+        # 100 steps of shrinkage make a piecewise-smooth map with many kinks: a step of 1e-5
+        # crosses some (relative error 1e-5 to 1e-3 measured), 1e-6 none here (4e-9)
+        eps=1e-6,
+    )
+    assert res.relative_error < 1e-6  # exact for the 100-step estimator
+
+
+def test_sigma_is_estimated_when_not_given(noisy32):
+    noisy, _ = noisy32
+    _, info = denoise_tv(noisy, return_info=True, num_steps=100)
+    assert info.sigma_estimated and abs(info.sigma - 0.1) < 0.03
+    assert info.sure is not None and info.weight > 0
+
+
+def test_numeric_weight_is_the_rof_weight(noisy32):
+    noisy, _ = noisy32
+    out, info = denoise_tv(noisy, 0.07, sigma=123.0, return_info=True)
+    ref = split_bregman(noisy, 0.07, SplitBregman(Isotropic()), tol=1e-4, max_steps=300).u
+    np.testing.assert_array_equal(out, np.asarray(ref))
+    assert info.weight == 0.07 and info.sigma is None and info.sure is None and info.search == []
+    aniso = denoise_tv(noisy, 0.07, isotropic=False)
+    ref = split_bregman(noisy, 0.07, SplitBregman(Anisotropic()), tol=1e-4, max_steps=300).u
+    np.testing.assert_array_equal(aniso, np.asarray(ref))
+    assert not np.array_equal(aniso, out)
+
+
+def test_float32_in_float32_out(noisy32):
+    noisy, truth = noisy32
+    out = denoise_tv(noisy.astype(np.float32), 0.1)
+    assert out.dtype == np.float32
+    ref = denoise_tv(noisy, 0.1)
+    assert np.max(np.abs(out - ref)) < 1e-4
+
+
+def test_larger_weight_smooths_more(noisy32):
+    noisy, _ = noisy32
+    tv = [float(np.abs(np.diff(denoise_tv(noisy, w), axis=0)).sum()) for w in (0.02, 0.2)]
+    assert tv[1] < tv[0]
+
+
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (np.zeros((0, 5)), "image is empty"),
+        (np.zeros(16), "must be 2-D .* got 1-D"),
+        (np.zeros((8, 8, 3)), "rgb2gray"),
+        (np.zeros((8, 8), complex), "complex"),
+        (np.zeros((8, 8), np.uint8), "dtype uint8; pass float32 or float64"),
+        (np.zeros((8, 8), bool), "dtype bool"),
+        (np.zeros((8, 8), np.float16), "dtype float16"),
+        ([[1, 2], [3, 4]], "dtype int64"),
+        (np.full((8, 8), np.nan), "NaN or inf \\(64 of 64"),
+        (np.pad(np.zeros((7, 8)), ((0, 1), (0, 0)), constant_values=np.inf), "NaN or inf"),
+        (np.zeros((1, 8)), "at least 2×2"),
+    ],
+)
+def test_bad_images_fail_before_any_work(image, match):
+    with pytest.raises(ValueError, match=match):
+        denoise_tv(image, 0.1)
+
+
+def test_bad_arguments():
+    img = np.zeros((16, 16))
+    with pytest.raises(TypeError, match="must be a 2-D float array; got str"):
+        denoise_tv("camera.png")
+    with pytest.raises(ValueError, match="weight must be 'auto' or a positive number"):
+        denoise_tv(img, "automatic")
+    with pytest.raises(ValueError, match="weight must be a positive number; got True"):
+        denoise_tv(img, True)
+    with pytest.raises(ValueError, match="sigma must be a positive finite number; got -0.1"):
+        denoise_tv(img, sigma=-0.1)
+    with pytest.raises(ValueError, match="sigma must be a positive finite number; got nan"):
+        denoise_tv(img, sigma=float("nan"))
+    with pytest.raises(TypeError, match="isotropic must be True or False"):
+        denoise_tv(img, 0.1, isotropic="yes")
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+        denoise_tv(img, 0.1, max_steps=0)
+    with pytest.raises(ValueError, match="tol must be a positive finite number"):
+        denoise_tv(img, 0.1, tol=0.0)
+    with pytest.raises(ValueError, match="cannot estimate sigma from an image smaller than 8×8"):
+        denoise_tv(np.random.default_rng(0).random((4, 4)))
+    with pytest.raises(ValueError, match="estimated noise level is 0"):
+        denoise_tv(img)
+
+
+@settings(max_examples=30, deadline=None)
+@given(w=st.one_of(st.floats(max_value=0.0), st.just(float("inf")), st.just(float("nan"))))
+def test_non_positive_or_non_finite_weights_are_refused(w):
+    with pytest.raises(ValueError, match="weight must be a positive finite number"):
+        denoise_tv(np.zeros((8, 8)), w)
+
+
+def test_estimate_sigma():
+    rng = np.random.default_rng(0)
+    assert abs(estimate_sigma(0.2 * rng.standard_normal((128, 128))) / 0.2 - 1) < 0.03
+    img = load_image("clock", 128)
+    assert abs(estimate_sigma(add_noise(img, 0.1, seed=1)) / 0.1 - 1) < 0.05
+    with pytest.raises(ValueError, match="at least 8×8"):
+        estimate_sigma(np.zeros((4, 40)))
