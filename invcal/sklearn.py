@@ -16,7 +16,7 @@ starting from the single-α optimum.
 
 **Outer loop.** z = log α. It starts from the best of a short decreasing path of ``n_init``
 values in [α_max·10⁻³, α_max] (warm-started solves, a guard against the CV curve's local
-minima; it stops once the CV error rises, once dCV/dα <= 0 (the minimum lies at a larger α), or
+minima; it stops once the CV error rises, once dCV/dα < 0 (the minimum lies at a larger α), or
 at an unconverged solve),
 then takes Barzilai–Borwein gradient steps in z (for one α, the secant step on dCV/dz = 0)
 inside a trust region s on the largest change of log α: s doubles (up to 1) after an
@@ -318,7 +318,8 @@ class BilevelLassoCV(_BilevelLassoBase):
                 best = (v, float(a), x0)
                 # The hypergradient comes with the value: dCV/dz >= 0 says the minimum is
                 # at a larger α, so the path need not go further down.
-                if float(self._grad_z(problem, {"alpha": a}, h.grad)[0]) <= 0:
+                # (At α_max no fold may have a nonzero coefficient: a zero gradient says nothing.)
+                if float(self._grad_z(problem, {"alpha": a}, h.grad)[0]) < 0:
                     break
             alpha0, x0 = best[1], best[2]
         theta = {"alpha": jnp.asarray(alpha0)}
