@@ -536,19 +536,20 @@ class WorkingSetFISTA(AbstractInnerSolver):
             return jnp.zeros_like(x).at[idx].set(u), k_sub
 
         def full_pass(x, corr, steps):
-            # A working set filled by the current support cannot let a missing feature in:
-            # then a few proximal-gradient steps on all columns change the support.
+            # A working set filled by the current support cannot let a missing feature in, and
+            # two passes without progress say the working sets miss it: FISTA on all columns
+            # (stopped by the full gap) finishes the solve, polished at the end.
             u, k_full, _ = _restarted_fista(
                 lambda u: A.T @ (A @ u - y),
                 lambda v, s: prox_fn(v, s, w),
-                lambda u: jnp.inf,
+                lambda u: full_gap(u)[0],
                 x,
                 L,
                 tol,
-                jnp.minimum(5 * self.check_every, self.max_steps - steps),
+                jnp.maximum(self.max_steps - steps, 0),
                 self.check_every,
             )
-            return u, k_full
+            return _polish(u, lambda v: A.T @ (A @ v), A.T @ y, w, fb.nonneg), k_full
 
         def body(c):
             k, x, rel, corr, steps, flat = c

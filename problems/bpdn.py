@@ -410,7 +410,9 @@ def setup(
                 )
             )
     lam0 = float(np.max(np.asarray(problem.space.init()["lam"])))
-    grid = {} if weighted else {"lam": np.geomspace(lam0 * 10 / 1000, lam0 * 10, 30)}
+    # λ0 = λ_max/10; the grid spans [λ_max/300, λ_max] (below, supports approach n and the
+    # criterion only rises).
+    grid = {} if weighted else {"lam": np.geomspace(lam0 * 10 / 300, lam0 * 10, 30)}
     unroll_solver = ic.FISTA(tol=1e-10, max_steps=_UNROLL_STEPS)
     return Setup(
         problem=problem,
@@ -476,6 +478,8 @@ def _report(problem, A, y, truth, raw, case):
             ax.semilogx(lams[-1:], vals[-1:], "*", color="C3", ms=12)
             ax.set_xlabel("λ")
             ax.set_ylabel("criterion")
+            if np.all(gv > 0) and np.all(vals > 0):  # SURE can be negative: then linear
+                ax.set_yscale("log")
             ax.legend()
             fig.tight_layout()
             fig.savefig(outdir / "bpdn_path.png", dpi=110)
