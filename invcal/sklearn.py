@@ -16,8 +16,9 @@ starting from the single-α optimum.
 
 **Outer loop.** z = log α. It starts from the best of a short decreasing path of ``n_init``
 values in [α_max·10⁻³, α_max] (warm-started solves, a guard against the CV curve's local
-minima; it stops once the CV error rises, once dCV/dα < 0 (the minimum lies at a larger α), or
-at an unconverged solve),
+minima; it stops once the CV error rises, once dCV/dα < 0 (the minimum lies at a larger α),
+once in the basin the secant of dCV/dz puts the minimum before the next point, or at an
+unconverged solve),
 then takes Barzilai–Borwein gradient steps in z (for one α, the secant step on dCV/dz = 0)
 inside a trust region s on the largest change of log α: s doubles (up to 1) after an
 accepted step (CV decreased) and halves after a rejected one (a trial whose inner or
@@ -110,6 +111,10 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
     def _cv_problem(self, X, y, splits, alpha0):
         data = criteria.kfold_data(X, y, splits, center=self.fit_intercept)
         data["lam_scale"] = data["n_train"]
+        # Each fold's (centered) training rows are a projection of rows of X, so ‖X‖₂²
+        # bounds every fold's Lipschitz constant: one computation instead of K.
+        lip = sparse._lipschitz(X)
+        data["lipschitz"] = jnp.full(data["n_train"].shape, lip)
         space = Space(alpha=Param(alpha0, Log()))
         return sparse.lasso_problem(
             space,
@@ -299,7 +304,8 @@ class BilevelLassoCV(_BilevelLassoBase):
             # gradients it computes are a by-product; only the values choose the start.
             best = (math.inf, alpha0, x0)
             path = alpha_max * np.geomspace(1.0, 1e-3, self.n_init)
-            for a in path:
+            prev = None  # (z, CV, dCV/dz) at the previous path point
+            for i, a in enumerate(path):
                 h = hypergradient(
                     problem,
                     {"alpha": a},
@@ -316,11 +322,19 @@ class BilevelLassoCV(_BilevelLassoBase):
                 if v >= best[0]:  # past the minimum: the rest (large supports) is not needed
                     break
                 best = (v, float(a), x0)
-                # The hypergradient comes with the value: dCV/dz >= 0 says the minimum is
-                # at a larger α, so the path need not go further down.
-                # (At α_max no fold may have a nonzero coefficient: a zero gradient says nothing.)
-                if float(self._grad_z(problem, {"alpha": a}, h.grad)[0]) < 0:
+                # The hypergradient comes with the value. dCV/dz < 0: the minimum lies at a
+                # larger α. (At α_max no fold may have a nonzero coefficient: a zero gradient
+                # says nothing.) In the basin (CV fell by less than 80% since the previous
+                # point), stop where the secant of dCV/dz puts the minimum before the next
+                # point: the small-α end of the path holds the largest, costliest supports.
+                z, g = math.log(a), float(self._grad_z(problem, {"alpha": a}, h.grad)[0])
+                if g < 0:
                     break
+                if prev is not None and i + 1 < len(path) and v > 0.2 * prev[1] and prev[2] > g:
+                    z_min = z - g * (z - prev[0]) / (g - prev[2])
+                    if z_min > math.log(path[i + 1]):
+                        break
+                prev = (z, v, g)
             alpha0, x0 = best[1], best[2]
         theta = {"alpha": jnp.asarray(alpha0)}
         theta, value, _, n_iter = self._descend(problem, theta, solver, method, x0, history)
