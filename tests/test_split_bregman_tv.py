@@ -29,7 +29,7 @@ def test_setup_defaults_and_description():
     assert isinstance(s, Setup)
     assert s.description.startswith("TV denoising of scikit-image photos by Split Bregman")
     assert s.problem.x0.u.shape == (2, 16, 16) and s.problem.space.names == ("weight",)
-    assert set(s.methods) == {"implicit", "unrolled", "truncated-100"}
+    assert set(s.methods) == {"implicit", "implicit-neumann", "unrolled", "truncated-100"}
     assert s.solver_for("unrolled").max_steps == 3000
     huber = sbtv.setup(**SMALL, huber=0.01)
     assert huber.problem.objective is not None and "huber-implicit-cg" in huber.methods

@@ -277,7 +277,7 @@ def test_split_bregman_errors():
 # --------------------------------------------------------------------------------------
 # Hypergradients of the TV weights (64×64, float64) against central finite differences
 # --------------------------------------------------------------------------------------
-GMRES = lx.GMRES(rtol=1e-11, atol=1e-14, restart=100, max_steps=2000)
+GMRES = lx.GMRES(rtol=1e-11, atol=1e-14, restart=30, max_steps=2000)
 IMPLICIT = ic.Implicit(GMRES, system="fixed_point")
 # One solver and one method for every exact-TV test: equal settings share compiled code.
 SOLVER = ic.FixedPointIteration(tol=1e-10, max_steps=3000)

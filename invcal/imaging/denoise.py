@@ -45,10 +45,10 @@ class DenoiseInfo:
     """What :func:`denoise_tv` did.
 
     ``weight``: the TV weight w used; ``sigma``: the noise level used for SURE (``None`` for a
-    given weight) and whether it was ``sigma_estimated``; ``sure``: SURE at ``weight``
-    (an estimate of the mean squared error per pixel); ``num_steps``, ``change`` (last RMS
-    change of u) and ``converged`` of the final solve; ``search``: one row per SURE
-    evaluation, ``(weight, sure, dsure_dlogw)``.
+    given weight) and whether it was ``sigma_estimated``; ``sure``: SURE at ``weight`` of the
+    ``num_steps``-iteration estimator (an estimate of its mean squared error per pixel);
+    ``num_steps``, ``change`` (last RMS change of u) and ``converged`` of the final solve;
+    ``search``: one row per SURE evaluation, ``(weight, sure, dsure_dlogw)``.
     """
 
     weight: float

@@ -1,0 +1,729 @@
+"""Split Bregman TV: invcal against scikit-image's ``denoise_tv_bregman``, and its weights tuned
+by hypergradients.
+
+    python benchmarks/tv_vs_skimage.py [--quick] [--skip solve methods learn sure blocks]
+                                       [--out benchmarks/results/tv_vs_skimage.json]
+
+Parts (each prints a table; all numbers go to the JSON, where parts skipped in a run keep the
+numbers of an earlier one):
+
+1. ``solve`` — one 512×512 float32 denoise (camera, anisotropic TV, σ = 0.05/0.1/0.2, the weight
+   best for PSNR), invcal's ``split_bregman`` against ``skimage.restoration.denoise_tv_bregman
+   (isotropic=False)`` at the same weight (w = 1/μ) and the same stopping rule (RMS change of u
+   below eps): warm wall time (best of 7, interleaved), iterations, PSNR; then both solved to
+   convergence in float64: PSNR, max |difference| over the image and 16 px in from the border,
+   and the ROF energy each reaches.
+2. ``methods`` — hypergradients of the scalar weight (MSE to truth, camera, σ = 0.1, float64) by
+   implicit differentiation of the Split Bregman fixed point (GMRES), reverse unrolling and
+   Huber-TV implicit (CG on the Hessian): relative error against central finite differences
+   and warm wall time, at 64×64 and 128×128.
+3. ``learn`` — per noise level: the scalar weight learned by invcal on the five training images
+   (−mean PSNR, implicit hypergradients, Adam) against a 30-point grid search with skimage's
+   solver (best mean training PSNR) and a 61-point log grid with invcal's solver: mean
+   validation PSNR (clock, page, cell) and wall time. 256×256.
+4. ``sure`` — ``denoise_tv(weight="auto")`` (SURE, σ known and estimated) against the oracle
+   weight (best validation PSNR on a 41-point grid), per validation image and noise level.
+5. ``blocks`` — 8×8 block weights against the best scalar weight, both learned on one noise
+   draw of each validation image (σ = 0.1), evaluated on that draw and on a fresh one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PARTS = ("solve", "methods", "learn", "sure", "blocks")
+SIGMAS = (0.05, 0.1, 0.2)
+
+
+def _best_of(fn, repeats=7):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    return out, min(times), float(np.median(times))
+
+
+def _table(header, rows):
+    widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    print()
+
+
+def _psnr_np(u, truth):
+    u, truth = np.asarray(u, np.float64), np.asarray(truth, np.float64)
+    return float(10 * np.log10(1.0 / np.mean((u - truth) ** 2)))
+
+
+# --------------------------------------------------------------------------------------
+# 1. one solve against skimage (float32, warm)
+# --------------------------------------------------------------------------------------
+def part_solve(size):
+    from skimage.restoration import denoise_tv_bregman
+
+    from invcal.imaging import Anisotropic, SplitBregman, add_noise, load_image, split_bregman
+
+    truth = load_image("camera", None if size == 512 else size).astype(np.float32)
+    method = SplitBregman(Anisotropic())
+    rows, out = [], []
+    for sigma in SIGMAS:
+        f = add_noise(truth, sigma, seed=0).astype(np.float32)
+        fj = jnp.asarray(f)
+        # the weight that is best for PSNR (anisotropic, converged solves, float32)
+        grid = sigma * np.geomspace(0.5, 2.0, 13)
+        scores = [
+            _psnr_np(split_bregman(fj, w, method, tol=1e-5, max_steps=2000).u, truth) for w in grid
+        ]
+        w = float(grid[int(np.argmax(scores))])
+        for eps in (1e-3, 1e-4):
+
+            def ours(eps=eps, w=w):
+                return split_bregman(fj, w, method, tol=eps, max_steps=100)
+
+            def theirs(eps=eps, w=w):
+                return denoise_tv_bregman(f, weight=1.0 / w, isotropic=False, eps=eps)
+
+            ours()  # compile
+            t_o, t_s = [], []
+            for _ in range(7):  # interleaved, so both see the same machine load
+                t0 = time.perf_counter()
+                sol = ours()
+                jax.block_until_ready(sol.u)
+                t_o.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                sk = theirs()
+                t_s.append(time.perf_counter() - t0)
+            row = {
+                "sigma": sigma,
+                "weight": w,
+                "skimage_weight": 1.0 / w,
+                "eps": eps,
+                "invcal_seconds": min(t_o),
+                "skimage_seconds": min(t_s),
+                "invcal_median": float(np.median(t_o)),
+                "skimage_median": float(np.median(t_s)),
+                "ratio": min(t_o) / min(t_s),
+                "invcal_steps": int(sol.num_steps),
+                "invcal_psnr": _psnr_np(sol.u, truth),
+                "skimage_psnr": _psnr_np(sk, truth),
+                "invcal_dtype": str(sol.u.dtype),
+                "skimage_dtype": str(sk.dtype),
+            }
+            out.append(row)
+            rows.append(
+                [
+                    sigma,
+                    f"{w:.4f}",
+                    eps,
+                    f"{row['invcal_seconds'] * 1e3:.1f}",
+                    f"{row['skimage_seconds'] * 1e3:.1f}",
+                    f"{row['ratio']:.2f}",
+                    row["invcal_steps"],
+                    f"{row['invcal_psnr']:.3f}",
+                    f"{row['skimage_psnr']:.3f}",
+                ]
+            )
+    print(
+        f"One solve, {truth.shape[0]}×{truth.shape[1]} float32, anisotropic TV, warm (best of 7):"
+    )
+    _table(
+        [
+            "sigma",
+            "w=1/mu",
+            "eps",
+            "invcal ms",
+            "skimage ms",
+            "ratio",
+            "steps",
+            "PSNR invcal",
+            "PSNR skimage",
+        ],
+        rows,
+    )
+    return out
+
+
+def part_agreement(size):
+    """Both solvers to convergence, float64: where they agree and which energy is lower."""
+    from skimage.restoration import denoise_tv_bregman
+
+    from invcal.imaging import Anisotropic, SplitBregman, add_noise, load_image, split_bregman
+
+    truth = load_image("camera", None if size == 512 else size)
+    method = SplitBregman(Anisotropic(), penalty=8.0)
+    rows, out = [], []
+    for sigma in SIGMAS:
+        f = add_noise(truth, sigma, seed=0)
+        w = {0.05: 0.045, 0.1: 0.1, 0.2: 0.2}[sigma]
+        ours = np.asarray(split_bregman(jnp.asarray(f), w, method, tol=1e-9, max_steps=20000).u)
+        sk = denoise_tv_bregman(f, weight=1.0 / w, isotropic=False, eps=1e-9, max_num_iter=20000)
+        diff = np.abs(ours - sk)
+        h, wd = diff.shape
+        ii, jj = np.indices(diff.shape)
+        border = np.minimum.reduce([ii, jj, h - 1 - ii, wd - 1 - jj])
+        e_o = float(method.energy(jnp.asarray(ours), jnp.asarray(f), w))
+        e_s = float(method.energy(jnp.asarray(sk), jnp.asarray(f), w))
+        row = {
+            "sigma": sigma,
+            "weight": w,
+            "max_abs_diff": float(diff.max()),
+            "max_abs_diff_16px_in": float(diff[border >= 16].max()),
+            "rms_diff": float(np.sqrt(np.mean(diff**2))),
+            "share_pixels_diff_above_1e-3": float(np.mean(diff > 1e-3)),
+            "energy_invcal": e_o,
+            "energy_skimage": e_s,
+            "psnr_invcal": _psnr_np(ours, truth),
+            "psnr_skimage": _psnr_np(sk, truth),
+        }
+        out.append(row)
+        rows.append(
+            [
+                sigma,
+                w,
+                f"{row['max_abs_diff']:.3g}",
+                f"{row['max_abs_diff_16px_in']:.3g}",
+                f"{row['rms_diff']:.3g}",
+                f"{row['share_pixels_diff_above_1e-3']:.4f}",
+                f"{e_o:.6f}",
+                f"{e_s:.6f}",
+                f"{row['psnr_invcal']:.3f}",
+                f"{row['psnr_skimage']:.3f}",
+            ]
+        )
+    print("Converged solutions, float64 (invcal: Neumann ROF energy; skimage: its own boundary):")
+    _table(
+        [
+            "sigma",
+            "w",
+            "max|diff|",
+            "max|diff| 16px in",
+            "rms diff",
+            ">1e-3",
+            "E invcal",
+            "E(skimage)",
+            "PSNR invcal",
+            "PSNR skimage",
+        ],
+        rows,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 2. hypergradient methods
+# --------------------------------------------------------------------------------------
+def part_methods(sizes):
+    import lineax as lx
+
+    import invcal as ic
+    from invcal.imaging import (
+        MSE,
+        Anisotropic,
+        GaussSeidel,
+        Isotropic,
+        Neumann,
+        SplitBregman,
+        add_noise,
+        load_image,
+        tv_problem,
+    )
+    from invcal.testing import check_hypergradient
+
+    out, rows = [], []
+    # restart 30: at 128×128 a restart of 100 took 26 s (its Gram–Schmidt dominates), 30 took
+    # 7 s for the same answer (measured while writing this benchmark)
+    gmres = lx.GMRES(rtol=1e-11, atol=1e-14, restart=30, max_steps=2000)
+    for size in sizes:
+        truth = load_image("camera", size)
+        f = add_noise(truth, 0.1, seed=0)
+        exact = tv_problem(
+            f,
+            truth=truth,
+            criterion=MSE(),
+            init=0.1,
+            method=SplitBregman(Anisotropic(), Neumann(), GaussSeidel(), 8.0),
+        )
+        huber_iso = tv_problem(
+            f, truth=truth, criterion=MSE(), init=0.1, method=SplitBregman(Isotropic(), huber=0.01)
+        )
+        huber_ani = tv_problem(
+            f,
+            truth=truth,
+            criterion=MSE(),
+            init=0.1,
+            method=SplitBregman(Anisotropic(), huber=0.01),
+        )
+        n_state = 5 * size * size
+        tol = 1e-12 * math.sqrt(n_state)
+        cases = [
+            (
+                "implicit (GMRES)",
+                exact,
+                ic.Implicit(gmres, system="fixed_point"),
+                ic.FixedPointIteration(tol=tol, max_steps=20000),
+            ),
+            (
+                "implicit (Neumann series, 2000 terms)",
+                exact,
+                ic.Implicit(ic.Neumann(2000, rtol=1e-9), system="fixed_point"),
+                ic.FixedPointIteration(tol=tol, max_steps=20000),
+            ),
+            (
+                "unrolled (3000 steps)",
+                exact,
+                ic.Unrolled(3000),
+                ic.FixedPointIteration(tol=tol, max_steps=3000),
+            ),
+            (
+                "Huber-implicit (CG), isotropic",
+                huber_iso,
+                ic.Implicit(lx.CG(rtol=1e-11, atol=1e-14, max_steps=5000)),
+                ic.FISTA(tol=1e-12 * size, max_steps=50000),
+            ),
+            (
+                "Huber-implicit (CG), anisotropic",
+                huber_ani,
+                ic.Implicit(lx.CG(rtol=1e-11, atol=1e-14, max_steps=5000)),
+                ic.FISTA(tol=1e-12 * size, max_steps=50000),
+            ),
+        ]
+        for name, problem, method, solver in cases:
+            theta = problem.space.init()
+            res = check_hypergradient(problem, theta, method, solver=solver)
+            _, t_min, _ = _best_of(
+                lambda problem=problem, method=method, solver=solver, theta=theta: (
+                    ic.hypergradient(problem, theta, solver=solver, method=method).grad
+                ),
+                repeats=3,
+            )
+            row = {
+                "size": size,
+                "method": name,
+                "relative_error": res.relative_error,
+                "gradient": float(res.gradient[0]),
+                "finite_difference": float(res.finite_difference[0]),
+                "seconds_warm": t_min,
+                **res.diagnostics,
+            }
+            out.append(row)
+            rows.append(
+                [
+                    f"{size}×{size}",
+                    name,
+                    f"{res.relative_error:.2e}",
+                    f"{row['gradient']:.8f}",
+                    f"{t_min:.3f}",
+                    res.diagnostics["inner_steps"],
+                    res.diagnostics["linear_steps"],
+                ]
+            )
+    print(
+        "Hypergradient dE/dlog w (MSE to truth, camera, σ = 0.1, w = 0.1, float64) against "
+        "central finite differences (Huber rows: their own smoothed problem, ε = 0.01):"
+    )
+    _table(["image", "method", "rel. error", "dE/dlog w", "warm s", "inner steps", "linear"], rows)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 3. the learned scalar weight against grid searches
+# --------------------------------------------------------------------------------------
+def _grid_psnr(noisy, truth, weights, method, tol=1e-5, max_steps=2000):
+    """Mean PSNR over the images at each weight of an increasing grid; each solve is
+    warm-started from the image's solution at the previous weight (RMS-change stopping)."""
+    from invcal.imaging import split_bregman
+
+    states = [None] * len(noisy)
+    scores = []
+    for w in weights:
+        ps = []
+        for k, (f, t) in enumerate(zip(noisy, truth, strict=True)):
+            sol = split_bregman(
+                jnp.asarray(f), w, method, tol=tol, max_steps=max_steps, init=states[k]
+            )
+            states[k] = sol.state
+            ps.append(_psnr_np(sol.u, t))
+        scores.append(float(np.mean(ps)))
+    return scores
+
+
+def part_learn(size, steps):
+    import lineax as lx
+    from skimage.restoration import denoise_tv_bregman
+
+    import invcal as ic
+    from invcal.imaging import (
+        PSNR,
+        TRAIN,
+        VALIDATION,
+        Anisotropic,
+        GaussSeidel,
+        Neumann,
+        SplitBregman,
+        add_noise,
+        load_images,
+        tv_problem,
+    )
+
+    method = SplitBregman(Anisotropic(), Neumann(), GaussSeidel(), 8.0)
+    eval_method = SplitBregman(Anisotropic())
+    t_train, t_val = load_images(TRAIN, size), load_images(VALIDATION, size)
+    out, rows = [], []
+    for sigma in SIGMAS:
+        f_train, f_val = add_noise(t_train, sigma, 0), add_noise(t_val, sigma, 1)
+        # invcal: −mean training PSNR, implicit hypergradients, Adam on log w from w = σ/2
+        problem = tv_problem(
+            f_train, truth=t_train, criterion=PSNR(), method=method, init=sigma / 2
+        )
+        n = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(problem.x0))
+        solver = ic.FixedPointIteration(tol=1e-9 * math.sqrt(n), max_steps=20000)
+        imp = ic.Implicit(
+            lx.GMRES(rtol=1e-8, atol=1e-14, restart=30, max_steps=1000), system="fixed_point"
+        )
+        t0 = time.perf_counter()
+        res = ic.tune(
+            problem, solver=solver, method=imp, optimizer="adam", learning_rate=0.15, steps=steps
+        )
+        t_learn = time.perf_counter() - t0
+        w_learned = float(res.theta["weight"])
+        # skimage: 30-point log grid of μ = 1/w, best mean training PSNR (its default eps)
+        mus = 1.0 / (sigma * np.geomspace(0.2, 5.0, 30))
+        t0 = time.perf_counter()
+        sk_scores = [
+            np.mean(
+                [
+                    _psnr_np(denoise_tv_bregman(f, weight=mu, isotropic=False), t)
+                    for f, t in zip(f_train, t_train, strict=True)
+                ]
+            )
+            for mu in mus
+        ]
+        t_sk = time.perf_counter() - t0
+        mu_best = float(mus[int(np.argmax(sk_scores))])
+        sk_val = float(
+            np.mean(
+                [
+                    _psnr_np(denoise_tv_bregman(f, weight=mu_best, isotropic=False), t)
+                    for f, t in zip(f_val, t_val, strict=True)
+                ]
+            )
+        )
+        # invcal solver on a 61-point log grid: training and validation PSNR at each point
+        grid = sigma * np.geomspace(0.2, 5.0, 61)
+        t0 = time.perf_counter()
+        g_train = _grid_psnr(f_train, t_train, grid, eval_method)
+        t_grid61 = time.perf_counter() - t0
+        g_val = _grid_psnr(f_val, t_val, grid, eval_method)
+        val_learned = _grid_psnr(f_val, t_val, [w_learned], eval_method, tol=1e-6)[0]
+        k_oracle = int(np.argmax(g_val))
+        k_train = int(np.argmax(g_train))
+        row = {
+            "sigma": sigma,
+            "size": size,
+            "learned_weight": w_learned,
+            "learned_val_psnr": val_learned,
+            "learned_train_psnr": -float(res.value),
+            "learn_seconds": t_learn,
+            "learn_steps": steps,
+            "skimage_grid30_mu": mu_best,
+            "skimage_grid30_weight": 1.0 / mu_best,
+            "skimage_grid30_val_psnr": sk_val,
+            "skimage_grid30_seconds": t_sk,
+            "grid61_best_val_weight": float(grid[k_oracle]),
+            "grid61_best_val_psnr": float(g_val[k_oracle]),
+            "grid61_best_train_weight": float(grid[k_train]),
+            "grid61_train_pick_val_psnr": float(g_val[k_train]),
+            "grid61_train_seconds": t_grid61,
+            "gap_to_grid61_oracle_db": float(g_val[k_oracle] - val_learned),
+            "gap_to_grid61_train_pick_db": float(g_val[k_train] - val_learned),
+        }
+        out.append(row)
+        rows.append(
+            [
+                sigma,
+                f"{w_learned:.4f}",
+                f"{val_learned:.3f}",
+                f"{t_learn:.0f}",
+                f"{1 / mu_best:.4f}",
+                f"{sk_val:.3f}",
+                f"{t_sk:.0f}",
+                f"{grid[k_oracle]:.4f}",
+                f"{g_val[k_oracle]:.3f}",
+                f"{row['gap_to_grid61_oracle_db']:+.3f}",
+                f"{row['gap_to_grid61_train_pick_db']:+.3f}",
+            ]
+        )
+    print(
+        f"Learned scalar weight ({size}×{size}, anisotropic TV, 5 training / 3 validation "
+        "images; validation PSNR is the mean over clock, page, cell):"
+    )
+    _table(
+        [
+            "sigma",
+            "w learned",
+            "val PSNR",
+            "s",
+            "w skimage30",
+            "val PSNR",
+            "s",
+            "w grid61 best",
+            "val PSNR",
+            "gap oracle",
+            "gap train-pick",
+        ],
+        rows,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 4. SURE against the oracle
+# --------------------------------------------------------------------------------------
+def part_sure(size):
+    from invcal.imaging import (
+        VALIDATION,
+        Isotropic,
+        SplitBregman,
+        add_noise,
+        denoise_tv,
+        load_image,
+        split_bregman,
+    )
+
+    method = SplitBregman(Isotropic())
+    out, rows = [], []
+    for name in VALIDATION:
+        truth = load_image(name, size)
+        for sigma in SIGMAS:
+            f = add_noise(truth, sigma, seed=2)
+            grid = sigma * np.geomspace(0.3, 3.0, 41)
+            scores = [
+                _psnr_np(split_bregman(jnp.asarray(f), w, method, tol=1e-4, max_steps=300).u, truth)
+                for w in grid
+            ]
+            k = int(np.argmax(scores))
+            t0 = time.perf_counter()
+            u_known, info_known = denoise_tv(f, sigma=sigma, return_info=True)
+            t_known = time.perf_counter() - t0
+            u_est, info_est = denoise_tv(f, return_info=True)
+            row = {
+                "image": name,
+                "sigma": sigma,
+                "size": size,
+                "oracle_weight": float(grid[k]),
+                "oracle_psnr": float(scores[k]),
+                "sure_weight": info_known.weight,
+                "sure_psnr": _psnr_np(u_known, truth),
+                "sure_seconds": t_known,
+                "sure_evaluations": len(info_known.search),
+                "estimated_sigma": info_est.sigma,
+                "sure_est_weight": info_est.weight,
+                "sure_est_psnr": _psnr_np(u_est, truth),
+                "noisy_psnr": _psnr_np(f, truth),
+            }
+            row["gap_db"] = row["oracle_psnr"] - row["sure_psnr"]
+            row["gap_est_db"] = row["oracle_psnr"] - row["sure_est_psnr"]
+            out.append(row)
+            rows.append(
+                [
+                    name,
+                    sigma,
+                    f"{row['oracle_weight']:.4f}",
+                    f"{row['oracle_psnr']:.3f}",
+                    f"{row['sure_weight']:.4f}",
+                    f"{row['sure_psnr']:.3f}",
+                    f"{row['gap_db']:+.3f}",
+                    f"{t_known:.1f}",
+                    f"{row['estimated_sigma']:.4f}",
+                    f"{row['sure_est_psnr']:.3f}",
+                    f"{row['gap_est_db']:+.3f}",
+                ]
+            )
+    print(
+        f"denoise_tv(weight='auto') (isotropic, {size}×{size}) against the oracle weight "
+        "(41-point grid on the truth):"
+    )
+    _table(
+        [
+            "image",
+            "sigma",
+            "w oracle",
+            "PSNR",
+            "w SURE",
+            "PSNR",
+            "gap",
+            "s",
+            "sigma est.",
+            "PSNR",
+            "gap",
+        ],
+        rows,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 5. block weights against the best scalar
+# --------------------------------------------------------------------------------------
+def part_blocks(size, steps):
+    import lineax as lx
+
+    import invcal as ic
+    from invcal.imaging import (
+        PSNR,
+        VALIDATION,
+        Anisotropic,
+        BlockWeights,
+        GaussSeidel,
+        Neumann,
+        SplitBregman,
+        add_noise,
+        load_image,
+        split_bregman,
+        tv_problem,
+    )
+
+    sigma = 0.1
+    method = SplitBregman(Anisotropic(), Neumann(), GaussSeidel(), 8.0)
+    imp = ic.Implicit(
+        lx.GMRES(rtol=1e-8, atol=1e-14, restart=30, max_steps=1000), system="fixed_point"
+    )
+    layout = BlockWeights(8, 8)
+    out, rows = [], []
+    for name in VALIDATION:
+        truth = load_image(name, size)
+        f_a, f_b = add_noise(truth, sigma, 3), add_noise(truth, sigma, 4)
+
+        def score(f, w):
+            u = split_bregman(jnp.asarray(f), w, method, tol=1e-7, max_steps=5000).u
+            return _psnr_np(u, truth)
+
+        # the best scalar weight on draw A: a fine grid (it is one number)
+        grid = sigma * np.geomspace(0.3, 3.0, 61)
+        scalar_scores = [score(f_a, w) for w in grid]
+        w_scalar = float(grid[int(np.argmax(scalar_scores))])
+        # 64 block weights learned on draw A from the best scalar, −PSNR, implicit
+        problem = tv_problem(
+            f_a, truth=truth, criterion=PSNR(), method=method, weights=layout, init=w_scalar
+        )
+        n = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(problem.x0))
+        solver = ic.FixedPointIteration(tol=1e-9 * math.sqrt(n), max_steps=20000)
+        t0 = time.perf_counter()
+        res = ic.tune(
+            problem, solver=solver, method=imp, optimizer="adam", learning_rate=0.05, steps=steps
+        )
+        t_learn = time.perf_counter() - t0
+        wmap = layout.expand(jnp.asarray(res.theta["weight"]), truth.shape)
+        row = {
+            "image": name,
+            "sigma": sigma,
+            "size": size,
+            "scalar_weight": w_scalar,
+            "scalar_psnr_A": score(f_a, w_scalar),
+            "scalar_psnr_B": score(f_b, w_scalar),
+            "blocks_psnr_A": score(f_a, wmap),
+            "blocks_psnr_B": score(f_b, wmap),
+            "blocks_weight_min": float(np.min(res.theta["weight"])),
+            "blocks_weight_max": float(np.max(res.theta["weight"])),
+            "learn_seconds": t_learn,
+            "steps": steps,
+        }
+        row["gain_A_db"] = row["blocks_psnr_A"] - row["scalar_psnr_A"]
+        row["gain_B_db"] = row["blocks_psnr_B"] - row["scalar_psnr_B"]
+        out.append(row)
+        rows.append(
+            [
+                name,
+                f"{w_scalar:.4f}",
+                f"{row['scalar_psnr_A']:.3f}",
+                f"{row['blocks_psnr_A']:.3f}",
+                f"{row['gain_A_db']:+.3f}",
+                f"{row['scalar_psnr_B']:.3f}",
+                f"{row['blocks_psnr_B']:.3f}",
+                f"{row['gain_B_db']:+.3f}",
+                f"{row['blocks_weight_min']:.3f}–{row['blocks_weight_max']:.3f}",
+                f"{t_learn:.0f}",
+            ]
+        )
+    print(
+        f"8×8 block weights vs the best scalar weight ({size}×{size}, σ = 0.1, anisotropic; "
+        "learned on noise draw A, also scored on a fresh draw B):"
+    )
+    _table(
+        [
+            "image",
+            "w scalar",
+            "scalar A",
+            "blocks A",
+            "gain A",
+            "scalar B",
+            "blocks B",
+            "gain B",
+            "block w range",
+            "s",
+        ],
+        rows,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small images, few steps (a smoke run)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    ap.add_argument("--out", default="benchmarks/results/tv_vs_skimage.json")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    path = Path(args.out)
+    # parts not run this time keep their numbers from an earlier run in the same file
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results |= {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "jax": jax.__version__,
+            "loadavg_at_start": os.getloadavg(),
+        },
+        "quick": quick,
+    }
+    from skimage import __version__ as skv
+
+    results["machine"]["skimage"] = skv
+    t_all = time.perf_counter()
+    if "solve" not in args.skip:  # float32 first (x64 off), then float64 for the rest
+        results["solve"] = part_solve(64 if quick else 512)
+    jax.config.update("jax_enable_x64", True)
+    if "solve" not in args.skip:
+        results["agreement"] = part_agreement(64 if quick else 256)
+    if "methods" not in args.skip:
+        results["methods"] = part_methods((32,) if quick else (64, 128))
+    if "learn" not in args.skip:
+        results["learn"] = part_learn(32 if quick else 256, 4 if quick else 25)
+    if "sure" not in args.skip:
+        results["sure"] = part_sure(32 if quick else 256)
+    if "blocks" not in args.skip:
+        results["blocks"] = part_blocks(32 if quick else 256, 3 if quick else 40)
+    results["seconds"] = time.perf_counter() - t_all
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"wrote {path} ({results['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
