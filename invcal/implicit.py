@@ -21,6 +21,7 @@ proximal-gradient fixed points (A_SS = ηH_SS), is symmetric positive definite.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import equinox as eqx
@@ -72,18 +73,30 @@ class Neumann(lx.AbstractLinearSolver):
     def compute(self, state, vector, options):
         operator = state
         y0 = options.get("y0", _tmap(jnp.zeros_like, vector))
-
-        def body(_, v):
-            r = _tmap(jnp.subtract, vector, operator.mv(v))
-            return _tmap(lambda a, b: a + self.step * b, v, r)
-
-        v = jax.lax.fori_loop(0, self.num_terms, body, y0)
-        res = tree_norm(_tmap(jnp.subtract, vector, operator.mv(v)))
         bn = tree_norm(vector)
         # where(): rtol=inf with b = 0 would give inf·0 = nan and report a failure.
-        ok = res <= self.atol + jnp.where(bn > 0, self.rtol * bn, 0.0)
+        tol = self.atol + jnp.where(bn > 0, self.rtol * bn, 0.0)
+        # rtol=inf asks for exactly num_terms terms (an approximation); otherwise stop as soon
+        # as the residual, which each step computes anyway, is within tolerance.
+        stop_early = not math.isinf(self.rtol)
+
+        def residual(v):
+            return _tmap(jnp.subtract, vector, operator.mv(v))
+
+        def cond(carry):
+            j, _, r = carry
+            more = j < self.num_terms
+            return (more & (tree_norm(r) > tol)) if stop_early else more
+
+        def body(carry):
+            j, v, r = carry
+            v = _tmap(lambda a, b: a + self.step * b, v, r)
+            return j + 1, v, residual(v)
+
+        j, v, r = jax.lax.while_loop(cond, body, (jnp.asarray(0), y0, residual(y0)))
+        ok = tree_norm(r) <= tol
         result = RESULTS.where(ok, RESULTS.successful, RESULTS.max_steps_reached)
-        return v, result, {"num_steps": jnp.asarray(self.num_terms)}
+        return v, result, {"num_steps": j}
 
     def transpose(self, state, options):
         return state.transpose(), {}

@@ -311,12 +311,22 @@ def test_neumann_series_solves_a_contraction_system():
     sol = lx.linear_solve(op, b, ic.Neumann(200, rtol=1e-12), throw=False)
     assert sol.result == lx.RESULTS.successful
     np.testing.assert_allclose(sol.value, jnp.linalg.solve(mat, b), rtol=1e-10)
+    # It stops once the residual is within tolerance, well before the 200 terms allowed.
+    steps = int(sol.stats["num_steps"])
+    assert 5 < steps < 200
+    tighter = lx.linear_solve(op, b, ic.Neumann(200, rtol=1e-13), throw=False)
+    assert int(tighter.stats["num_steps"]) > steps
     short = lx.linear_solve(op, b, ic.Neumann(2, rtol=1e-12), throw=False)
     assert short.result != lx.RESULTS.successful
     # A fixed number of terms accepted as an approximation, even for b = 0 (no inf·0 = nan).
     for rhs in (b, jnp.zeros(4)):
         approx = lx.linear_solve(op, rhs, ic.Neumann(2, rtol=float("inf")), throw=False)
         assert approx.result == lx.RESULTS.successful
+        assert int(approx.stats["num_steps"]) == 2
+    # Three terms from zero: v3 = v2 + (b − A v2) with v2 = 2b − Ab.
+    three = lx.linear_solve(op, b, ic.Neumann(3, rtol=float("inf")), throw=False).value
+    v2 = 2 * b - mat @ b
+    np.testing.assert_allclose(three, v2 + (b - mat @ v2), rtol=1e-14)
 
 
 @pytest.mark.parametrize(
