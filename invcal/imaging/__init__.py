@@ -13,14 +13,18 @@ from .noise import estimate_sigma
 from .operators import (
     AbstractBoundary,
     Blur,
+    Inpainting,
     Neumann,
     Periodic,
+    SubsampledFourier,
     dct2,
     divergence,
     gaussian_kernel,
     gradient,
     idct2,
     laplacian,
+    random_mask,
+    variable_density_mask,
 )
 from .tuning import MSE, PSNR, SURE, AbstractTVCriterion, tv_problem
 from .tv import (
@@ -35,9 +39,25 @@ from .tv import (
     TVSolution,
     split_bregman,
 )
+from .wavelets import (
+    AbstractTransform,
+    IdentityTransform,
+    Wavelet,
+    daubechies_filter,
+    wavelet_filters,
+)
 from .weights import AbstractWeightLayout, BlockWeights, DirectionalWeights, ScalarWeight
 
 __all__ = [
+    "AbstractTransform",
+    "IdentityTransform",
+    "Inpainting",
+    "SubsampledFourier",
+    "Wavelet",
+    "daubechies_filter",
+    "random_mask",
+    "variable_density_mask",
+    "wavelet_filters",
     "AbstractBoundary",
     "AbstractTVCriterion",
     "AbstractTVNorm",

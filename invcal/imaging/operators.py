@@ -24,6 +24,10 @@ the same way, since circulant K and periodic ∇ᵀ∇ share the Fourier basis.
 centred at its middle pixel, applied as K = F⁻¹ diag(k̂) F with the real FFT; Kᵀ uses the
 conjugate transfer function. (Periodic boundaries are what makes K cheap; pad the image for a
 blur with other boundary conditions.)
+
+**Reconstruction operators.** :class:`Inpainting` keeps a random subset of the pixels
+(K = diag(m), a projection) and :class:`SubsampledFourier` samples the orthonormal 2-D DFT on
+a k-space mask (MRI-like, complex measurements, Kᵀv = Re F⁻¹(m ⊙ v)); both have ‖K‖ ≤ 1.
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ __all__ = [
     "Periodic",
     "Neumann",
     "Blur",
+    "Inpainting",
+    "SubsampledFourier",
     "gradient",
     "divergence",
     "laplacian",
     "gaussian_kernel",
     "dct2",
     "idct2",
+    "random_mask",
+    "variable_density_mask",
 ]
 
 
@@ -305,3 +313,116 @@ class Blur(eqx.Module):
         lam = Periodic().laplacian_eigenvalues(self.shape, r.dtype)
         denom = alpha * jnp.abs(self.otf) ** 2 + rho * lam
         return jnp.fft.irfft2(jnp.fft.rfft2(r) / denom, s=self.shape).astype(r.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Measurement operators for reconstruction: inpainting and subsampled Fourier (MRI-like)
+# --------------------------------------------------------------------------------------
+def _check_mask(mask, name: str) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2 or min(m.shape) < 1:
+        raise ValueError(f"{name} mask must be a 2-D (H, W) array; got shape {m.shape}.")
+    if m.dtype != bool:
+        if not np.all(np.isfinite(m)) or not np.all((m == 0) | (m == 1)):
+            raise ValueError(f"{name} mask must be boolean (or 0/1); got values other than 0/1.")
+        m = m.astype(bool)
+    if not m.any():
+        raise ValueError(f"{name} mask keeps no sample; at least one entry must be True.")
+    return m
+
+
+def random_mask(shape, fraction: float, seed: int = 0) -> np.ndarray:
+    """A boolean (H, W) mask keeping round(fraction·H·W) pixels chosen uniformly at random
+    (``numpy.random.default_rng(seed)``)."""
+    h, w = (int(s) for s in shape)
+    if not (np.isfinite(fraction) and 0 < fraction <= 1):
+        raise ValueError(f"random_mask fraction must be in (0, 1]; got {fraction!r}.")
+    n = h * w
+    k = max(1, int(round(fraction * n)))
+    idx = np.random.default_rng(seed).choice(n, k, replace=False)
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    return mask.reshape(h, w)
+
+
+def variable_density_mask(
+    shape, fraction: float, seed: int = 0, *, center: float = 0.08, decay: float = 2.0
+) -> np.ndarray:
+    """A boolean (H, W) k-space mask for :class:`SubsampledFourier` in ``numpy.fft``'s
+    frequency order: every frequency with |kᵢ| ≤ ``center``·(size/2) on both axes (the fully
+    sampled centre), and the rest drawn without replacement with probability ∝
+    (1 + r)^−``decay``, r the normalized radius, until ``fraction`` of the frequencies are kept
+    (Lustig, Donoho & Pauly 2007, "Sparse MRI")."""
+    h, w = (int(s) for s in shape)
+    if not (np.isfinite(fraction) and 0 < fraction <= 1):
+        raise ValueError(f"variable_density_mask fraction must be in (0, 1]; got {fraction!r}.")
+    ky = np.fft.fftfreq(h)[:, None] * 2.0  # in [−1, 1)
+    kx = np.fft.fftfreq(w)[None, :] * 2.0
+    r = np.sqrt(ky**2 + kx**2)
+    mask = (np.abs(ky) <= center) & (np.abs(kx) <= center)
+    k = max(int(round(fraction * h * w)), int(mask.sum()))
+    rest = np.flatnonzero(~mask.ravel())
+    need = k - int(mask.sum())
+    if need > 0:
+        p = (1.0 + r.ravel()[rest]) ** (-float(decay))
+        pick = np.random.default_rng(seed).choice(rest, need, replace=False, p=p / p.sum())
+        flat = mask.ravel().copy()
+        flat[pick] = True
+        mask = flat.reshape(h, w)
+    return mask
+
+
+class Inpainting(eqx.Module):
+    """Random-pixel inpainting K u = m ⊙ u: the measurements are the image with the missing
+    pixels set to 0, so K is the orthogonal projection onto the kept pixels (Kᵀ = K,
+    ‖K‖ = 1). ``mask`` is a boolean (H, W) array (see :func:`random_mask`)."""
+
+    mask: jnp.ndarray
+    shape: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(self, mask):
+        m = _check_mask(mask, "Inpainting")
+        self.mask = jnp.asarray(m)
+        self.shape = (int(m.shape[0]), int(m.shape[1]))
+
+    def mv(self, u):
+        """K u."""
+        return jnp.where(self.mask, u, jnp.zeros_like(u))
+
+    def rmv(self, v):
+        """Kᵀ v."""
+        return jnp.where(self.mask, v, jnp.zeros_like(v))
+
+    @property
+    def num_measurements(self) -> int:
+        return int(np.sum(np.asarray(self.mask)))
+
+
+class SubsampledFourier(eqx.Module):
+    r"""MRI-like measurements K u = m ⊙ F u: the orthonormal 2-D DFT F (``norm="ortho"``)
+    sampled on the boolean k-space ``mask`` (zeros elsewhere; complex output of the image's
+    shape). For real images the adjoint for the real inner product ⟨a, b⟩ = Re Σ conj(a) b is
+    Kᵀ v = Re F⁻¹(m ⊙ v); ‖K‖ ≤ 1 (= 1 when the mask holds the zero frequency)."""
+
+    mask: jnp.ndarray
+    shape: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(self, mask):
+        m = _check_mask(mask, "SubsampledFourier")
+        self.mask = jnp.asarray(m)
+        self.shape = (int(m.shape[0]), int(m.shape[1]))
+
+    def mv(self, u):
+        """K u (complex)."""
+        k = jnp.fft.fft2(u, norm="ortho")
+        return jnp.where(self.mask, k, jnp.zeros_like(k))
+
+    def rmv(self, v):
+        """Kᵀ v = Re F⁻¹(m ⊙ v) (real)."""
+        v = jnp.where(self.mask, v, jnp.zeros_like(v))
+        return jnp.real(jnp.fft.ifft2(v, norm="ortho"))
+
+    @property
+    def num_measurements(self) -> int:
+        """Real measurements: two (real and imaginary part) per sampled frequency."""
+        return 2 * int(np.sum(np.asarray(self.mask)))
