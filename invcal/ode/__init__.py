@@ -22,6 +22,7 @@ from .population import (
     fit_population,
     population_objective,
     population_problem,
+    subject_mesh,
 )
 from .simulate import predict, prediction_jets, simulate, taylor
 from .summary import PopulationFit
@@ -50,5 +51,6 @@ __all__ = [
     "read_events",
     "simulate",
     "subject_arrays",
+    "subject_mesh",
     "taylor",
 ]

@@ -88,9 +88,13 @@ __all__ = [
     "fit_population",
     "population_objective",
     "PopulationObjective",
+    "SUBJECT_AXIS",
+    "subject_mesh",
 ]
 
 _LOG2PI = math.log(2.0 * math.pi)
+#: Name of the mesh axis the subjects are split along (see :func:`subject_mesh`).
+SUBJECT_AXIS = "subjects"
 #: Largest change of any random effect in one inner step (on the declared scale: for a
 #: log-parameter, a factor e² ≈ 7.4).
 MAX_ETA_STEP = 2.0
@@ -436,10 +440,10 @@ class Population(eqx.Module):
         return jax.vmap(lambda e, s: self.lm_solve(e, theta, s, tol, max_steps))(eta0, arrays)
 
     # -- the outer objective with its hypergradient ------------------------------------
-    def value_and_grad(self, space, z, eta0, arrays, tol, max_steps):
-        """(−Σℓᵢ, d/dz, η*, info) at z with the inner solve from η0; ``info`` has per-subject
-        flags, −ℓᵢ, predictions, ∂f/∂φ and dηᵢ*/dz."""
-        z = jax.lax.stop_gradient(z)
+    def subject_terms(self, space, z, eta0, arrays, tol, max_steps):
+        """Per-subject terms at z with the inner solves from η0, with no reduction across
+        subjects (so the subject axis can be sharded): (−ℓᵢ (N,), d(−ℓᵢ)/dz (N, n), ηᵢ*,
+        info) where ``info`` has per-subject flags, predictions, ∂f/∂φ and dηᵢ*/dz."""
         theta = space.to_theta(z)
         eta, dec, steps, ok, jets = self.solve_inner(eta0, theta, arrays, tol, max_steps)
         order = self.approximation.order + 1
@@ -455,18 +459,46 @@ class Population(eqx.Module):
 
         vals, grads, deta_dz, ok_j, f, J = jax.vmap(one)(eta, arrays, jets)
         ok = ok & ok_j & jnp.isfinite(vals) & jnp.all(jnp.isfinite(grads), axis=1)
-        conv = dec <= tol
-        total = jnp.where(jnp.all(ok), jnp.sum(vals), jnp.inf)
-        grad = jnp.where(jnp.all(ok), jnp.sum(grads, axis=0), 0.0)
         info = {
             "ok": ok,
-            "inner_converged": conv,
+            "inner_converged": dec <= tol,
             "inner_steps": steps,
             "ipred": f,
             "J": J,
             "nll": vals,
             "deta_dz": deta_dz,
         }
+        return vals, grads, eta, info
+
+    def value_and_grad(self, space, z, eta0, arrays, tol, max_steps, *, valid=None, mesh=None):
+        """(−Σℓᵢ, d/dz, η*, info) at z with the inner solve from η0 (``info`` as in
+        :meth:`subject_terms`). ``valid`` (N,) marks real subjects (padding copies count for
+        nothing); with a ``mesh`` the subject axis is split across its devices by
+        ``jax.shard_map`` (each device runs its subjects' solves on its own), and only the
+        sums cross devices."""
+        z = jax.lax.stop_gradient(z)
+        if valid is None:
+            valid = jnp.ones(eta0.shape[0], bool)
+
+        def terms(zz, e0, a, v):
+            vals, grads, eta, info = self.subject_terms(space, zz, e0, a, tol, max_steps)
+            info["ok"] = info["ok"] | ~v
+            vals = jnp.where(v, vals, 0.0)
+            return vals, jnp.where(v[:, None], grads, 0.0), eta, info
+
+        if mesh is not None:
+            spec = jax.sharding.PartitionSpec(SUBJECT_AXIS)
+            terms = jax.shard_map(
+                terms,
+                mesh=mesh,
+                in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
+                out_specs=spec,
+                check_vma=False,
+            )
+        vals, grads, eta, info = terms(z, eta0, arrays, valid)
+        ok = jnp.all(info["ok"])
+        total = jnp.where(ok, jnp.sum(vals), jnp.inf)
+        grad = jnp.where(ok, jnp.sum(grads, axis=0), 0.0)
         return total, grad, eta, info
 
     # -- Lindstrom & Bates: the likelihood of the model linearized at (θ̂, η̂) -----------
@@ -713,15 +745,18 @@ def _info0(pop, arrays, q, n):
 
 
 @eqx.filter_jit
-def _fit_lbfgs(pop, space, arrays, z0, eta0, opts):
+def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None):
     """The exact maximum of the approximate likelihood by :func:`_lbfgs`; every evaluation
-    solves the inner problems from the first-order prediction of η* at the trial point."""
+    solves the inner problems from the first-order prediction of η* at the trial point.
+    ``valid``/``mesh``: see :meth:`Population.value_and_grad` and :func:`_shard_subjects`."""
     inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
 
     def evaluate(z_t, z, eta, info):
         # Warm start at η* + (dη*/dz)Δz: first-order accurate, so Newton needs ~2 steps.
         eta_guess = eta + info["deta_dz"] @ (z_t - z)
-        return pop.value_and_grad(space, z_t, eta_guess, arrays, inner_tol, inner_max)
+        return pop.value_and_grad(
+            space, z_t, eta_guess, arrays, inner_tol, inner_max, valid=valid, mesh=mesh
+        )
 
     info0 = _info0(pop, arrays, eta0.shape[1], z0.shape[0])
     out = _lbfgs(evaluate, z0, eta0, info0, opts)
@@ -731,7 +766,7 @@ def _fit_lbfgs(pop, space, arrays, z0, eta0, opts):
 
 
 @eqx.filter_jit
-def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts):
+def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None):
     """nlme's algorithm (Lindstrom & Bates 1990; Pinheiro & Bates 2000, §7.2): solve the
     inner problems at θ_k, linearize the predictions there, maximize the linear
     mixed-effects likelihood over θ by :func:`_lbfgs` (no ODE solve in that loop), repeat
@@ -745,7 +780,14 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts):
 
     def relinearize(c):
         theta = space.to_theta(c["z"])
-        eta, dec, steps, ok, jets = pop.solve_inner(c["eta"], theta, arrays, inner_tol, inner_max)
+        solve = lambda e0, a: pop.solve_inner(e0, theta, a, inner_tol, inner_max)  # noqa: E731
+        if mesh is not None:
+            spec = jax.sharding.PartitionSpec(SUBJECT_AXIS)
+            solve = jax.shard_map(
+                solve, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
+            )
+        eta, dec, steps, ok, jets = solve(c["eta"], arrays)
+        ok = ok | ~valid
         phi_hat = jax.vmap(lambda e, s: pop.phi(e, theta, s.cov))(eta, arrays)
         lin = (jets[0], jets[1], phi_hat, eta)
 
@@ -754,6 +796,7 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts):
                 vals, eta_lin = jax.vmap(
                     lambda l0, l1, ph, eh, s: pop.linearized_value(space, (l0, l1, ph, eh), zz, s)
                 )(*lin, arrays)
+                vals = jnp.where(valid, vals, 0.0)  # padding copies count for nothing
                 ok_i = ok & jnp.isfinite(vals)
                 return jnp.where(jnp.all(ok_i), jnp.sum(vals), jnp.inf), (vals, eta_lin, ok_i)
 
@@ -998,6 +1041,71 @@ def _options(max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, *, min_
     }
 
 
+def subject_mesh(devices=None):
+    """The 1-D ``jax.sharding.Mesh`` (axis ``"subjects"``) that population fits split their
+    subjects across, or ``None`` (no sharding) for a single device.
+
+    ``devices``: ``None`` (every device of the default backend, ``jax.devices()``), a
+    number k (the first k of them), a sequence of devices, or a Mesh with a ``"subjects"``
+    axis. On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=k`` (set before JAX
+    starts) splits the host into k devices."""
+    if isinstance(devices, jax.sharding.Mesh):
+        if devices.axis_names != (SUBJECT_AXIS,):
+            raise ValueError(
+                f"devices: a Mesh must have the single axis {SUBJECT_AXIS!r}; got axis names "
+                f"{devices.axis_names}."
+            )
+        return devices if devices.size > 1 else None
+    available = jax.devices()
+    if devices is None:
+        devs = available
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise ValueError(
+                f"devices must be between 1 and the {len(available)} available device(s); "
+                f"got {devices}."
+            )
+        devs = available[: int(devices)]
+    else:
+        try:
+            devs = list(devices)
+        except TypeError:
+            devs = None
+        if not devs or not all(isinstance(d, jax.Device) for d in devs):
+            raise TypeError(
+                "devices must be None, a number of devices, a sequence of jax devices or a "
+                f"jax.sharding.Mesh; got {devices!r}."
+            )
+    if len(devs) == 1:
+        return None
+    return jax.sharding.Mesh(np.asarray(devs), (SUBJECT_AXIS,))
+
+
+def _shard_subjects(arrays, eta0, mesh):
+    """(arrays, η0, valid): the subject axis padded to a multiple of the mesh size with
+    copies of the last subject (``valid`` False there) and, with a mesh, split across it."""
+    n = eta0.shape[0]
+    pad = 0 if mesh is None else (-n) % mesh.size
+    valid = jnp.arange(n + pad) < n
+    if pad:
+        arrays = jax.tree_util.tree_map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), arrays
+        )
+        eta0 = jnp.concatenate([eta0, jnp.repeat(eta0[-1:], pad, axis=0)])
+    if mesh is not None:
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(SUBJECT_AXIS))
+        arrays, eta0, valid = jax.device_put((arrays, eta0, valid), sharding)
+    return arrays, eta0, valid
+
+
+def _unpad(out, n):
+    """Drop the padding subjects from a run's per-subject outputs (NumPy arrays)."""
+    out = dict(out)
+    out["eta"] = out["eta"][:n]
+    out["info"] = {k: v[:n] for k, v in out["info"].items()}
+    return out
+
+
 def _bad_subjects(events, ok) -> list:
     return [events.subjects[i] for i in np.flatnonzero(~np.asarray(ok))]
 
@@ -1019,6 +1127,7 @@ def fit_population(
     max_step: float = 1.0,
     algorithm: str = "lbfgs",
     xtol: float = 1e-7,
+    devices=None,
 ):
     """Fit a population ODE model by maximizing the FOCEI or Laplace likelihood.
 
@@ -1050,6 +1159,10 @@ def fit_population(
       likelihood (L-BFGS, no ODE solve), repeat until θ changes by less than ``xtol``
       (relative); ``max_iter`` then bounds both loops. Its fixed point is what nlme
       reports, not the maximum of the FOCEI objective (see the module docstring).
+    - ``devices``: the devices the subjects are split across (:func:`subject_mesh`; default
+      every device, so a single device runs unsharded). Each device solves its subjects'
+      inner problems on its own; results equal the unsharded ones up to the order of the
+      sums over subjects (rounding).
 
     Returns a :class:`PopulationFit`.
     """
@@ -1068,12 +1181,14 @@ def fit_population(
             f"{type(pop.approximation).__name__}, error={type(pop.error).__name__}. Use "
             "algorithm='lbfgs'."
         )
+    mesh = subject_mesh(devices)
     z0 = space.to_z(space.init())
     eta0 = jnp.zeros((arrays.n_subjects, pop.n_random))
     fitter = _fit_lbfgs if algorithm == "lbfgs" else _fit_lindstrom_bates
     t0 = time.perf_counter()
-    out = fitter(pop, space, arrays, z0, eta0, opts)
-    out = jax.tree_util.tree_map(np.asarray, out)
+    run_arrays, eta0, valid = _shard_subjects(arrays, eta0, mesh)
+    out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh)
+    out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
     seconds = time.perf_counter() - t0
     status = int(out["status"])
     ok = out["info"]["ok"]
@@ -1138,6 +1253,7 @@ def population_objective(
     inner_tol: float = 1e-9,
     inner_max_steps: int = 50,
     raise_on_failure: bool = True,
+    devices=None,
 ) -> PopulationObjective:
     """The FOCEI or Laplace objective −Σℓᵢ(θ) and its implicit hypergradient at ``theta``
     (a dict of every population parameter by name, user values), with the inner solves
@@ -1147,6 +1263,7 @@ def population_objective(
     share one compilation. A subject whose ODE solve or inner fit fails makes the value
     infinite without touching the other subjects' terms; it raises ``RuntimeError`` naming
     those subjects, or with ``raise_on_failure=False`` lists them in ``failed``.
+    ``devices``: as for :func:`fit_population`.
     """
     pop, events, arrays, space = _prepare(model, events, theta, random, error, method, covariates)
     names = tuple(space.names)
@@ -1163,7 +1280,10 @@ def population_objective(
             f"eta0 must have shape ({arrays.n_subjects}, {pop.n_random}) (subjects, random "
             f"effects); got {eta0.shape}."
         )
-    out = jax.tree_util.tree_map(np.asarray, _fit_lbfgs(pop, space, arrays, z, eta0, opts))
+    mesh = subject_mesh(devices)
+    run_arrays, eta0, valid = _shard_subjects(arrays, eta0, mesh)
+    out = _fit_lbfgs(pop, space, run_arrays, z, eta0, opts, valid, mesh)
+    out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
     info = out["info"]
     failed = _bad_subjects(events, info["ok"])
     if failed and raise_on_failure:

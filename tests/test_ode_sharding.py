@@ -1,0 +1,116 @@
+"""Population fits with the subjects split across devices (jax.sharding): the same
+results as on one device, with the padding subjects (10 subjects on 4 devices) ignored.
+
+Runs in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the flag
+must be set before JAX starts); XLA's optimization level is lowered there to halve the two
+compilations (both sides of every comparison run in that same process)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+from invcal import ode
+from invcal.ode import population as P
+from problems.hierarchical_ode import SEED_TRUTH, seed_events, seed_model
+
+assert len(jax.devices()) == 4, jax.devices()
+events, _ = seed_events(10, times=np.arange(0.0, 3.01, 0.5))
+model = seed_model(rtol=1e-8, atol=1e-10)
+theta = {**SEED_TRUTH, "omega_p": 0.35}
+out = {}
+for dev in (1, 4):
+    obj = ode.population_objective(model, events, theta, devices=dev)
+    fit = ode.fit_population(model, events, init=theta, devices=dev, max_iter=4)
+    out[dev] = {
+        "value": obj.value,
+        "grad_z": obj.grad_z.tolist(),
+        "eta": obj.eta.tolist(),
+        "subject_value": obj.subject_value.tolist(),
+        "fit_theta": fit.theta,
+        "fit_loglik": fit.loglik,
+        "fit_evals": fit.evaluations,
+        "fit_eta": np.stack(list(fit.eta.values()), 1).tolist(),
+    }
+# the sharded run keeps its per-subject results on the 4 devices
+mesh = ode.subject_mesh(4)
+pop, ev, arrays, space = P._prepare(model, events, theta, None, "additive", "focei", None)
+a, e0, valid = P._shard_subjects(arrays, jnp.zeros((10, 2)), mesh)
+opts = P._options(0, 1.0, 1.0, 1e-9, 50, 1.0, min_iter=0)
+run = P._fit_lbfgs(pop, space, a, space.to_z(space.validate(theta)), e0, opts, valid, mesh)
+out["padded"] = list(a.obs_t.shape)
+out["devices"] = len(run["eta"].sharding.device_set)
+out["valid"] = np.asarray(valid).tolist()
+try:
+    ode.subject_mesh(5)
+except ValueError as e:
+    out["too_many"] = str(e)
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 "
+        "--xla_llvm_disable_expensive_passes=true"
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_sharded_objective_equals_unsharded(sharded):
+    one, four = sharded["1"], sharded["4"]
+    assert four["value"] == pytest.approx(one["value"], rel=1e-13, abs=1e-12)
+    assert four["grad_z"] == pytest.approx(one["grad_z"], rel=1e-12, abs=1e-12)
+    assert four["eta"] == [pytest.approx(r, abs=1e-12) for r in one["eta"]]
+    assert four["subject_value"] == pytest.approx(one["subject_value"], rel=1e-12, abs=1e-12)
+    assert len(one["eta"]) == 10  # padding removed
+
+
+def test_sharded_fit_equals_unsharded(sharded):
+    one, four = sharded["1"], sharded["4"]
+    assert four["fit_evals"] == one["fit_evals"]
+    assert four["fit_theta"] == pytest.approx(one["fit_theta"], rel=1e-10)
+    assert four["fit_loglik"] == pytest.approx(one["fit_loglik"], rel=1e-12)
+    assert four["fit_eta"] == [pytest.approx(r, abs=1e-10) for r in one["fit_eta"]]
+
+
+def test_subjects_padded_and_split_across_devices(sharded):
+    assert sharded["padded"] == [12, 7]  # 10 subjects padded to a multiple of 4
+    assert sharded["valid"] == [True] * 10 + [False] * 2
+    assert sharded["devices"] == 4
+    assert "between 1 and the 4 available" in sharded["too_many"]
+
+
+def test_subject_mesh_arguments():
+    import jax
+
+    from invcal import ode
+
+    assert ode.subject_mesh() is None  # one CPU device in the test process
+    assert ode.subject_mesh(1) is None
+    with pytest.raises(TypeError, match="devices must be None"):
+        ode.subject_mesh("gpu")
+    with pytest.raises(ValueError, match="between 1 and"):
+        ode.subject_mesh(0)
+    mesh = jax.sharding.Mesh(jax.devices(), ("x",))
+    with pytest.raises(ValueError, match="single axis 'subjects'"):
+        ode.subject_mesh(mesh)
