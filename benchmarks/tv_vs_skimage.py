@@ -2,15 +2,18 @@
 by hypergradients.
 
     python benchmarks/tv_vs_skimage.py [--quick] [--skip solve methods learn sure blocks]
+                                       [--sigmas 0.05 0.1 0.2] [--images clock page cell]
                                        [--out benchmarks/results/tv_vs_skimage.json]
 
 Parts (each prints a table; all numbers go to the JSON, where parts skipped in a run keep the
 numbers of an earlier one):
 
 1. ``solve`` — one 512×512 float32 denoise (camera, anisotropic TV, σ = 0.05/0.1/0.2, the weight
-   best for PSNR), invcal's ``split_bregman`` against ``skimage.restoration.denoise_tv_bregman
-   (isotropic=False)`` at the same weight (w = 1/μ) and the same stopping rule (RMS change of u
-   below eps): warm wall time (best of 7, interleaved), iterations, PSNR; then both solved to
+   best for PSNR on a 19-point grid), invcal's ``split_bregman`` against
+   ``skimage.restoration.denoise_tv_bregman(isotropic=False)`` at the same weight (w = 1/μ)
+   and the same stopping rule (RMS change of u below eps), with invcal's default penalty
+   ρ = 4 and with ρ = 2 (the penalty skimage's iteration uses): warm wall time (best of 7,
+   interleaved), iterations, PSNR; then both solved to
    convergence in float64: PSNR, max |difference| over the image and 16 px in from the border,
    and the ROF energy each reaches.
 2. ``methods`` — hypergradients of the scalar weight (MSE to truth, camera, σ = 0.1, float64) by
@@ -83,16 +86,19 @@ def part_solve(size):
     for sigma in SIGMAS:
         f = add_noise(truth, sigma, seed=0).astype(np.float32)
         fj = jnp.asarray(f)
-        # the weight that is best for PSNR (anisotropic, converged solves, float32)
-        grid = sigma * np.geomspace(0.5, 2.0, 13)
+        # the weight that is best for PSNR (anisotropic, converged solves, float32); the grid
+        # reaches σ/4 (a grid from σ/2 had camera's best at σ = 0.05 on its edge)
+        grid = sigma * np.geomspace(0.25, 2.0, 19)
         scores = [
             _psnr_np(split_bregman(fj, w, method, tol=1e-5, max_steps=2000).u, truth) for w in grid
         ]
-        w = float(grid[int(np.argmax(scores))])
-        for eps in (1e-3, 1e-4):
+        k_best = int(np.argmax(scores))
+        w = float(grid[k_best])
+        for rho, eps in [(r, e) for r in (4.0, 2.0) for e in (1e-3, 1e-4)]:
+            m_rho = SplitBregman(Anisotropic(), penalty=rho)
 
-            def ours(eps=eps, w=w):
-                return split_bregman(fj, w, method, tol=eps, max_steps=100)
+            def ours(eps=eps, w=w, m_rho=m_rho):
+                return split_bregman(fj, w, m_rho, tol=eps, max_steps=100)
 
             def theirs(eps=eps, w=w):
                 return denoise_tv_bregman(f, weight=1.0 / w, isotropic=False, eps=eps)
@@ -110,7 +116,9 @@ def part_solve(size):
             row = {
                 "sigma": sigma,
                 "weight": w,
+                "weight_on_grid_edge": k_best in (0, len(grid) - 1),
                 "skimage_weight": 1.0 / w,
+                "penalty": rho,
                 "eps": eps,
                 "invcal_seconds": min(t_o),
                 "skimage_seconds": min(t_s),
@@ -128,6 +136,7 @@ def part_solve(size):
                 [
                     sigma,
                     f"{w:.4f}",
+                    rho,
                     eps,
                     f"{row['invcal_seconds'] * 1e3:.1f}",
                     f"{row['skimage_seconds'] * 1e3:.1f}",
@@ -144,6 +153,7 @@ def part_solve(size):
         [
             "sigma",
             "w=1/mu",
+            "rho",
             "eps",
             "invcal ms",
             "skimage ms",
@@ -161,7 +171,14 @@ def part_agreement(size):
     """Both solvers to convergence, float64: where they agree and which energy is lower."""
     from skimage.restoration import denoise_tv_bregman
 
-    from invcal.imaging import Anisotropic, SplitBregman, add_noise, load_image, split_bregman
+    from invcal.imaging import (
+        Anisotropic,
+        SplitBregman,
+        add_noise,
+        denoise_tv,
+        load_image,
+        split_bregman,
+    )
 
     truth = load_image("camera", None if size == 512 else size)
     method = SplitBregman(Anisotropic(), penalty=8.0)
@@ -175,6 +192,10 @@ def part_agreement(size):
         h, wd = diff.shape
         ii, jj = np.indices(diff.shape)
         border = np.minimum.reduce([ii, jj, h - 1 - ii, wd - 1 - jj])
+        # the one-call API at its defaults against skimage at its defaults (same w = 1/μ)
+        dflt = np.abs(
+            denoise_tv(f, w, isotropic=False) - denoise_tv_bregman(f, 1.0 / w, isotropic=False)
+        )
         e_o = float(method.energy(jnp.asarray(ours), jnp.asarray(f), w))
         e_s = float(method.energy(jnp.asarray(sk), jnp.asarray(f), w))
         row = {
@@ -184,6 +205,9 @@ def part_agreement(size):
             "max_abs_diff_16px_in": float(diff[border >= 16].max()),
             "rms_diff": float(np.sqrt(np.mean(diff**2))),
             "share_pixels_diff_above_1e-3": float(np.mean(diff > 1e-3)),
+            "defaults_max_abs_diff": float(dflt.max()),
+            "defaults_max_abs_diff_16px_in": float(dflt[border >= 16].max()),
+            "defaults_rms_diff": float(np.sqrt(np.mean(dflt**2))),
             "energy_invcal": e_o,
             "energy_skimage": e_s,
             "psnr_invcal": _psnr_np(ours, truth),
@@ -198,13 +222,19 @@ def part_agreement(size):
                 f"{row['max_abs_diff_16px_in']:.3g}",
                 f"{row['rms_diff']:.3g}",
                 f"{row['share_pixels_diff_above_1e-3']:.4f}",
+                f"{row['defaults_max_abs_diff']:.3g}",
+                f"{row['defaults_max_abs_diff_16px_in']:.3g}",
                 f"{e_o:.6f}",
                 f"{e_s:.6f}",
                 f"{row['psnr_invcal']:.3f}",
                 f"{row['psnr_skimage']:.3f}",
             ]
         )
-    print("Converged solutions, float64 (invcal: Neumann ROF energy; skimage: its own boundary):")
+    print(
+        "Converged solutions, float64 (invcal: Neumann ROF energy; skimage: its own boundary); "
+        "'defaults': denoise_tv(f, w, isotropic=False) against denoise_tv_bregman(f, 1/w, "
+        "isotropic=False), both at their default tolerances:"
+    )
     _table(
         [
             "sigma",
@@ -213,6 +243,8 @@ def part_agreement(size):
             "max|diff| 16px in",
             "rms diff",
             ">1e-3",
+            "max|diff| defaults",
+            "16px in",
             "E invcal",
             "E(skimage)",
             "PSNR invcal",
@@ -361,7 +393,7 @@ def _grid_psnr(noisy, truth, weights, method, tol=1e-5, max_steps=2000):
     return scores
 
 
-def part_learn(size, steps):
+def part_learn(size, steps, sigmas=SIGMAS):
     import lineax as lx
     from skimage.restoration import denoise_tv_bregman
 
@@ -383,7 +415,7 @@ def part_learn(size, steps):
     eval_method = SplitBregman(Anisotropic())
     t_train, t_val = load_images(TRAIN, size), load_images(VALIDATION, size)
     out, rows = [], []
-    for sigma in SIGMAS:
+    for sigma in sigmas:
         f_train, f_val = add_noise(t_train, sigma, 0), add_noise(t_val, sigma, 1)
         # invcal: −mean training PSNR, implicit hypergradients, Adam on log w from w = σ/2
         problem = tv_problem(
@@ -493,7 +525,7 @@ def part_learn(size, steps):
 # --------------------------------------------------------------------------------------
 # 4. SURE against the oracle
 # --------------------------------------------------------------------------------------
-def part_sure(size):
+def part_sure(size, sigmas=SIGMAS, images=None):
     from invcal.imaging import (
         VALIDATION,
         Isotropic,
@@ -506,9 +538,9 @@ def part_sure(size):
 
     method = SplitBregman(Isotropic())
     out, rows = [], []
-    for name in VALIDATION:
+    for name in images or VALIDATION:
         truth = load_image(name, size)
-        for sigma in SIGMAS:
+        for sigma in sigmas:
             f = add_noise(truth, sigma, seed=2)
             grid = sigma * np.geomspace(0.3, 3.0, 41)
             scores = [
@@ -579,7 +611,7 @@ def part_sure(size):
 # --------------------------------------------------------------------------------------
 # 5. block weights against the best scalar
 # --------------------------------------------------------------------------------------
-def part_blocks(size, steps):
+def part_blocks(size, steps, images=None):
     import lineax as lx
 
     import invcal as ic
@@ -604,7 +636,7 @@ def part_blocks(size, steps):
     )
     layout = BlockWeights(8, 8)
     out, rows = [], []
-    for name in VALIDATION:
+    for name in images or VALIDATION:
         truth = load_image(name, size)
         f_a, f_b = add_noise(truth, sigma, 3), add_noise(truth, sigma, 4)
 
@@ -682,47 +714,77 @@ def part_blocks(size, steps):
 
 
 # --------------------------------------------------------------------------------------
+def _merge(old, new, keys):
+    """Rows of ``old`` whose ``keys`` no row of ``new`` has, then ``new`` (a part run for some
+    noise levels or images keeps the other rows of an earlier run)."""
+    seen = {tuple(r.get(k) for k in keys) for r in new}
+    return [r for r in old or [] if tuple(r.get(k) for k in keys) not in seen] + new
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small images, few steps (a smoke run)")
     ap.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    ap.add_argument(
+        "--sigmas", nargs="*", type=float, default=None, help="noise levels of learn and sure"
+    )
+    ap.add_argument("--images", nargs="*", default=None, help="validation images of sure, blocks")
     ap.add_argument("--out", default="benchmarks/results/tv_vs_skimage.json")
     args = ap.parse_args(argv)
     quick = args.quick
+    sigmas = tuple(args.sigmas) if args.sigmas else SIGMAS
     path = Path(args.out)
-    # parts not run this time keep their numbers from an earlier run in the same file
+    # parts (noise levels, images) not run this time keep their numbers from an earlier run
     results = json.loads(path.read_text()) if path.exists() else {}
-    results |= {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "jax": jax.__version__,
-            "loadavg_at_start": os.getloadavg(),
-        },
-        "quick": quick,
-    }
     from skimage import __version__ as skv
 
-    results["machine"]["skimage"] = skv
-    t_all = time.perf_counter()
+    results["machine"] = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "skimage": skv,
+    }
+    results["quick"] = quick
+    runs = results.setdefault("runs", {})
+
+    def run(part, fn, keys=None):
+        t0, load = time.perf_counter(), os.getloadavg()
+        rows = fn()
+        results[part] = _merge(results.get(part), rows, keys) if keys else rows
+        runs[part] = {
+            "seconds": time.perf_counter() - t0,
+            "loadavg_at_start": load,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        }
+
     if "solve" not in args.skip:  # float32 first (x64 off), then float64 for the rest
-        results["solve"] = part_solve(64 if quick else 512)
+        run("solve", lambda: part_solve(64 if quick else 512))
     jax.config.update("jax_enable_x64", True)
     if "solve" not in args.skip:
-        results["agreement"] = part_agreement(64 if quick else 256)
+        run("agreement", lambda: part_agreement(64 if quick else 256))
     if "methods" not in args.skip:
-        results["methods"] = part_methods((32,) if quick else (64, 128))
+        run("methods", lambda: part_methods((32,) if quick else (64, 128)))
     if "learn" not in args.skip:
-        results["learn"] = part_learn(32 if quick else 256, 4 if quick else 25)
+        run(
+            "learn", lambda: part_learn(32 if quick else 256, 4 if quick else 25, sigmas), ["sigma"]
+        )
     if "sure" not in args.skip:
-        results["sure"] = part_sure(32 if quick else 256)
+        run(
+            "sure",
+            lambda: part_sure(32 if quick else 256, sigmas, args.images),
+            ["image", "sigma"],
+        )
     if "blocks" not in args.skip:
-        results["blocks"] = part_blocks(32 if quick else 256, 3 if quick else 40)
-    results["seconds"] = time.perf_counter() - t_all
+        run(
+            "blocks",
+            lambda: part_blocks(32 if quick else 256, 3 if quick else 40, args.images),
+            ["image"],
+        )
+    results.pop("seconds", None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
-    print(f"wrote {path} ({results['seconds']:.0f} s)")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

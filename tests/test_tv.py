@@ -257,6 +257,19 @@ def test_split_bregman_errors():
         split_bregman(jnp.zeros(8), 0.1)
     with pytest.raises(ValueError, match="does not match the image"):
         split_bregman(f, jnp.ones((4, 4)))
+    with pytest.raises(ValueError, match="f is empty"):
+        split_bregman(jnp.zeros((0, 8)), 0.1)
+    with pytest.raises(TypeError, match="real float32 or float64 image; got dtype complex64"):
+        split_bregman(f.astype(jnp.complex64), 0.1)
+    with pytest.raises(TypeError, match="got dtype int32"):
+        split_bregman(f.astype(jnp.int32), 0.1)
+    with pytest.raises(ValueError, match="f contains NaN or inf"):
+        split_bregman(f.at[3, 4].set(jnp.nan), 0.1)
+    for bad in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight must be > 0 and finite"):
+            split_bregman(f, bad)
+    with pytest.raises(ValueError, match="weight must be > 0 and finite.*shape \\(8, 8\\), min"):
+        split_bregman(f, jnp.ones((8, 8)).at[0, 0].set(-1.0))
     with pytest.raises(ValueError, match="isotropic TV weights must be a scalar or an"):
         split_bregman(f, jnp.ones((2, 1, 1)), SplitBregman(Isotropic()))
     with pytest.raises(ValueError, match="penalty must be > 0"):
@@ -412,5 +425,11 @@ def test_tv_problem_errors(camera64):
         tv_problem(noisy[:4, :4], truth=truth[:4, :4], criterion=MSE(), weights=BlockWeights())
     with pytest.raises(ValueError, match="real float"):
         tv_problem(noisy.astype(np.int32), truth=truth, criterion=MSE())
+    with pytest.raises(ValueError, match="real float"):
+        tv_problem(noisy.astype(np.complex128), truth=truth, criterion=MSE())
+    with pytest.raises(ValueError, match="noisy contains NaN or inf"):
+        tv_problem(np.where(noisy > 0.5, np.nan, noisy), truth=truth, criterion=MSE())
+    with pytest.raises(ValueError, match="truth contains NaN"):
+        tv_problem(noisy, truth=truth * np.nan, criterion=MSE())
     with pytest.raises(TypeError, match="criterion must be MSE"):
         tv_problem(noisy, truth=truth, criterion="mse")

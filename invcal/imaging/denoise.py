@@ -141,7 +141,7 @@ def denoise_tv(
       ``seed``: the seed of SURE's Monte-Carlo probe.
 
     Returns the denoised image as a NumPy array of the input's dtype (and the info).
-    Neumann boundaries, penalty ρ = 4, one Gauss–Seidel sweep per iteration.
+    Neumann boundaries, penalty ρ = 2, one Gauss–Seidel sweep per iteration.
     """
     f = _check_image(image)
     if isinstance(weight, str):

@@ -233,6 +233,8 @@ def tv_problem(
         )
     if not jnp.issubdtype(noisy.dtype, jnp.floating):
         raise ValueError(f"noisy must be a real float array; got dtype {noisy.dtype}.")
+    if not bool(jnp.all(jnp.isfinite(noisy))):
+        raise ValueError("noisy contains NaN or inf.")
     shape = tuple(noisy.shape[-2:])
     space = Space(weight=layout.param(init))
     data = criterion.data(noisy, truth)
