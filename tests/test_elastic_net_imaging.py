@@ -3,17 +3,26 @@ hypergradients against finite differences, the problem module and its input chec
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import pytest
 
+import invcal as ic
 from invcal.imaging import (
+    MSE,
+    PSNR,
+    SURE,
     Blur,
     Inpainting,
     SubsampledFourier,
+    Wavelet,
     gaussian_kernel,
+    load_images,
     random_mask,
     variable_density_mask,
 )
+from invcal.imaging import elastic_net as en
+from invcal.testing import finite_difference, grad_z
 
 SHAPE = (32, 24)
 
@@ -76,3 +85,141 @@ def test_masks():
         SubsampledFourier(np.zeros((4, 4), bool))
     with pytest.raises(ValueError, match="boolean"):
         Inpainting(np.full((4, 4), 0.5))
+
+
+# --------------------------------------------------------------------------------------
+# The inner problem and its hypergradients
+# --------------------------------------------------------------------------------------
+N = 32
+TRUTH = load_images(["camera", "text"], N)
+TRANSFORM = Wavelet("db2", 3)
+# Tight solves for the 1e-5 finite-difference comparison: ‖T(c) − c‖ ≤ 1e-13·√(coefficients).
+TIGHT = ic.FISTA(tol=1e-13 * np.sqrt(TRUTH.size), max_steps=50_000)
+CG = lx.CG(rtol=1e-10, atol=1e-14, max_steps=10_000)
+THETA = {"lam1": 1e-2, "lam2": 1e-2}
+
+
+def _problem(name, criterion=None, **kw):
+    op = _operators((N, N))[name]
+    y = en.observe(TRUTH, op, 0.02, seed=0)
+    return en.elastic_net_problem(
+        y, op, criterion=criterion or PSNR(), truth=TRUTH, transform=TRANSFORM, **kw
+    )
+
+
+def _optimality_gap(pb, c, theta):
+    """max violation of the elastic-net optimality conditions in the wavelet domain:
+    ∇f(c) + λ₂c = −λ₁ w sign(c) on the support, |∇f(c)| ≤ λ₁w off it."""
+    op, W, w = pb.data["op"], TRANSFORM, pb.data["weights"]
+    grad = jax.vmap(lambda c1, y1: W.forward(op.rmv(op.mv(W.inverse(c1)) - y1)))(c, pb.data["y"])
+    grad = grad + theta["lam2"] * c
+    on = c != 0
+    thr = theta["lam1"] * jnp.broadcast_to(w, c.shape)
+    on_gap = jnp.max(jnp.where(on, jnp.abs(grad + thr * jnp.sign(c)), 0.0))
+    off_gap = jnp.max(jnp.where(on, 0.0, jnp.abs(grad) - thr))
+    return float(jnp.maximum(on_gap, off_gap)), np.asarray(on)
+
+
+# Inpainting runs by default; blur and MRI compile their own solves (~15 s each): slow.
+FD_CASES = [
+    pytest.param("blur", marks=pytest.mark.slow),
+    "inpainting",
+    pytest.param("mri", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("name", FD_CASES)
+def test_hypergradient_matches_central_differences(name):
+    # both λ at once, restricted to the active wavelet coefficients, reverse mode
+    pb = _problem(name)
+    hg = ic.hypergradient(pb, THETA, solver=TIGHT, method=ic.Implicit(CG, active_set=True))
+    g = np.asarray(grad_z(pb, pb.space.validate(THETA), hg.grad))
+    fd = finite_difference(pb, THETA, solver=TIGHT, eps=1e-5)
+    assert np.linalg.norm(g - fd) <= 1e-5 * np.linalg.norm(fd), (g, fd)
+    assert np.all(np.abs(fd) > 1e-4)  # a real signal in both entries
+    d = hg.diagnostics
+    assert bool(d.linear_converged) and int(d.linear_steps) > 1
+    # the solution is the elastic-net minimizer, with the unpenalized coarse block active
+    gap, on = _optimality_gap(pb, hg.x, THETA)
+    assert gap <= 1e-10 and on[:, :4, :4].all() and 0.05 < on.mean() < 0.95
+
+
+def test_forward_mode_equals_reverse_mode():
+    pb = _problem("inpainting")
+    rev = ic.hypergradient(pb, THETA, solver=TIGHT, method=ic.Implicit(CG, active_set=True))
+    fwd = ic.hypergradient(
+        pb, THETA, solver=TIGHT, method=ic.Implicit(CG, active_set=True, mode="forward")
+    )
+    g_rev = np.array([rev.grad["lam1"], rev.grad["lam2"]])
+    g_fwd = np.array([fwd.grad["lam1"], fwd.grad["lam2"]])
+    np.testing.assert_allclose(g_fwd, g_rev, rtol=1e-8)
+
+
+@pytest.mark.slow  # ~25 s: reverse mode through 1500 checkpointed FISTA steps
+@pytest.mark.parametrize("name", ["inpainting", "mri"])
+def test_unrolled_reverse_mode_agrees_with_implicit(name):
+    pb = _problem(name)
+    rev = ic.hypergradient(pb, THETA, solver=TIGHT, method=ic.Implicit(CG, active_set=True))
+    unr = ic.hypergradient(
+        pb,
+        THETA,
+        solver=ic.FISTA(tol=0.0, max_steps=1500),
+        method=ic.Unrolled(1500),
+        on_failure="record",
+    )
+    g_rev = np.array([rev.grad["lam1"], rev.grad["lam2"]])
+    g_unr = np.array([unr.grad["lam1"], unr.grad["lam2"]])
+    np.testing.assert_allclose(g_unr, g_rev, rtol=1e-6)
+
+
+def test_sure_tracks_the_prediction_risk():
+    op = _operators((N, N))["blur"]
+    sigma = 0.05
+    y = en.observe(TRUTH[:1], op, sigma, seed=3)
+    pb = en.elastic_net_problem(y, op, criterion=SURE(sigma), transform=TRANSFORM)
+    th = {k: jnp.asarray(v) for k, v in THETA.items()}
+    sol = TIGHT.solve(pb, pb.x0, th)
+    value = float(pb.criterion(sol.x, th, pb.data))
+    u = TRANSFORM.inverse(sol.x[0])
+    risk = float(jnp.mean((op.mv(u) - op.mv(jnp.asarray(TRUTH[0]))) ** 2))
+    # one Monte-Carlo probe, 1024 measurements: agreement to a fraction of σ²
+    assert abs(value - risk) < 0.3 * sigma**2, (value, risk)
+
+
+# --------------------------------------------------------------------------------------
+# Clear errors before any solve
+# --------------------------------------------------------------------------------------
+def test_bad_inputs_raise_before_solving():
+    op = _operators((N, N))["inpainting"]
+    y = en.observe(TRUTH, op, 0.02)
+    with pytest.raises(ValueError, match=r"observed\[1\] has shape \(16, 32\)"):
+        en.elastic_net_problem(
+            [y[0], y[1][:16]], op, criterion=PSNR(), truth=TRUTH, transform=TRANSFORM
+        )
+    with pytest.raises(ValueError, match=r"truth\[1\] has shape"):
+        en.elastic_net_problem(
+            y, op, criterion=PSNR(), truth=[TRUTH[0], TRUTH[1][:, :8]], transform=TRANSFORM
+        )
+    nan = np.array(TRUTH)
+    nan[1, 3, 3] = np.nan
+    with pytest.raises(ValueError, match=r"truth\[1\] contains NaN"):
+        en.elastic_net_problem(y, op, criterion=PSNR(), truth=nan, transform=TRANSFORM)
+    with pytest.raises(ValueError, match=r"observed\[1\] contains NaN"):
+        en.elastic_net_problem(nan, op, criterion=PSNR(), truth=TRUTH, transform=TRANSFORM)
+    wrong = Inpainting(random_mask((N, N + 8), 0.5))
+    with pytest.raises(ValueError, match=r"Inpainting mask has shape \(32, 40\) but the images"):
+        en.elastic_net_problem(y, wrong, criterion=PSNR(), truth=TRUTH, transform=TRANSFORM)
+    with pytest.raises(ValueError, match="sigma > 0"):
+        SURE(-0.1)
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+        en.observe(TRUTH, op, -0.1)
+    with pytest.raises(ValueError, match="needs truth="):
+        en.elastic_net_problem(y, op, criterion=MSE(), transform=TRANSFORM)
+    with pytest.raises(ValueError, match="lam2 must be a finite number > 0"):
+        en.elastic_net_problem(y, op, criterion=MSE(), truth=TRUTH, lam2=0.0)
+    with pytest.raises(ValueError, match="divisible by 2\\^levels = 64"):
+        en.elastic_net_problem(y, op, criterion=MSE(), truth=TRUTH, transform=Wavelet("db2", 6))
+    with pytest.raises(ValueError, match="SURE tunes one image"):
+        en.elastic_net_problem(y, op, criterion=SURE(0.02), transform=TRANSFORM)
+    with pytest.raises(TypeError, match="operator must be an image operator"):
+        en.elastic_net_problem(y, np.eye(3), criterion=PSNR(), truth=TRUTH)

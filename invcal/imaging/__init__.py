@@ -8,6 +8,7 @@ reusable (the operators by any imaging problem, :func:`split_bregman` as a fast 
 
 from .data import IMAGES, TRAIN, VALIDATION, add_noise, load_image, load_images
 from .denoise import DenoiseInfo, denoise_tv
+from .elastic_net import elastic_net_problem, measurement_noise, observe
 from .metrics import mse, psnr
 from .noise import estimate_sigma
 from .operators import (
@@ -55,6 +56,9 @@ __all__ = [
     "SubsampledFourier",
     "Wavelet",
     "daubechies_filter",
+    "elastic_net_problem",
+    "measurement_noise",
+    "observe",
     "random_mask",
     "variable_density_mask",
     "wavelet_filters",

@@ -1,0 +1,399 @@
+r"""Elastic-net image reconstruction in a wavelet basis, as a bilevel problem for the engine.
+
+For measurements yₖ = K u₀ₖ + σεₖ of images u₀ₖ (k = 1 … n) by a linear operator K
+(:class:`~invcal.imaging.Blur`, :class:`~invcal.imaging.Inpainting`,
+:class:`~invcal.imaging.SubsampledFourier`, or any module with ``mv``/``rmv``),
+
+    inner   u*ₖ(λ) = argmin_u  ½‖K u − yₖ‖² + λ₁‖w ⊙ W u‖₁ + (λ₂/2)‖u‖²
+    outer   E(λ)   = −(1/n) Σₖ PSNR(u*ₖ(λ), u₀ₖ)    (or the mean MSE, or SURE)
+
+with W an orthonormal transform (:class:`~invcal.imaging.Wavelet`, or
+:class:`~invcal.imaging.IdentityTransform`) and w the penalty weights (1 on the detail
+coefficients, 0 on the coarsest approximation unless ``penalize_coarse``), the
+elastic net of Zou & Hastie (2005) in an analysis-equals-synthesis wavelet basis.
+
+**The inner solver works on the coefficients** c = W u. Since W is orthonormal,
+‖u‖² = ‖c‖², so the problem is ½‖K Wᵀc − y‖² + λ₁‖w ⊙ c‖₁ + (λ₂/2)‖c‖², whose non-smooth
+part has the exact elastic-net prox (:func:`invcal.prox.prox_elastic_net`). The problem's
+``fixed_point`` is the forward–backward map with step t = 1/‖K‖²,
+
+    T(c; λ) = prox_{t(λ₁‖w⊙·‖₁ + (λ₂/2)‖·‖²)}(c − t W Kᵀ(K Wᵀ c − y))
+            = soft(v, tλ₁w) / (1 + tλ₂),
+
+iterated by :class:`invcal.FISTA` (accelerated, adaptive restart, stopped on the fixed-point
+residual ‖T(c) − c‖, warm-started by the outer loop). All training images are solved at once
+(``vmap`` over the batch axis; one shared λ).
+
+**Hypergradient.** On the support S = {c* ≠ 0} the Jacobian of T is
+(I − tH)_SS/(1 + tλ₂), H = W KᵀK Wᵀ, so the implicit system restricted to S,
+
+    A_SS = (tλ₂ I + tH_SS)/(1 + tλ₂),
+
+is symmetric positive definite for λ₂ > 0 (``support`` and ``symmetric=True``):
+:class:`invcal.Implicit` with ``active_set=True`` and conjugate gradients, in reverse mode (one
+adjoint solve) or forward mode (one solve per λ); :class:`invcal.Unrolled` differentiates the
+FISTA iterations instead (Bertrand et al. 2022, "Implicit differentiation for fast
+hyperparameter selection in non-smooth convex learning").
+
+**SURE.** With no ground truth and σ known (one image), the criterion is Stein's unbiased
+estimate of the prediction risk E‖K u* − K u₀‖²/m over the m real measurements (Stein 1981),
+with the finite-difference Monte-Carlo divergence of Deledalle, Vaiter, Fadili & Peyré (2014):
+
+    SURE(λ) = (‖y − K u*(y)‖² − mσ² + 2σ² ⟨δ, K u*(y + εδ) − K u*(y)⟩/ε) / m,
+
+δ Gaussian noise in the measurement space (only on the kept pixels / sampled frequencies),
+ε = 2σ/m^0.3; the pair (y, y + εδ) is a batch of two inner problems.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..problem import Problem
+from ..prox import prox_elastic_net
+from ..solvers.fixed_point import FISTA
+from ..space import Log, Param, Space
+from .metrics import mse, psnr
+from .operators import Blur, Inpainting, SubsampledFourier
+from .tuning import MSE, PSNR, SURE, AbstractTVCriterion
+from .wavelets import AbstractTransform, Wavelet
+
+__all__ = [
+    "elastic_net_problem",
+    "images_of",
+    "lipschitz",
+    "measurement_noise",
+    "num_measurements",
+    "observe",
+    "reconstruct",
+    "stack_images",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Operators: step size, noise in the measurement space, measurement count
+# --------------------------------------------------------------------------------------
+def _check_operator(op):
+    if not (hasattr(op, "mv") and hasattr(op, "rmv") and hasattr(op, "shape")):
+        raise TypeError(
+            "operator must be an image operator with mv(u), rmv(v) and shape (H, W): "
+            "invcal.imaging.Blur, Inpainting or SubsampledFourier; got "
+            f"{type(op).__name__}."
+        )
+
+
+def lipschitz(op) -> float:
+    """‖K‖² (an upper bound), the Lipschitz constant of ∇½‖Ku − y‖²: max|k̂|² for a
+    :class:`Blur`, 1 for the masks; otherwise 1.01× a 100-step power-iteration estimate."""
+    _check_operator(op)
+    if isinstance(op, Blur):
+        return float(jnp.max(jnp.abs(op.otf)) ** 2)
+    if isinstance(op, (Inpainting, SubsampledFourier)):
+        return 1.0
+    x = jnp.asarray(np.random.default_rng(0).normal(size=op.shape))
+    for _ in range(100):
+        x = op.rmv(op.mv(x))
+        x = x / jnp.linalg.norm(x)
+    return 1.01 * float(jnp.vdot(x, op.rmv(op.mv(x))).real)
+
+
+def measurement_noise(op, sigma: float, rng: np.random.Generator, batch: int | None = None):
+    """σ·ε in the measurement space of ``op``: white on the image for a blur, on the kept
+    pixels for inpainting, complex (real and imaginary parts each with std σ) on the sampled
+    frequencies for :class:`SubsampledFourier`."""
+    shape = tuple(op.shape) if batch is None else (int(batch), *op.shape)
+    e = rng.standard_normal(shape)
+    if isinstance(op, SubsampledFourier):
+        e = (e + 1j * rng.standard_normal(shape)) * np.asarray(op.mask)
+    elif isinstance(op, Inpainting):
+        e = e * np.asarray(op.mask)
+    return sigma * e
+
+
+def num_measurements(op) -> int:
+    """The number m of real measurements (H·W for a blur)."""
+    if hasattr(op, "num_measurements"):
+        return int(op.num_measurements)
+    return int(np.prod(op.shape))
+
+
+def _check_sigma(sigma, who) -> float:
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError):
+        s = math.nan
+    if isinstance(sigma, bool) or not (math.isfinite(s) and s > 0):
+        raise ValueError(
+            f"{who}: the noise level sigma must be a finite number > 0; got {sigma!r}."
+        )
+    return s
+
+
+def stack_images(images, name: str = "images") -> np.ndarray:
+    """A stack (n, H, W) of finite float64 images from one image, a stack or a list; raises a
+    ValueError naming the first image whose shape differs or that holds NaN/inf."""
+    if isinstance(images, np.ndarray | jax.Array) and np.ndim(images) in (2, 3):
+        arr = np.asarray(images)
+        items = [arr] if arr.ndim == 2 else list(arr)
+    elif isinstance(images, Sequence) and not isinstance(images, str):
+        items = [np.asarray(a) for a in images]
+    else:
+        raise TypeError(
+            f"{name} must be an image (H, W), a stack (n, H, W) or a list of (H, W) images; "
+            f"got {type(images).__name__}."
+        )
+    if not items:
+        raise ValueError(f"{name} is empty; pass at least one image.")
+    first = items[0].shape
+    for i, a in enumerate(items):
+        if a.ndim != 2:
+            raise ValueError(f"{name}[{i}] must be a 2-D (H, W) image; got shape {a.shape}.")
+        if a.shape != first:
+            raise ValueError(
+                f"{name}[{i}] has shape {a.shape} but {name}[0] has {first}: the images of a "
+                "set are reconstructed side by side and must share one shape (crop or resize "
+                "them, e.g. invcal.imaging.load_images(names, size))."
+            )
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating)):
+            if not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"{name}[{i}] must hold numbers; got dtype {a.dtype}.")
+        if not np.all(np.isfinite(a)):
+            bad = int(np.sum(~np.isfinite(a)))
+            raise ValueError(
+                f"{name}[{i}] contains NaN or inf ({bad} of {a.size} pixels); clean the image "
+                "first."
+            )
+    dtype = np.result_type(*[a.dtype for a in items], np.float64)
+    return np.stack([a.astype(dtype) for a in items])
+
+
+def _check_shapes(op, image_shape, transform):
+    if tuple(op.shape) != tuple(image_shape):
+        what = "mask" if isinstance(op, Inpainting | SubsampledFourier) else "operator"
+        raise ValueError(
+            f"the {type(op).__name__} {what} has shape {tuple(op.shape)} but the images are "
+            f"{tuple(image_shape)}; build the operator for the images' shape."
+        )
+    transform.check_shape(tuple(image_shape))
+
+
+def observe(images, op, sigma: float, seed: int = 0) -> np.ndarray:
+    """Simulated measurements K uₖ + σεₖ of a stack of images (ε from
+    ``numpy.random.default_rng(seed)``, see :func:`measurement_noise`)."""
+    _check_operator(op)
+    sigma = _check_sigma(sigma, "observe")
+    images = stack_images(images)
+    if tuple(op.shape) != images.shape[-2:]:
+        raise ValueError(
+            f"the {type(op).__name__} has shape {tuple(op.shape)} but the images are "
+            f"{images.shape[-2:]}."
+        )
+    clean = np.asarray(jax.vmap(op.mv)(jnp.asarray(images)))
+    rng = np.random.default_rng(seed)
+    return clean + measurement_noise(op, sigma, rng, batch=images.shape[0])
+
+
+# --------------------------------------------------------------------------------------
+# The problem's pure functions (cached so that equal settings share compiled code)
+# --------------------------------------------------------------------------------------
+def _image_value(kind):
+    if kind == "psnr":
+        return lambda u, data: -jnp.mean(psnr(u, data["truth"]))
+    return lambda u, data: jnp.mean(mse(u, data["truth"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _functions(kind: str):
+    # The transform travels in the data (a pytree with no array leaves: its settings are
+    # static), so these functions depend on the criterion's kind only.
+    def fb_step(c, theta, data):
+        op, t, w, transform = data["op"], data["step"], data["weights"], data["transform"]
+
+        def one(c1, y1):
+            u = transform.inverse(c1)
+            v = c1 - t * transform.forward(op.rmv(op.mv(u) - y1))
+            return prox_elastic_net(v, t, theta["lam1"] * w, theta["lam2"])
+
+        return jax.vmap(one)(c, data["y"])
+
+    def support(c, theta, data):
+        return c != 0
+
+    if kind == "sure":
+
+        def criterion(c, theta, data):
+            op, transform = data["op"], data["transform"]
+            f0 = op.mv(transform.inverse(c[0]))
+            f1 = op.mv(transform.inverse(c[1]))
+            y, delta = data["y"][0], data["sure_delta"]
+            sigma, eps, m = data["sure_sigma"], data["sure_eps"], data["sure_m"]
+            r = y - f0
+            div = jnp.real(jnp.vdot(delta, f1 - f0)) / eps
+            return (jnp.real(jnp.vdot(r, r)) - m * sigma**2 + 2.0 * sigma**2 * div) / m
+
+    else:
+        value = _image_value(kind)
+
+        def criterion(c, theta, data):
+            return value(data["transform"].inverse(c), data)
+
+    return {"fixed_point": fb_step, "support": support, "criterion": criterion}
+
+
+def _kind(criterion) -> str:
+    if isinstance(criterion, PSNR):
+        return "psnr"
+    if isinstance(criterion, MSE):
+        return "mse"
+    if isinstance(criterion, SURE):
+        return "sure"
+    raise TypeError(
+        "criterion must be invcal.imaging.PSNR(), MSE() (both need truth=) or SURE(sigma) "
+        f"(one image, no truth); got {criterion!r}."
+    )
+
+
+def _positive(name, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+    return v
+
+
+def images_of(problem, c):
+    """The reconstructed images Wᵀc (n, H, W) of a solution c of ``problem``."""
+    return problem.data["transform"].inverse(c)
+
+
+def elastic_net_problem(
+    observed,
+    operator,
+    *,
+    criterion: AbstractTVCriterion,
+    truth=None,
+    transform: AbstractTransform | None = None,
+    lam1: float = 1e-2,
+    lam2: float = 1e-3,
+    penalize_coarse: bool = False,
+    name: str = "elastic_net_imaging",
+) -> Problem:
+    """The bilevel elastic-net reconstruction problem (see the module docstring).
+
+    **Arguments**
+
+    - ``observed``: the measurements yₖ — one (H, W) array, a stack (n, H, W) or a list (all
+      of one shape; complex for :class:`SubsampledFourier`).
+    - ``operator``: K, built for (H, W) images.
+    - ``criterion``: :class:`~invcal.imaging.PSNR` or :class:`~invcal.imaging.MSE` (need
+      ``truth``, the images u₀ₖ) or :class:`~invcal.imaging.SURE` (σ known, one image).
+    - ``transform``: W, default ``Wavelet("db4", levels=4)`` (H and W divisible by 16).
+    - ``lam1``, ``lam2``: initial λ₁, λ₂ (> 0; both log-parametrized).
+    - ``penalize_coarse``: put the ℓ1 weight on the coarsest approximation too.
+
+    Shapes, NaN/inf, σ and λ are checked here, before any solve. θ = {"lam1", "lam2"}; the
+    iterate x is the coefficient stack c (n, H, W) (2 for SURE); :func:`images_of` maps it
+    back to images.
+    """
+    _check_operator(operator)
+    kind = _kind(criterion)
+    transform = Wavelet() if transform is None else transform
+    if not isinstance(transform, AbstractTransform):
+        raise TypeError(
+            "transform must be invcal.imaging.Wavelet(name, levels) or IdentityTransform(); "
+            f"got {transform!r}."
+        )
+    y = stack_images(observed, "observed")
+    _check_shapes(operator, y.shape[-2:], transform)
+    lam1, lam2 = _positive("lam1", lam1), _positive("lam2", lam2)
+    weights = transform.detail_mask(y.shape[-2:]).astype(float)
+    if penalize_coarse:
+        weights = np.ones_like(weights)
+    step = 1.0 / lipschitz(operator)
+    data = {
+        "op": operator,
+        "transform": transform,
+        "step": jnp.asarray(step),
+        "weights": jnp.asarray(weights),
+    }
+    if kind == "sure":
+        if y.shape[0] != 1:
+            raise ValueError(f"SURE tunes one image at a time; got a batch of {y.shape[0]}.")
+        sigma = _check_sigma(criterion.sigma, "SURE")
+        m = num_measurements(operator)
+        eps = 2.0 * sigma / m**0.3 if criterion.eps is None else _positive("eps", criterion.eps)
+        delta = measurement_noise(operator, 1.0, np.random.default_rng(criterion.probe_seed()))
+        data.update(
+            y=jnp.asarray(np.stack([y[0], y[0] + eps * delta])),
+            sure_delta=jnp.asarray(delta),
+            sure_eps=jnp.asarray(eps),
+            sure_sigma=jnp.asarray(sigma),
+            sure_m=jnp.asarray(float(m)),
+        )
+    else:
+        if truth is None:
+            raise ValueError(f"the {kind.upper()} criterion needs truth= (the true images).")
+        truth = stack_images(truth, "truth")
+        if truth.shape != (y.shape[0], *operator.shape):
+            raise ValueError(
+                f"truth has shape {truth.shape}; expected one (H, W) = {tuple(operator.shape)} "
+                f"image per observation, i.e. {(y.shape[0], *operator.shape)}."
+            )
+        if np.iscomplexobj(truth):
+            raise ValueError("truth must be real images.")
+        data.update(y=jnp.asarray(y), truth=jnp.asarray(truth))
+    fns = _functions(kind)
+    backprojection = jax.vmap(operator.rmv)(data["y"])
+    x0 = transform.forward(jnp.real(backprojection))
+    space = Space(lam1=Param(lam1, Log()), lam2=Param(lam2, Log()))
+    return Problem(space=space, x0=x0, data=data, symmetric=True, name=name, **fns)
+
+
+# --------------------------------------------------------------------------------------
+# One-call reconstruction
+# --------------------------------------------------------------------------------------
+@eqx.filter_jit
+def _solve(problem, solver, theta, x0):
+    return solver.solve(problem, x0, theta)
+
+
+def reconstruct(
+    observed,
+    operator,
+    lam1: float,
+    lam2: float,
+    *,
+    transform: AbstractTransform | None = None,
+    penalize_coarse: bool = False,
+    tol: float = 1e-8,
+    max_steps: int = 20_000,
+    x0=None,
+):
+    """The elastic-net reconstructions u*(λ₁, λ₂) (n, H, W) of ``observed`` by FISTA, stopped
+    when the fixed-point residual is below ``tol``·√(number of coefficients). Returns
+    (images, :class:`invcal.InnerSolution` of the coefficients)."""
+    y = stack_images(observed, "observed")
+    dummy = np.zeros((y.shape[0], *operator.shape))
+    problem = elastic_net_problem(
+        y,
+        operator,
+        criterion=MSE(),
+        truth=dummy,
+        transform=transform,
+        lam1=lam1,
+        lam2=lam2,
+        penalize_coarse=penalize_coarse,
+    )
+    solver = FISTA(tol=float(tol) * math.sqrt(y.size), max_steps=int(max_steps))
+    theta = {"lam1": jnp.asarray(float(lam1)), "lam2": jnp.asarray(float(lam2))}
+    sol = _solve(problem, solver, theta, problem.x0 if x0 is None else x0)
+    return images_of(problem, sol.x), sol
