@@ -24,10 +24,14 @@ with the number of steps doubled until it matches to 1e-6.
 
 Further: the weighted Lasso (one α per feature, 5000 hyperparameters) against the single-α
 model on the synthetic data, and compressed sensing (n=200, p=1000, k=20, SNR 20 dB) with λ
-tuned by SURE (no held-out data): support F1.
+tuned by SURE (no held-out data): support F1 of the Lasso and of the two-stage reweighted
+(adaptive) Lasso of :func:`problems.bpdn.reweighted_sure`, next to the plain Lasso path's
+ceiling (best F1 of any λ, and F1 at the λ of least true risk, both computed from the truth).
 
 Run: ``python benchmarks/bpdn_vs_lassocv.py [--quick] [--out benchmarks/results/bpdn.json]``
-(about 10–20 minutes on 2 CPU cores; ``--quick`` shrinks the synthetic data for a smoke run).
+(about 20 minutes on 2 CPU cores; ``--quick`` shrinks the synthetic data for a smoke run).
+Split a long run with ``--skip tuners methods weighted sure`` and ``--datasets synthetic
+diabetes``: a partial run replaces only what it measured in the JSON.
 """
 
 from __future__ import annotations
@@ -104,16 +108,22 @@ class JaxoptCustomRoot(ic.AbstractHypergradient):
 # --------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------
-def datasets(quick: bool) -> dict:
-    if quick:
-        syn = bpdn.regression(
+DATASETS = ("synthetic", "diabetes")
+
+
+def datasets(quick: bool, names=DATASETS) -> dict:
+    out = {}
+    if "synthetic" in names and quick:
+        out["synthetic"] = bpdn.regression(
             "synthetic", n_samples=400, n_features=1000, n_informative=20, n_train=280
         )
-    else:
-        syn = bpdn.regression(
+    elif "synthetic" in names:
+        out["synthetic"] = bpdn.regression(
             "synthetic", n_samples=1000, n_features=5000, n_informative=50, n_train=700
         )
-    return {"synthetic": syn, "diabetes": bpdn.regression("diabetes")}
+    if "diabetes" in names:
+        out["diabetes"] = bpdn.regression("diabetes")
+    return out
 
 
 def holdout_split(n: int) -> list:
@@ -263,13 +273,13 @@ def method_rows(name, data, alpha):
     # Reverse unrolling of FISTA started at x*: double the steps until within 1e-6 of FD.
     hg = ic.hypergradient(prob, theta, solver=solver, method=sparse.SupportImplicit())
     steps = 50
-    while steps <= 51_200:
+    while True:
         method = ic.Unrolled(num_steps=steps)
         # Unrolling from the solution itself: the most favourable start for unrolling.
         value, g, dt, _ = hypergradient_at(prob, alpha, method, solver, repeats=1, x0=hg.x)
         err = abs(g - fd) / abs(fd)
         print(f"  {name}: unrolled {steps} steps: rel. error {err:.2e} ({dt:.2f}s)", flush=True)
-        if err <= 1e-6:
+        if err <= 1e-6 or steps >= 204_800:  # the row reports the last count tried
             break
         steps *= 2
     rows.append(
@@ -317,12 +327,38 @@ def _solve(solver, problem, theta, x0):
     return solver.solve(problem, x0, theta)
 
 
+def _dense(A, p):
+    if isinstance(A, sparse.AbstractLinearMap):
+        return np.asarray(jax.vmap(A.mv, out_axes=1)(jnp.eye(p)))
+    return np.asarray(A)
+
+
+def lasso_path_oracle(raw):
+    """On the plain Lasso's path (scikit-learn's lasso_path, 80 λ in [λ_max/300, λ_max]): the
+    best support F1 any λ gives, and the F1 at the λ minimizing the true prediction risk
+    ‖A(x̂ − x)‖² (what SURE estimates). Uses the truth: a ceiling, not a tuner."""
+    from sklearn.linear_model import lasso_path
+
+    x_true = np.asarray(raw["x_true"])
+    A, y = _dense(raw["A"], x_true.size), np.asarray(raw["y"])
+    n = y.size
+    lams = np.geomspace(1.0, 1 / 300, 80) * np.max(np.abs(A.T @ y))
+    _, coefs, _ = lasso_path(A, y, alphas=lams / n, tol=1e-10, max_iter=100_000)
+    f1 = np.array([bpdn.support_f1(coefs[:, i], x_true) for i in range(lams.size)])
+    risk = np.sum((A @ (coefs - x_true[:, None])) ** 2, axis=0)
+    return float(f1.max()), float(f1[int(np.argmin(risk))])
+
+
 def sure_rows(seeds=range(5)):
+    """Compressed sensing with no held-out data: the Lasso with λ tuned by SURE (1 probe, as
+    ``invcal run bpdn``; and 4 probes, stage 1 of the two-stage estimator), then one
+    reweighting step (adaptive Lasso) with λ₂ tuned by SURE (:func:`bpdn.reweighted_sure`)."""
     rows = []
     solver = sparse.WorkingSetFISTA(tol=1e-12)
     for operator in ("gaussian", "dct"):
         for seed in seeds:
             raw = bpdn.compressed_sensing(operator=operator, seed=seed)
+            x_true = np.asarray(raw["x_true"])
             prob = bpdn.build(raw["A"], raw["y"], criterion="sure", sigma=raw["sigma"])
             res, dt = timed(
                 ic.tune,
@@ -335,20 +371,37 @@ def sure_rows(seeds=range(5)):
             )
             theta = {k: jnp.asarray(v) for k, v in res.theta.items()}
             x = np.asarray(_solve(solver, prob, theta, prob.x0).x[0])
+            rw, dt_rw = timed(bpdn.reweighted_sure, raw["A"], raw["y"], raw["sigma"])
+            best_f1, risk_f1 = lasso_path_oracle(raw)
             rows.append(
                 dict(
                     operator=operator,
                     seed=seed,
                     lam=float(theta["lam"]),
-                    f1=bpdn.support_f1(x, raw["x_true"]),
+                    f1=bpdn.support_f1(x, x_true),
                     nnz=int(np.sum(x != 0)),
                     seconds=dt,
-                    rel_error=float(
-                        np.linalg.norm(x - raw["x_true"]) / np.linalg.norm(raw["x_true"])
+                    rel_error=float(np.linalg.norm(x - x_true) / np.linalg.norm(x_true)),
+                    lam_4probes=rw["lam_lasso"],
+                    f1_4probes=bpdn.support_f1(rw["x_lasso"], x_true),
+                    lam_reweighted=rw["lam"],
+                    f1_reweighted=bpdn.support_f1(rw["x"], x_true),
+                    nnz_reweighted=int(np.sum(rw["x"] != 0)),
+                    rel_error_reweighted=float(
+                        np.linalg.norm(rw["x"] - x_true) / np.linalg.norm(x_true)
                     ),
+                    seconds_reweighted=dt_rw,
+                    oracle_best_f1_lasso=best_f1,
+                    oracle_f1_lasso_at_min_risk=risk_f1,
                 )
             )
-            print(f"  SURE {operator} seed {seed}: F1 {rows[-1]['f1']:.3f}", flush=True)
+            r = rows[-1]
+            print(
+                f"  SURE {operator} seed {seed}: Lasso F1 {r['f1']:.3f} (4 probes "
+                f"{r['f1_4probes']:.3f}), reweighted F1 {r['f1_reweighted']:.3f}; Lasso path: "
+                f"best F1 {best_f1:.3f}, F1 at min risk {risk_f1:.3f}",
+                flush=True,
+            )
     return rows
 
 
@@ -370,12 +423,33 @@ def _fmt(v):
     return str(v)
 
 
+def merge(previous: dict, new: dict, names) -> dict:
+    """``previous`` with the sections of ``new``; in per-dataset tables only the rows of the
+    data sets run now are replaced."""
+    out = {**previous, **new}
+    for key in ("tuners", "methods"):
+        if key in new and key in previous:
+            kept = [r for r in previous[key] if r["dataset"] not in names]
+            rows = kept + new[key]
+            out[key] = sorted(rows, key=lambda r: DATASETS.index(r["dataset"]))
+    if "support_size" in new:
+        out["support_size"] = {**previous.get("support_size", {}), **new["support_size"]}
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small synthetic data (smoke run)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bpdn.json"))
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["tuners", "methods", "weighted", "sure"]
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="*",
+        default=list(DATASETS),
+        choices=list(DATASETS),
+        help="regression data sets for the tuner and method tables (split a long run)",
     )
     args = parser.parse_args(argv)
     results = {
@@ -387,7 +461,19 @@ def main(argv=None):
         },
         "quick": args.quick,
     }
-    data = datasets(args.quick)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = bool(args.skip) or set(args.datasets) != set(DATASETS)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+
+    def save(final=False):
+        # After every section, so a run cut short keeps what it measured. A partial run (or
+        # an unfinished one) updates what it measured and keeps the rest of the file.
+        merged = results if final and not partial else merge(previous, results, args.datasets)
+        out.write_text(json.dumps(merged, indent=1))
+        print(f"wrote {out}", flush=True)
+
+    data = datasets(args.quick, args.datasets)
     alphas = {}
     if "tuners" not in args.skip:
         results["tuners"] = []
@@ -411,12 +497,15 @@ def main(argv=None):
                 ],
             )
         )
+        save()
     if "methods" not in args.skip:
         from sklearn.linear_model import LassoCV
 
         results["methods"] = []
         for name, d in data.items():
-            a = alphas.get(name) or float(LassoCV(cv=5).fit(d["A_train"], d["y_train"]).alpha_)
+            a = alphas.get(name) or float(
+                LassoCV(cv=5, alphas=100, max_iter=100_000).fit(d["A_train"], d["y_train"]).alpha_
+            )
             rows, nnz = method_rows(name, d, a)
             results["methods"] += rows
             results.setdefault("support_size", {})[name] = nnz
@@ -425,7 +514,8 @@ def main(argv=None):
                 results["methods"], ["dataset", "method", "value", "rel_error", "seconds", "steps"]
             )
         )
-    if "weighted" not in args.skip:
+        save()
+    if "weighted" not in args.skip and "synthetic" in data:
         d = data["synthetic"]
         single = BilevelLassoCV().fit(d["A_train"], d["y_train"])
         mse = float(np.mean((single.predict(d["A_test"]) - d["y_test"]) ** 2))
@@ -440,18 +530,30 @@ def main(argv=None):
         ]
         results["weighted"] += weighted_rows(d, single.alpha_)
         print(table(results["weighted"], ["model", "test_mse", "cv_mse", "nnz", "seconds"]))
+        save()
     if "sure" not in args.skip:
         results["sure"] = sure_rows(range(2) if args.quick else range(5))
         print(
-            table(results["sure"], ["operator", "seed", "lam", "f1", "nnz", "rel_error", "seconds"])
+            table(
+                results["sure"],
+                [
+                    "operator",
+                    "seed",
+                    "lam",
+                    "f1",
+                    "nnz",
+                    "f1_4probes",
+                    "lam_reweighted",
+                    "f1_reweighted",
+                    "nnz_reweighted",
+                    "rel_error_reweighted",
+                    "seconds_reweighted",
+                    "oracle_best_f1_lasso",
+                    "oracle_f1_lasso_at_min_risk",
+                ],
+            )
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.skip and out.exists():  # a partial run updates its sections, keeps the others
-        previous = json.loads(out.read_text())
-        results = {**previous, **results}
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    save(final=True)
 
 
 if __name__ == "__main__":

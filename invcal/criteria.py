@@ -212,12 +212,24 @@ def _check_sigma(sigma) -> float:
     return s
 
 
-def sure_pair(data: Mapping, *, sigma, eps: float | None = None, seed: int = 0, target="y") -> dict:
-    r"""A batch of two inner problems for finite-difference SURE: every leaf of ``data``
-    stacked twice, the second copy's measurements perturbed to y + εδ (δ ~ N(0, I) drawn with
-    ``seed``). ε defaults to 2σ/m^0.3 (Deledalle et al. 2014). Adds ``sure_delta``,
-    ``sure_eps`` and ``sure_sigma``. Raises before any solve if σ <= 0 or y is not finite."""
+def sure_pair(
+    data: Mapping,
+    *,
+    sigma,
+    eps: float | None = None,
+    seed: int = 0,
+    target="y",
+    probes: int = 1,
+) -> dict:
+    r"""A batch of 1 + ``probes`` inner problems for finite-difference SURE: every leaf of
+    ``data`` stacked, copy k ≥ 1 with its measurements perturbed to y + εδₖ (δₖ ~ N(0, I) drawn
+    with ``seed``; copy 0 keeps y). ε defaults to 2σ/m^0.3 (Deledalle et al. 2014). Adds
+    ``sure_delta`` (copy k holds δₖ, copy 0 holds δ₁), ``sure_eps`` and ``sure_sigma``.
+    More probes average the Monte-Carlo divergence (its variance falls as 1/probes) at the
+    cost of one inner solve each. Raises before any solve if σ <= 0 or y is not finite."""
     sigma = _check_sigma(sigma)
+    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
+        raise ValueError(f"sure_pair: probes must be an integer >= 1; got {probes!r}.")
     if not isinstance(data, Mapping) or target not in data:
         raise ValueError(f"sure_pair: data must be a dict with the measurements under {target!r}.")
     y = np.asarray(data[target], dtype=float)
@@ -227,12 +239,14 @@ def sure_pair(data: Mapping, *, sigma, eps: float | None = None, seed: int = 0, 
     eps = 2.0 * sigma / m**0.3 if eps is None else float(eps)
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"sure_pair: eps must be > 0; got {eps!r}.")
-    delta = np.random.default_rng(seed).normal(size=y.shape)
-    pair = jax.tree_util.tree_map(lambda a: jnp.stack([jnp.asarray(a)] * 2), dict(data))
-    pair[target] = jnp.stack([jnp.asarray(y), jnp.asarray(y + eps * delta)])
-    pair["sure_delta"] = jnp.stack([jnp.asarray(delta)] * 2)
-    pair["sure_eps"] = jnp.full((2,), eps)
-    pair["sure_sigma"] = jnp.full((2,), sigma)
+    # (probes, *y.shape): the same stream as one draw of y.shape when probes == 1.
+    delta = np.random.default_rng(seed).normal(size=(int(probes), *y.shape))
+    copies = int(probes) + 1
+    pair = jax.tree_util.tree_map(lambda a: jnp.stack([jnp.asarray(a)] * copies), dict(data))
+    pair[target] = jnp.stack([jnp.asarray(y)] + [jnp.asarray(y + eps * d) for d in delta])
+    pair["sure_delta"] = jnp.stack([jnp.asarray(delta[0])] + [jnp.asarray(d) for d in delta])
+    pair["sure_eps"] = jnp.full((copies,), eps)
+    pair["sure_sigma"] = jnp.full((copies,), sigma)
     return pair
 
 
@@ -246,11 +260,15 @@ class Sure(eqx.Module):
     def __call__(self, x, theta, data):
         pred, tgt = _predictor(self.predict), _target(self.target)
         d0 = jax.tree_util.tree_map(lambda a: a[0], data)
-        d1 = jax.tree_util.tree_map(lambda a: a[1], data)
-        f0, f1 = pred(x[0], d0), pred(x[1], d1)
+        f0 = pred(x[0], d0)
         y = tgt(d0)
-        sigma, eps, delta = d0["sure_sigma"], d0["sure_eps"], d0["sure_delta"]
-        div = jnp.vdot(delta, f1 - f0) / eps
+        sigma, eps = d0["sure_sigma"], d0["sure_eps"]
+        # Copies 1..K are the probes (K = 1 for a pair): the divergence is their mean.
+        div = 0.0
+        for k in range(1, x.shape[0]):
+            dk = jax.tree_util.tree_map(lambda a, k=k: a[k], data)
+            div = div + jnp.vdot(dk["sure_delta"], pred(x[k], dk) - f0)
+        div = div / ((x.shape[0] - 1) * eps)
         r = y - f0
         value = jnp.vdot(r, r) - y.size * sigma**2 + 2.0 * sigma**2 * div
         return value / y.size if self.normalize else value
@@ -265,6 +283,9 @@ def sure(predict="A", target="y", *, normalize: bool = True) -> Sure:
     a criterion of the stacked pair (x*(y), x*(y + εδ)) from :func:`sure_pair`:
 
         SURE = ‖y − f(y)‖² − mσ² + 2σ² δᵀ(f(y + εδ) − f(y))/ε     (divided by m if ``normalize``)
+
+    With K probes (``sure_pair(..., probes=K)``) the divergence term is the mean of the K
+    finite differences δₖᵀ(f(y + εδₖ) − f(y))/ε.
 
     (Stein 1981; Deledalle, Vaiter, Fadili & Peyré 2014)."""
     _predictor(predict), _target(target)

@@ -126,15 +126,19 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
             name="lasso-cv",
         )
 
-    def _descend(self, problem, theta, solver, method, x0, history):
+    def _descend(self, problem, theta, solver, method, x0, history, start=None):
         """Gradient descent on z = log α: Barzilai–Borwein steps (the secant step for one α),
         the first one and any step after a rejection normalized so the largest log-change
-        is s; a step is accepted when the CV error decreases, else s is halved."""
+        is s; a step is accepted when the CV error decreases, else s is halved. ``start``:
+        the hypergradient at ``theta`` if already computed (then not evaluated again)."""
         space = problem.space
-        hg = hypergradient(problem, theta, solver=solver, method=method, x0=x0)
+        if start is None:
+            hg = hypergradient(problem, theta, solver=solver, method=method, x0=x0)
+            history.append({"alpha": _to_list(theta["alpha"]), "cv_mse": float(hg.value)})
+        else:
+            hg = start
         z = np.asarray(space.to_z(theta))
         value, g, x = float(hg.value), self._grad_z(problem, theta, hg.grad), hg.x
-        history.append({"alpha": _to_list(theta["alpha"]), "cv_mse": value})
         step, bb, evaluations = 0.5, None, 1
         while evaluations < self.max_iter and step >= self.tol:
             scale = float(np.max(np.abs(g)))
@@ -173,10 +177,11 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
 
         return np.asarray(grad_z(problem, theta, grad))
 
-    def _refit(self, X, y, alpha):
+    def _refit(self, X, y, alpha, coef_init=None):
         """The final fit on all rows at the tuned α. It is one convex problem solved once, so
         scikit-learn's coordinate descent does it (no compilation for a new shape); per-feature
-        weights αⱼ become a column rescaling, Xⱼ·ᾱ/αⱼ with a single ᾱ."""
+        weights αⱼ become a column rescaling, Xⱼ·ᾱ/αⱼ with a single ᾱ. ``coef_init`` (the
+        mean of the fold solutions at α) warm-starts it: same solution, fewer sweeps."""
         from sklearn.linear_model import Lasso
 
         alpha = np.broadcast_to(np.asarray(alpha, dtype=float), (X.shape[1],))
@@ -188,7 +193,10 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
             positive=bool(self.positive),
             tol=float(self.inner_tol),
             max_iter=100_000,
+            warm_start=coef_init is not None,
         )
+        if coef_init is not None:
+            model.coef_ = np.asarray(coef_init, dtype=float) / factor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(X * factor, y)
@@ -282,27 +290,27 @@ class BilevelLassoCV(_BilevelLassoBase):
     def fit(self, X, y):
         """Tune α on the folds of (X, y), then refit on all of it. Returns self."""
         X, y, splits = self._prepare(X, y)
-        alpha, value, history, n_iter = self._tune_alpha(X, y, splits)
+        alpha, value, history, n_iter, coef = self._tune_alpha(X, y, splits)
         self.alpha_ = float(alpha)
         self.cv_mse_ = value
         self.history_ = history
         self.n_iter_ = n_iter
-        self._refit(X, y, self.alpha_)
+        self._refit(X, y, self.alpha_, coef)
         return self
 
     def _tune_alpha(self, X, y, splits):
         alpha_max = self._alpha_max(X, y)
         history = []
         if alpha_max <= _RESOLUTION:  # y is orthogonal to X (e.g. constant): β = 0 for all α
-            return _RESOLUTION, float(np.mean((y - y.mean()) ** 2)), history, 0
+            return _RESOLUTION, float(np.mean((y - y.mean()) ** 2)), history, 0, None
         alpha0 = alpha_max / 10 if self.alpha_init is None else float(self.alpha_init)
         problem = self._cv_problem(X, y, splits, alpha0)
         solver, method = self._solver(), self._method()
-        x0 = problem.x0
+        x0, start = problem.x0, None
         if self.alpha_init is None and self.n_init > 0:
             # The path shares the descent's compiled program (hypergradient), so the
             # gradients it computes are a by-product; only the values choose the start.
-            best = (math.inf, alpha0, x0)
+            best = (math.inf, alpha0, x0, None)
             path = alpha_max * np.geomspace(1.0, 1e-3, self.n_init)
             prev = None  # (z, CV, dCV/dz) at the previous path point
             for i, a in enumerate(path):
@@ -321,7 +329,7 @@ class BilevelLassoCV(_BilevelLassoBase):
                 history.append({"alpha": float(a), "cv_mse": v})
                 if v >= best[0]:  # past the minimum: the rest (large supports) is not needed
                     break
-                best = (v, float(a), x0)
+                best = (v, float(a), x0, h)
                 # The hypergradient comes with the value. dCV/dz < 0: the minimum lies at a
                 # larger α. (At α_max no fold may have a nonzero coefficient: a zero gradient
                 # says nothing.) In the basin (CV fell by less than 80% since the previous
@@ -335,10 +343,12 @@ class BilevelLassoCV(_BilevelLassoBase):
                     if z_min > math.log(path[i + 1]):
                         break
                 prev = (z, v, g)
-            alpha0, x0 = best[1], best[2]
+            alpha0, x0, start = best[1], best[2], best[3]
         theta = {"alpha": jnp.asarray(alpha0)}
-        theta, value, _, n_iter = self._descend(problem, theta, solver, method, x0, history)
-        return float(theta["alpha"]), value, history, n_iter
+        theta, value, x, n_iter = self._descend(
+            problem, theta, solver, method, x0, history, start=start
+        )
+        return float(theta["alpha"]), value, history, n_iter, np.asarray(x).mean(0)
 
 
 class BilevelWeightedLassoCV(_BilevelLassoBase):
@@ -392,7 +402,7 @@ class BilevelWeightedLassoCV(_BilevelLassoBase):
         history = []
         if init is None:  # stage 1: one α (alpha_init, if given, is a scalar start)
             stage = BilevelLassoCV(**self.get_params())
-            alpha, value, history, _ = stage._tune_alpha(X, y, splits)
+            alpha, value, history, _, _ = stage._tune_alpha(X, y, splits)
             init = np.full(p, alpha)
         elif init.shape != (p,) or not np.all(np.isfinite(init)) or np.any(init <= 0):
             raise ValueError(
@@ -409,10 +419,10 @@ class BilevelWeightedLassoCV(_BilevelLassoBase):
         problem = self._cv_problem(X, y, splits, init)
         solver, method = self._solver(), self._method()
         theta = {"alpha": jnp.asarray(init)}
-        theta, value, _, n_iter = self._descend(problem, theta, solver, method, problem.x0, history)
+        theta, value, x, n_iter = self._descend(problem, theta, solver, method, problem.x0, history)
         self.alpha_ = np.asarray(theta["alpha"])
         self.cv_mse_ = value
         self.history_ = history
         self.n_iter_ = n_iter
-        self._refit(X, y, self.alpha_)
+        self._refit(X, y, self.alpha_, np.asarray(x).mean(0))
         return self

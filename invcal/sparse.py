@@ -184,10 +184,14 @@ def duality_gap(x, theta, data, *, fb: ForwardBackward | None = None):
     return _gap_from_residual(x, r, rmatvec(A, r), w, y, fb.nonneg)
 
 
-def lambda_max(A, y, *, nonneg: bool = False) -> float:
-    r"""‖Aᵀy‖_∞ (max Aᵀy with ``nonneg``): the smallest λ with x*(λ) = 0."""
+def lambda_max(A, y, *, nonneg: bool = False, weights=None) -> float:
+    r"""‖Aᵀy‖_∞ (max Aᵀy with ``nonneg``): the smallest λ with x*(λ) = 0. With fixed
+    per-coefficient ``weights`` c (penalty λ Σⱼ cⱼ|xⱼ|): maxⱼ |Aⱼᵀy| / cⱼ."""
     c = np.asarray(rmatvec(A, jnp.asarray(y)))
-    return float(np.max(c) if nonneg else np.max(np.abs(c)))
+    c = c if nonneg else np.abs(c)
+    if weights is not None:
+        c = c / np.asarray(weights, dtype=float)
+    return float(np.max(c))
 
 
 def _lipschitz(A, key=0, iters: int = 100) -> float:

@@ -46,6 +46,7 @@ __all__ = [
     "build",
     "compressed_sensing",
     "regression",
+    "reweighted_sure",
     "setup",
     "support_f1",
 ]
@@ -216,8 +217,10 @@ def support_f1(x, x_true) -> float:
 # The problem
 # --------------------------------------------------------------------------------------
 def penalty_weights(theta, data):
-    """λ ⊙ s: the ℓ1 weights (s = data['lam_scale'], 1 or the training-row count)."""
-    return theta["lam"] * data["lam_scale"]
+    """λ ⊙ s ⊙ c: the ℓ1 weights (s = data['lam_scale'], 1 or the training-row count; c =
+    data['l1_weights'], fixed per-coefficient weights, when present: the reweighted stage)."""
+    w = theta["lam"] * data["lam_scale"]
+    return w * data["l1_weights"] if "l1_weights" in data else w
 
 
 def _check_lam(lam, p, weighted):
@@ -254,6 +257,8 @@ def build(
     center: bool = False,
     alpha_scaling: bool = False,
     sure_seed: int = 0,
+    sure_probes: int = 1,
+    l1_weights=None,
     name: str = "bpdn",
 ) -> ic.Problem:
     r"""The BPDN bilevel problem on data (A, y) — see the module docstring.
@@ -264,6 +269,10 @@ def build(
     - ``weighted``: one λ per coefficient; ``nonneg``: x ≥ 0.
     - ``lam``: the initial λ (> 0; default λ_max/10, λ_max = ‖Aᵀy‖_∞ the smallest λ with x* = 0).
     - ``alpha_scaling``: λ multiplies n·‖x‖₁ (scikit-learn's α).
+    - ``sure_probes``: Monte-Carlo probes of the SURE divergence (one inner solve each).
+    - ``l1_weights``: fixed positive weights cⱼ, penalty λ Σⱼ cⱼ|xⱼ| (shape (p,); for SURE
+      also (1 + sure_probes, p): one row per copy of the data, as :func:`reweighted_sure`
+      builds them).
 
     Bad inputs (shapes, NaN/inf, λ <= 0, σ <= 0) raise ``ValueError`` here, before any solve.
     """
@@ -279,12 +288,13 @@ def build(
             raise ValueError(f"A_val has {sparse._shape(A_val)[1]} columns, A has {p}.")
     if criterion == "sure":
         sigma = criteria._check_sigma(sigma)
+    c = None if l1_weights is None else _check_l1_weights(l1_weights, p, criterion, sure_probes)
     if criterion == "kfold" and isinstance(A, sparse.AbstractLinearMap):
         raise ValueError(
             "criterion='kfold' splits the rows of a matrix A; got a matrix-free operator."
         )
     scale = float(n) if alpha_scaling else 1.0
-    lmax = sparse.lambda_max(A, y, nonneg=nonneg) / scale
+    lmax = sparse.lambda_max(A, y, nonneg=nonneg, weights=None if c is None else c[0]) / scale
     if lmax <= 0:
         raise ValueError("y is orthogonal to every column of A (λ_max = 0): x* = 0 for every λ.")
     lam0 = _check_lam(lmax / 10 if lam is None else lam, p, weighted)
@@ -292,15 +302,120 @@ def build(
     common = dict(weights=penalty_weights, nonneg=nonneg, name=name)
     if criterion == "held_out":
         data = {"A": A, "y": y, "A_val": A_val, "y_val": jnp.asarray(y_val), "lam_scale": scale}
+        if c is not None:
+            data["l1_weights"] = jnp.asarray(c[0])
         return sparse.lasso_problem(space, criteria.held_out("A_val", "y_val"), data, **common)
     if criterion == "kfold":
         data = criteria.kfold_data(A, y, folds, center=center)
         data["lam_scale"] = data["n_train"] if alpha_scaling else jnp.ones_like(data["n_train"])
+        if c is not None:
+            data["l1_weights"] = jnp.broadcast_to(jnp.asarray(c[0]), (data["y"].shape[0], p))
         crit = criteria.kfold(criteria.held_out("A_val", "y_val"))
         return sparse.lasso_problem(space, crit, data, batched=True, **common)
     base = {"A": A, "y": jnp.asarray(y), "lam_scale": jnp.asarray(scale)}
-    data = criteria.sure_pair(base, sigma=sigma, seed=sure_seed)
+    data = criteria.sure_pair(base, sigma=sigma, seed=sure_seed, probes=sure_probes)
+    if c is not None:  # one row per copy (y and each y + εδₖ) or one row for all
+        data["l1_weights"] = jnp.broadcast_to(jnp.asarray(c), (sure_probes + 1, p))
     return sparse.lasso_problem(space, criteria.sure("A", "y"), data, batched=True, **common)
+
+
+def _check_l1_weights(c, p, criterion, probes):
+    arr = np.asarray(c, dtype=float)
+    rows = 1 + int(probes) if criterion == "sure" else 1
+    if arr.shape == (p,):
+        arr = arr[None]
+    if arr.shape not in ((1, p), (rows, p)):
+        raise ValueError(
+            f"l1_weights must have shape ({p},)"
+            + (f" or ({rows}, {p}) (one row per SURE copy)" if rows > 1 else "")
+            + f"; got shape {np.shape(c)}."
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError("l1_weights must be positive and finite.")
+    return arr
+
+
+def reweighted_sure(
+    A,
+    y,
+    sigma,
+    *,
+    eta: float = 0.01,
+    probes: int = 4,
+    nonneg: bool = False,
+    steps: int = 40,
+    learning_rate: float = 0.2,
+    grid: int = 16,
+    sure_seed: int = 0,
+    solver=None,
+) -> dict:
+    r"""Sparse recovery with every λ tuned by SURE (σ known, no held-out data), in two stages:
+
+    1. the Lasso x¹ = x*(λ₁) with λ₁ tuned by SURE (hypergradient descent);
+    2. one reweighting step — the adaptive Lasso (Zou 2006), reweighted ℓ1 (Candès, Wakin &
+       Boyd 2008): x² = argmin ½‖Ax − y‖² + λ₂ Σⱼ cⱼ|xⱼ|, cⱼ = 1/(|x¹ⱼ| + η‖x¹‖_∞), with λ₂
+       tuned by SURE from the best point of a ``grid`` of λ₂ values.
+
+    λ minimizing a prediction risk gives the Lasso many small false positives (the risk
+    prefers shrinkage bias to missed coefficients); the reweighting removes the bias on large
+    coefficients, so the risk-optimal λ₂ also selects the support. SURE of the *two-stage*
+    estimator: each Monte-Carlo copy y + εδₖ gets its own weights from its own stage-1 solve,
+    so the divergence includes stage 1's dependence on y (λ₁ itself held fixed). ``probes``
+    averages the divergence over several δₖ (one probe is noisy enough to misplace λ₂).
+
+    Returns a dict: ``x`` (the stage-2 solution), ``x_lasso`` (stage 1), ``lam``, ``lam_lasso``,
+    ``weights`` (c for y), ``history`` (stage 2's SURE values), ``grid`` (λ₂, SURE) and the
+    two problems ``problem``, ``problem_lasso``."""
+    eta = _real("eta", eta, positive=True)
+    solver = sparse.WorkingSetFISTA(tol=1e-12) if solver is None else solver
+    method = sparse.SupportImplicit()
+    common = dict(criterion="sure", sigma=sigma, nonneg=nonneg, sure_seed=sure_seed)
+    p1 = build(A, y, sure_probes=probes, name="bpdn-sure", **common)
+    res1 = ic.tune(
+        p1,
+        solver=solver,
+        method=method,
+        optimizer="adam",
+        learning_rate=learning_rate,
+        steps=steps,
+    )
+    th1 = {"lam": jnp.asarray(res1.theta["lam"])}
+    x1 = np.asarray(_solve(solver, p1, th1, p1.x0).x)  # (1 + probes, p): y and each y + εδₖ
+    size = np.max(np.abs(x1[0]))
+    if size == 0:
+        raise ValueError("reweighted_sure: the SURE-tuned Lasso is zero; nothing to reweight.")
+    c = 1.0 / (np.abs(x1) + eta * size)
+    p2 = build(A, y, sure_probes=probes, l1_weights=c, name="bpdn-sure-reweighted", **common)
+    lmax2 = sparse.lambda_max(A, y, nonneg=nonneg, weights=c[0])
+    lams = lmax2 * np.geomspace(1.0, 1e-4, grid)
+    values, x0 = [], p2.x0
+    for lam in lams:
+        th = {"lam": jnp.asarray(lam)}
+        x0 = _solve(solver, p2, th, x0).x
+        values.append(float(_criterion(p2, x0, th)))
+    start = float(lams[int(np.argmin(values))])
+    res2 = ic.tune(
+        p2,
+        solver=solver,
+        method=method,
+        optimizer="adam",
+        learning_rate=learning_rate,
+        steps=steps,
+        theta0={"lam": start},
+    )
+    th2 = {"lam": jnp.asarray(res2.theta["lam"])}
+    x2 = np.asarray(_solve(solver, p2, th2, p2.x0).x)
+    return {
+        "x": x2[0],
+        "x_lasso": x1[0],
+        "lam": float(th2["lam"]),
+        "lam_lasso": float(th1["lam"]),
+        "weights": c[0],
+        "history": [r["value"] for r in res2.history],
+        "grid": (lams, np.asarray(values)),
+        "problem": p2,
+        "problem_lasso": p1,
+    }
 
 
 # --------------------------------------------------------------------------------------

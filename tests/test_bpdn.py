@@ -240,3 +240,29 @@ def test_setup_runs_and_draws_the_report(tmp_path):
     assert names == ["bpdn_path.png", "bpdn_signal.png", "bpdn_support.png"]
     for name in names:
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_fixed_l1_weights_match_a_rescaled_design_and_fd(cs):
+    # λ Σ cⱼ|xⱼ| on A is the plain Lasso on the columns Aⱼ/cⱼ, with x = x̃/c.
+    c = np.random.default_rng(0).uniform(0.5, 2.0, 120)
+    lam = sparse.lambda_max(cs["A"], cs["y"], weights=c) / 5
+    prob = bpdn.build(cs["A"], cs["y"], A_val=cs["A_val"], y_val=cs["y_val"], lam=lam, l1_weights=c)
+    x = np.asarray(_solve(SOLVER, prob, prob.space.init()).x)
+    ref = _sklearn_lasso(np.asarray(cs["A"]) / c, cs["y"], lam) / c
+    np.testing.assert_allclose(x, ref, atol=1e-8)
+    res = ic.check_hypergradient(prob, prob.space.init(), SUPPORT, solver=SOLVER, eps=1e-6)
+    assert res.relative_error < 1e-6, res
+    with pytest.raises(ValueError, match=r"l1_weights must have shape \(120,\)"):
+        bpdn.build(cs["A"], cs["y"], A_val=cs["A_val"], y_val=cs["y_val"], l1_weights=c[:5])
+    with pytest.raises(ValueError, match="l1_weights must be positive"):
+        bpdn.build(cs["A"], cs["y"], A_val=cs["A_val"], y_val=cs["y_val"], l1_weights=-c)
+
+
+@pytest.mark.slow  # ~1 min: two SURE tunings (5 stacked solves each) and their compilation
+def test_reweighted_sure_recovers_the_support():
+    raw = bpdn.compressed_sensing(n=60, p=200, k=6, seed=1)
+    out = bpdn.reweighted_sure(raw["A"], raw["y"], raw["sigma"], steps=20)
+    f1_lasso = bpdn.support_f1(out["x_lasso"], raw["x_true"])
+    f1 = bpdn.support_f1(out["x"], raw["x_true"])
+    assert f1 >= 0.9 and f1 > f1_lasso, (f1, f1_lasso)
+    assert out["problem"].x0.shape == (5, 200)  # y and 4 probes y + εδₖ

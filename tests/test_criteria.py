@@ -123,6 +123,31 @@ def test_finite_difference_sure_hypergradient(cs):
     assert res.relative_error < 1e-6
 
 
+def test_sure_with_several_probes_averages_their_divergences():
+    # A linear smoother f(y) = H y: the finite-difference divergence of probe k is δₖᵀHδₖ
+    # exactly, so the criterion of the stacked copies is known in closed form.
+    rng = np.random.default_rng(2)
+    n, p, sigma = 12, 5, 0.3
+    A = rng.normal(size=(n, p))
+    H = A @ np.linalg.solve(A.T @ A + np.eye(p), A.T)
+    y = A @ rng.normal(size=p) + sigma * rng.normal(size=n)
+    one = criteria.sure_pair({"y": y}, sigma=sigma, seed=5)
+    four = criteria.sure_pair({"y": y}, sigma=sigma, seed=5, probes=4)
+    assert one["y"].shape == (2, n) and four["y"].shape == (5, n)
+    # One probe is the pair of before; the first of four probes is that same δ.
+    np.testing.assert_array_equal(four["sure_delta"][1], one["sure_delta"][1])
+    np.testing.assert_array_equal(one["sure_delta"][0], one["sure_delta"][1])
+    crit = criteria.sure(predict=lambda x, d: x, normalize=False)
+    for data in (one, four):
+        fits = jnp.asarray(np.asarray(data["y"]) @ H.T)  # f(y), f(y + εδₖ)
+        deltas = np.asarray(data["sure_delta"][1:])
+        div = np.mean([d @ H @ d for d in deltas])
+        expected = np.sum((y - H @ y) ** 2) - n * sigma**2 + 2 * sigma**2 * div
+        assert float(crit(fits, None, data)) == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(ValueError, match="probes must be an integer >= 1"):
+        criteria.sure_pair({"y": y}, sigma=sigma, probes=0)
+
+
 def test_sure_rejects_bad_sigma_and_data():
     data = {"y": jnp.ones(5)}
     for sigma in (0.0, -1.0, np.inf, np.nan, None, "abc"):
