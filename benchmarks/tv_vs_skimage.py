@@ -23,11 +23,12 @@ numbers of an earlier one):
 3. ``learn`` — per noise level: the scalar weight learned by invcal on the five training images
    (−mean PSNR, implicit hypergradients, Adam) against a 30-point grid search with skimage's
    solver (best mean training PSNR) and a 61-point log grid with invcal's solver: mean
-   validation PSNR (clock, page, cell) and wall time. 256×256.
+   validation PSNR (clock, page, cell) and wall time. 128×128 (``--size``).
 4. ``sure`` — ``denoise_tv(weight="auto")`` (SURE, σ known and estimated) against the oracle
    weight (best validation PSNR on a 41-point grid), per validation image and noise level.
 5. ``blocks`` — 8×8 block weights against the best scalar weight, both learned on one noise
    draw of each validation image (σ = 0.1), evaluated on that draw and on a fresh one.
+   128×128 (``--size``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +67,20 @@ def _table(header, rows):
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     print()
+
+
+def _progress(label):
+    t0 = time.perf_counter()
+
+    def report(step, total, row):
+        print(
+            f"  [{label}] step {step}/{total} value {float(row['value']):.5f} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
 
 
 def _psnr_np(u, truth):
@@ -428,7 +444,13 @@ def part_learn(size, steps, sigmas=SIGMAS):
         )
         t0 = time.perf_counter()
         res = ic.tune(
-            problem, solver=solver, method=imp, optimizer="adam", learning_rate=0.15, steps=steps
+            problem,
+            solver=solver,
+            method=imp,
+            optimizer="adam",
+            learning_rate=0.15,
+            steps=steps,
+            progress=_progress(f"learn σ={sigma}"),
         )
         t_learn = time.perf_counter() - t0
         w_learned = float(res.theta["weight"])
@@ -656,7 +678,13 @@ def part_blocks(size, steps, images=None):
         solver = ic.FixedPointIteration(tol=1e-9 * math.sqrt(n), max_steps=20000)
         t0 = time.perf_counter()
         res = ic.tune(
-            problem, solver=solver, method=imp, optimizer="adam", learning_rate=0.05, steps=steps
+            problem,
+            solver=solver,
+            method=imp,
+            optimizer="adam",
+            learning_rate=0.05,
+            steps=steps,
+            progress=_progress(f"blocks {name}"),
         )
         t_learn = time.perf_counter() - t0
         wmap = layout.expand(jnp.asarray(res.theta["weight"]), truth.shape)
@@ -730,7 +758,16 @@ def main(argv=None):
     )
     ap.add_argument("--images", nargs="*", default=None, help="validation images of sure, blocks")
     ap.add_argument("--out", default="benchmarks/results/tv_vs_skimage.json")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=128,
+        help="image size of learn and blocks (default 128: at 256 one hypergradient over the "
+        "five training images took over 11 min on the shared 2-core CPU; runs are capped at "
+        "15 min)",
+    )
     args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
     quick = args.quick
     sigmas = tuple(args.sigmas) if args.sigmas else SIGMAS
     path = Path(args.out)
@@ -767,7 +804,9 @@ def main(argv=None):
         run("methods", lambda: part_methods((32,) if quick else (64, 128)))
     if "learn" not in args.skip:
         run(
-            "learn", lambda: part_learn(32 if quick else 256, 4 if quick else 25, sigmas), ["sigma"]
+            "learn",
+            lambda: part_learn(32 if quick else args.size, 4 if quick else 25, sigmas),
+            ["sigma"],
         )
     if "sure" not in args.skip:
         run(
@@ -778,7 +817,7 @@ def main(argv=None):
     if "blocks" not in args.skip:
         run(
             "blocks",
-            lambda: part_blocks(32 if quick else 256, 3 if quick else 40, args.images),
+            lambda: part_blocks(32 if quick else args.size, 3 if quick else 40, args.images),
             ["image"],
         )
     results.pop("seconds", None)
