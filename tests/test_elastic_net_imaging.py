@@ -223,3 +223,79 @@ def test_bad_inputs_raise_before_solving():
         en.elastic_net_problem(y, op, criterion=SURE(0.02), transform=TRANSFORM)
     with pytest.raises(TypeError, match="operator must be an image operator"):
         en.elastic_net_problem(y, np.eye(3), criterion=PSNR(), truth=TRUTH)
+
+
+# --------------------------------------------------------------------------------------
+# The problem module and the command line
+# --------------------------------------------------------------------------------------
+SMALL = {"size": 32, "train": "camera,text", "validation": "clock"}
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    """The entry point, as pyproject.toml declares it, without reinstalling the package."""
+    import importlib.metadata as md
+
+    import invcal.catalog as catalog
+
+    entries = catalog._entries()
+    entries["elastic_net_imaging"] = md.EntryPoint(
+        name="elastic_net_imaging",
+        value="problems.elastic_net_imaging:setup",
+        group=catalog.GROUP,
+    )
+    monkeypatch.setattr(catalog, "_entries", lambda: entries)
+
+
+def test_setup_defaults_and_options():
+    from invcal.catalog import Setup
+    from problems import elastic_net_imaging as eni
+
+    s = eni.setup(**SMALL)
+    assert isinstance(s, Setup)
+    assert s.description.startswith("Elastic-net wavelet reconstruction")
+    assert s.problem.space.names == ("lam1", "lam2") and s.problem.x0.shape == (2, 32, 32)
+    assert set(s.methods) == {"implicit", "implicit-forward", "unrolled"}
+    assert s.method.active_set and s.solver_for("unrolled").max_steps == eni.UNROLL
+    for op, kind in (("inpainting", Inpainting), ("mri", SubsampledFourier)):
+        assert isinstance(eni.setup(**SMALL, operator=op).problem.data["op"], kind)
+    sure = eni.setup(**SMALL, criterion="sure", image="text", sigma="0.05")
+    assert sure.problem.x0.shape == (2, 32, 32) and float(sure.problem.data["sure_sigma"]) == 0.05
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"colour": "red"}, "unknown option"),
+        ({"operator": "ct"}, "operator must be one of"),
+        ({"criterion": "sure", "image": "clock"}, "image must be one of the training images"),
+        ({"sigma": -0.1}, "sigma must be a finite number > 0"),
+        ({"lam1": 0}, "lam1 must be a finite number > 0"),
+        ({"wavelet": "sym8"}, "wavelet name must be"),
+        ({"size": 40}, "divisible by 2\\^levels = 16"),
+    ],
+)
+def test_setup_rejects_bad_options(options, match):
+    from problems import elastic_net_imaging as eni
+
+    with pytest.raises(ValueError, match=match):
+        eni.setup(**{**SMALL, **options})
+
+
+@pytest.mark.slow  # ~40 s: three outer steps, the figures' reconstructions and a 3×3 landscape
+def test_command_line_run_writes_the_figures(registered, tmp_path, capsys):
+    import json
+
+    from invcal.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "elastic-net-imaging", "--steps", "3", "--out", str(out), "--no-progress"]
+    for k, v in {**SMALL, "operator": "inpainting", "landscape_points": 3}.items():
+        args += ["-o", f"{k}={v}"]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    for f in ("elastic_net_images.png", "elastic_net_landscape.png"):
+        assert f in report and (out / f).stat().st_size > 1000
+    extra = json.loads((out / "results.json").read_text())["extra"]
+    assert extra["validation_psnr_learned"] > 15 and len(extra["validation_landscape"]["psnr"]) == 3
+    assert "theta: lam1=" in capsys.readouterr().out
