@@ -24,7 +24,7 @@ The inner problem is each subject's MAP ηᵢ*(θ); the criterion is the FOCEI (
 Laplace approximation of −log-likelihood, differentiated implicitly through ηᵢ*
 (:mod:`invcal.ode.population`). ``invcal run theophylline`` tunes θ with the engine's
 :func:`invcal.tune`; :func:`fit` calls :func:`invcal.ode.fit_population` (one compiled
-L-BFGS loop, much faster for repeated fits).
+loop, much faster for repeated fits; nlme's Lindstrom-Bates algorithm by default for FOCEI).
 
 **Seed model.** ẋ = −x + p·u(t) with u(t) = sin t and x(0) = q, where both p and q vary
 between subjects (pᵢ = μ_p + η_pᵢ, qᵢ = μ_q + η_qᵢ): the initial condition has a population
@@ -229,7 +229,8 @@ def setup(**options) -> Setup:
 
 def fit(*, method="focei", rtol=1e-7, subjects=None, **kwargs) -> ode.PopulationFit:
     """Fit Theoph from the issue's initial values with :func:`invcal.ode.fit_population`
-    (``kwargs`` go to it, e.g. ``algorithm="lindstrom-bates"`` for nlme's algorithm)."""
+    (``kwargs`` go to it; FOCEI fits default to nlme's Lindstrom-Bates algorithm,
+    ``algorithm="lbfgs"`` gives the exact maximum of the FOCEI likelihood)."""
     model = theophylline_model(rtol=float(rtol), atol=float(rtol) * 1e-2)
     return ode.fit_population(
         model, load_theoph(subjects=subjects), init=INIT, method=_check_method(method), **kwargs

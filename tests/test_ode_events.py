@@ -65,6 +65,11 @@ def test_pandas_dataframe():
         ({"TIME": [0.0, 2.0, 1.0, 0, 1, 2]}, {}, r"row 3 \(ID 1\).*before the previous row"),
         ({"DV": [".", 5.0, "nan", ".", 6, 3]}, {}, r"row 3 \(ID 1\).*DV is 'nan'.*MDV=1"),
         ({"DV": [".", 5.0, "abc", ".", 6, 3]}, {}, r"row 3 \(ID 1\).*DV has 'abc'.*not a number"),
+        ({"DV": [".", 5.0, 4.0, ".", "inf", 3]}, {}, r"row 5 \(ID 2\).*DV is 'inf'.*finite DV"),
+        ({"DV": [".", 5.0, 4.0, ".", 6.0, math.nan]}, {}, r"row 6 \(ID 2\).*DV is nan"),
+        ({"DV": [".", -math.inf, 4, ".", 6, 3]}, {}, r"row 2 \(ID 1\).*DV is -inf"),
+        ({"TIME": [-0.5, 1.0, 2.0, 0, 1, 2]}, {}, r"row 1 \(ID 1\).*TIME is -0.5.*>= 0"),
+        ({"NAME": ["a"] * 6}, {}, r"row 1 \(ID 1\).*column NAME has 'a'.*not a number"),
         (
             {"ID": [1, 1, 2, 2, 1, 1], "TIME": [0, 1, 0, 1, 0, 1]},
             {},

@@ -26,13 +26,16 @@ from invcal.ode import population as P
 from problems.hierarchical_ode import SEED_TRUTH, seed_events, seed_model
 
 assert len(jax.devices()) == 4, jax.devices()
+algorithm = sys.argv[1]
 events, _ = seed_events(10, times=np.arange(0.0, 3.01, 0.5))
 model = seed_model(rtol=1e-8, atol=1e-10)
 theta = {**SEED_TRUTH, "omega_p": 0.35}
 out = {}
 for dev in (1, 4):
     obj = ode.population_objective(model, events, theta, devices=dev)
-    fit = ode.fit_population(model, events, init=theta, devices=dev, max_iter=4)
+    fit = ode.fit_population(
+        model, events, init=theta, devices=dev, max_iter=4, algorithm=algorithm
+    )
     out[dev] = {
         "value": obj.value,
         "grad_z": obj.grad_z.tolist(),
@@ -42,7 +45,13 @@ for dev in (1, 4):
         "fit_loglik": fit.loglik,
         "fit_evals": fit.evaluations,
         "fit_eta": np.stack(list(fit.eta.values()), 1).tolist(),
+        "fit_algorithm": fit.algorithm,
     }
+    if algorithm != "lbfgs":
+        continue
+if algorithm != "lbfgs":
+    json.dump(out, sys.stdout)
+    sys.exit(0)
 # the sharded run keeps its per-subject results on the 4 devices
 mesh = ode.subject_mesh(4)
 pop, ev, arrays, space = P._prepare(model, events, theta, None, "additive", "focei", None)
@@ -60,8 +69,7 @@ json.dump(out, sys.stdout)
 """
 
 
-@pytest.fixture(scope="module")
-def sharded():
+def run_on_4_devices(algorithm):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 "
@@ -70,10 +78,19 @@ def sharded():
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, algorithm],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    return run_on_4_devices("lbfgs")
 
 
 def test_sharded_objective_equals_unsharded(sharded):
@@ -114,3 +131,13 @@ def test_subject_mesh_arguments():
     mesh = jax.sharding.Mesh(jax.devices(), ("x",))
     with pytest.raises(ValueError, match="single axis 'subjects'"):
         ode.subject_mesh(mesh)
+
+
+@pytest.mark.slow
+def test_sharded_lindstrom_bates_equals_unsharded():
+    out = run_on_4_devices("lindstrom-bates")
+    one, four = out["1"], out["4"]
+    assert one["fit_algorithm"] == four["fit_algorithm"] == "lindstrom-bates"
+    assert four["fit_theta"] == pytest.approx(one["fit_theta"], rel=1e-10)
+    assert four["fit_loglik"] == pytest.approx(one["fit_loglik"], rel=1e-12)
+    assert four["fit_eta"] == [pytest.approx(r, abs=1e-10) for r in one["fit_eta"]]

@@ -6,14 +6,16 @@ with implicit hypergradients through each subject's MAP random effects.
 """
 
 from . import plots
-from .events import Events, SubjectArrays, read_events, subject_arrays
+from .events import Events, SubjectArrays, holdout_rows, read_events, subject_arrays
 from .model import ODEModel
 from .population import (
     FOCEI,
     AbstractApproximation,
+    AbstractLaplace,
     AbstractResidualError,
     Additive,
     Combined,
+    HeldOut,
     Laplace,
     Population,
     PopulationLM,
@@ -29,11 +31,14 @@ from .summary import PopulationFit
 
 __all__ = [
     "AbstractApproximation",
+    "AbstractLaplace",
     "AbstractResidualError",
     "Additive",
     "Combined",
     "Events",
     "FOCEI",
+    "HeldOut",
+    "holdout_rows",
     "Laplace",
     "Population",
     "PopulationFit",

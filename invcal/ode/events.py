@@ -39,7 +39,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-__all__ = ["Events", "SubjectArrays", "read_events", "subject_arrays"]
+__all__ = ["Events", "SubjectArrays", "holdout_rows", "read_events", "subject_arrays"]
 
 REQUIRED = ("ID", "TIME", "DV")
 OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE")
@@ -395,7 +395,9 @@ class SubjectArrays(eqx.Module):
       amounts added at a segment's start; ``seg_rate`` (N, S, n_states): infusion rates during
       it. Padding segments have zero length and no jump.
     - ``obs_t``, ``obs_seg``, ``dv``, ``obs_mask`` (N, M): observation times, their segment,
-      values and a mask (padding is 0 with ``obs_mask`` False).
+      values and a mask of the observations the subject's fit uses (padding is 0 with
+      ``obs_mask`` False); ``holdout`` (N, M): the held-out observations (not in
+      ``obs_mask``; scored by the held-out criterion only).
     - ``cov`` (N, C): baseline covariates (columns ordered as ``names``).
     """
 
@@ -407,6 +409,7 @@ class SubjectArrays(eqx.Module):
     obs_seg: jax.Array
     dv: jax.Array
     obs_mask: jax.Array
+    holdout: jax.Array
     cov: jax.Array
     names: tuple[str, ...] = eqx.field(static=True, default=())
 
@@ -441,12 +444,13 @@ def _segments(ev: Events, idx: np.ndarray, n_states: int, states):
     t_start = float(ev.time[idx[0]])
     rate = np.zeros(n_states)
     segs = [{"t0": t_start, "jump": np.zeros(n_states), "rate": rate.copy(), "nobs": 0}]
-    obs_seg, obs_t, obs_dv = [], [], []
+    obs_seg, obs_t, obs_dv, obs_row = [], [], [], []
     for t, _, _, kind, c, val in timeline:
         if kind == "obs":
             obs_seg.append(len(segs) - 1)
             obs_t.append(t)
             obs_dv.append(ev.dv[c])
+            obs_row.append(c)
             segs[-1]["nobs"] += 1
             continue
         cur = segs[-1]
@@ -464,13 +468,62 @@ def _segments(ev: Events, idx: np.ndarray, n_states: int, states):
     t_end = max([s["t0"] for s in segs] + obs_t)
     for k, s in enumerate(segs):
         s["t1"] = segs[k + 1]["t0"] if k + 1 < len(segs) else t_end
-    return segs, np.asarray(obs_seg, int), np.asarray(obs_t), np.asarray(obs_dv)
+    return (
+        segs,
+        np.asarray(obs_seg, int),
+        np.asarray(obs_t),
+        np.asarray(obs_dv),
+        np.asarray(obs_row, int),
+    )
 
 
-def subject_arrays(events: Events, model, *, covariates: tuple[str, ...] = ()) -> SubjectArrays:
+def holdout_rows(events: Events, holdout, *, seed: int = 0) -> np.ndarray:
+    """A boolean mask over the table's rows of the held-out observations.
+
+    ``holdout``: a fraction in (0, 1) — each subject holds out that share of its
+    observations (rounded, at least one, leaving at least one to fit), drawn with ``seed``
+    — or a boolean array with one entry per row of the table (True only on observation
+    rows)."""
+    n = events.id.shape[0]
+    obs = events.is_observation
+    if isinstance(holdout, (float, np.floating)) and not isinstance(holdout, bool):
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"holdout as a fraction must be in (0, 1); got {holdout!r}.")
+        rng = np.random.default_rng(seed)
+        mask = np.zeros(n, bool)
+        for s in events.subjects:
+            rows = np.flatnonzero((events.id == s) & obs)
+            if rows.size < 2:
+                continue
+            k = min(max(int(round(holdout * rows.size)), 1), rows.size - 1)
+            mask[rng.choice(rows, size=k, replace=False)] = True
+        return mask
+    mask = np.asarray(holdout)
+    if mask.dtype != bool or mask.shape != (n,):
+        got = f"shape {mask.shape}, dtype {mask.dtype}" if mask.ndim else repr(holdout)
+        raise ValueError(
+            f"holdout must be a fraction in (0, 1) or a boolean array with one entry per row "
+            f"of {events.source} (shape ({n},)); got {got}."
+        )
+    bad = np.flatnonzero(mask & ~obs)
+    if bad.size:
+        raise ValueError(
+            f"holdout marks {events.where(int(bad[0]))}, which is not an observation "
+            "(EVID=0, MDV=0); only observations can be held out."
+        )
+    if not mask.any():
+        raise ValueError("holdout selects no observation; hold out at least one.")
+    return mask
+
+
+def subject_arrays(
+    events: Events, model, *, covariates: tuple[str, ...] = (), holdout=None
+) -> SubjectArrays:
     """Padded per-subject arrays for ``model`` (checks dose compartments against its states).
 
-    ``covariates`` selects and orders the baseline covariate columns in ``cov``."""
+    ``covariates`` selects and orders the baseline covariate columns in ``cov``;
+    ``holdout``: a boolean mask over the table's rows (:func:`holdout_rows`) of
+    observations to leave out of the fits and mark in ``SubjectArrays.holdout``."""
     if not isinstance(events, Events):
         raise TypeError(
             f"expected event data from invcal.ode.read_events(...); got {type(events).__name__}."
@@ -497,7 +550,9 @@ def subject_arrays(events: Events, model, *, covariates: tuple[str, ...] = ()) -
     obs_seg = np.zeros((N, M), dtype=np.int32)
     dv = np.zeros((N, M))
     mask = np.zeros((N, M), dtype=bool)
-    for n, (segs, oseg, ot, odv) in enumerate(per):
+    held = np.zeros((N, M), dtype=bool)
+    rows_out = np.zeros(events.id.shape[0], bool) if holdout is None else np.asarray(holdout)
+    for n, (segs, oseg, ot, odv, orow) in enumerate(per):
         for k, sg in enumerate(segs):
             seg_t0[n, k], seg_t1[n, k] = sg["t0"], sg["t1"]
             jump[n, k], rate[n, k] = sg["jump"], sg["rate"]
@@ -506,7 +561,9 @@ def subject_arrays(events: Events, model, *, covariates: tuple[str, ...] = ()) -
             seg_t0[n, k] = seg_t1[n, k] = last["t1"]
             rate[n, k] = last["rate"]
         m = len(ot)
-        obs_t[n, :m], obs_seg[n, :m], dv[n, :m], mask[n, :m] = ot, oseg, odv, True
+        obs_t[n, :m], obs_seg[n, :m], dv[n, :m] = ot, oseg, odv
+        held[n, :m] = rows_out[orow]
+        mask[n, :m] = ~held[n, :m]
         obs_t[n, m:], obs_seg[n, m:] = (ot[-1], oseg[-1]) if m else (0.0, 0)
     base = events.baseline()
     cov = np.stack([base[c] for c in covariates], axis=1) if covariates else np.zeros((N, 0))
@@ -519,6 +576,7 @@ def subject_arrays(events: Events, model, *, covariates: tuple[str, ...] = ()) -
         obs_seg=jax.numpy.asarray(obs_seg),
         dv=jax.numpy.asarray(dv),
         obs_mask=jax.numpy.asarray(mask),
+        holdout=jax.numpy.asarray(held),
         cov=jax.numpy.asarray(cov, dtype=float),
         names=tuple(covariates),
     )

@@ -29,7 +29,9 @@ class PopulationFit:
       covariate effects ``beta_<p>_<cov>``); ``standard_errors``: name → SE of each.
     - ``random_sd``: parameter → SD of its random effect; ``residual_sd``: float (a dict for
       combined error: ``{"sigma_add": …, "sigma_prop": …}``).
-    - ``loglik``, ``aic``, ``bic``, ``n_params``, ``n_obs``, ``n_subjects``.
+    - ``loglik``, ``aic``, ``bic``, ``n_params``, ``n_obs``, ``n_subjects``; ``criterion``:
+      the minimized outer criterion (−loglik, or for method HeldOut the held-out −log
+      predictive density on ``n_holdout`` observations, when loglik, AIC and BIC are NaN).
     - ``individual``: ``{"ID": [...], p: array}`` per-subject parameters φᵢ;
       ``eta``: ``{p: array}`` random effects ηᵢ*.
     - ``theta``: every population parameter by name; ``converged``, ``message``,
@@ -62,6 +64,8 @@ class PopulationFit:
     subject_nll: np.ndarray = field(default_factory=lambda: np.zeros(0))
     inner_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     algorithm: str = "lbfgs"
+    criterion: float = float("nan")
+    n_holdout: int = 0
     _context: Any = field(default=None, repr=False)
 
     @property
@@ -107,6 +111,7 @@ class PopulationFit:
             for i, sid in enumerate(events.subjects)
         }
         se = _fixed_effect_se(pop, theta, arrays, info, fixed)
+        heldout = type(pop.approximation).__name__ == "HeldOut"
         n_iter = int(run["iter"])
         hist = np.asarray(run["history"])[: int(run["n_history"])]
         return cls(
@@ -116,7 +121,9 @@ class PopulationFit:
             standard_errors=se,
             random_sd=random_sd,
             residual_sd=residual,
-            loglik=-float(run["f"]),
+            loglik=float("nan") if heldout else -float(run["f"]),
+            criterion=float(run["f"]),
+            n_holdout=int(np.asarray(arrays.holdout).sum()),
             n_params=int(z.shape[0]),
             n_obs=int(mask.sum()),
             n_subjects=len(events.subjects),
@@ -197,14 +204,31 @@ class PopulationFit:
         """A text summary in the layout of nlme's ``summary()``."""
         lines = [
             f"Nonlinear mixed-effects ODE model fit by {self.method} (invcal, "
-            + ("exact maximum" if self.algorithm == "lbfgs" else "Lindstrom-Bates algorithm")
+            + (
+                "Lindstrom-Bates algorithm"
+                if self.algorithm != "lbfgs"
+                else "L-BFGS"
+                if self.n_holdout
+                else "exact maximum"
+            )
             + ")",
             f"  Data: {self.source}; {self.n_subjects} subjects, {self.n_obs} observations; "
             f"{self.error} residual error",
             "",
-            f"{'AIC':>12s} {'BIC':>12s} {'logLik':>12s}",
-            f"{self.aic:12.4f} {self.bic:12.4f} {self.loglik:12.4f}",
-            "",
+        ]
+        if self.n_holdout:
+            lines += [
+                f"Held-out -log predictive density: {self.criterion:.4f} on "
+                f"{self.n_holdout} held-out observations",
+                "",
+            ]
+        else:
+            lines += [
+                f"{'AIC':>12s} {'BIC':>12s} {'logLik':>12s}",
+                f"{self.aic:12.4f} {self.bic:12.4f} {self.loglik:12.4f}",
+                "",
+            ]
+        lines += [
             "Random effects (diagonal Omega):",
             "  " + " ".join(f"{p:>11s}" for p in self.random_sd) + f" {'Residual':>11s}",
         ]
