@@ -197,7 +197,8 @@ def main():
         "--merge",
         action="store_true",
         help="take the device counts not run now from the existing ode_scaling.json "
-        "(to split the run: --devices 1, then --devices 2 --merge)",
+        "(to split the run: --devices 1 --sizes 100 1000, then --devices 1 --sizes 10000 "
+        "--merge, ...)",
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -209,11 +210,15 @@ def main():
     path = Path(args.out) / "ode_scaling.json"
     results = {d: run_child(d, args) for d in args.devices}
     if args.merge and path.exists():
+        # keep earlier runs' (device count, size) entries that this run did not redo
         old = json.loads(path.read_text())["raw"]
         for d, r in old.items():
-            if int(d) not in results and all(str(n) in r["sizes"] for n in args.sizes):
-                results[int(d)] = r
+            new = results.setdefault(int(d), {"devices": r["devices"], "sizes": {}})
+            for n, entry in r["sizes"].items():
+                new["sizes"].setdefault(n, entry)
         args.devices = sorted(results)
+        common = set.intersection(*(set(results[d]["sizes"]) for d in args.devices))
+        args.sizes = sorted(int(n) for n in common)
     table = []
     print(f"\n{'N':>7} " + " ".join(f"{f'{d} dev step (s)':>16}" for d in args.devices), end="")
     print(f" {'speedup':>8} {'value rel diff':>15} {'grad rel diff':>14}")
