@@ -20,7 +20,7 @@ the same random walk, so the objectives, hypergradients and η* they return are 
 
     python benchmarks/ode_scaling.py [--sizes 100 1000 10000] [--reps 5] [--out benchmarks/results]
 
-Run timings alone on the machine (/work/bin/cpu-excl here). The parent process writes
+Run timings alone on the machine. The parent process writes
 ``ode_scaling.json``; ``--child`` is the per-device-count worker.
 """
 
