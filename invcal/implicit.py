@@ -188,7 +188,44 @@ def system_spec(problem, linear_solver, system: str | None, active_set: bool = F
             + "use lx.GMRES(...), lx.BiCGStab(...) or lx.Normal(lx.CG(...)), which do not "
             "need symmetry."
         )
+    _check_scaled_tolerance(linear_solver)
     return SystemSpec(use_fixed_point=use_fp, symmetric=symmetric)
+
+
+_ELEMENTWISE = (lx.CG, lx.GMRES, lx.BiCGStab)
+
+
+def _check_scaled_tolerance(linear_solver):
+    # lineax's Krylov solvers stop when |r_i| <= atol + rtol·|b_i| for every entry i, by
+    # dividing r by that scale. With atol = 0 an entry where b_i = 0 (every entry off an
+    # active set, a zero gradient component) gives 0/0 = NaN, which the test reads as
+    # "converged": CG stopped after one step reporting success with a relative residual of
+    # 1.66 (found on the elastic-net imaging problem).
+    inner = linear_solver.inner_solver if isinstance(linear_solver, lx.Normal) else linear_solver
+    if isinstance(inner, _ELEMENTWISE) and isinstance(inner.atol, (int, float)):
+        if inner.atol == 0:
+            raise ValueError(
+                f"linear_solver {type(inner).__name__}(atol=0) cannot be trusted here: lineax "
+                "scales its stopping test entry by entry by atol + rtol·|b|, so a zero entry "
+                "of the right-hand side (every entry off the active set, for instance) gives "
+                "0/0 and the solve stops at once reporting success. Pass atol > 0, e.g. "
+                f"{type(inner).__name__}(rtol={inner.rtol!r}, atol=1e-14)."
+            )
+
+
+def _residual_bound(linear_solver, b, bn):
+    """Relative residual ‖Av − b‖/‖b‖ that a solve reporting success may have at most.
+
+    lineax's Krylov solvers and Neumann promise |r_i| <= atol + rtol·|b_i| (or the same in
+    norm), hence ‖r‖ <= √n·atol + rtol‖b‖; a factor 10 allows for the difference between their
+    recursively updated residual and the one recomputed here. Solvers without a tolerance
+    (direct ones) and lx.Normal (whose tolerance is on the normal equations) get no bound
+    beyond finiteness."""
+    if not isinstance(linear_solver, (*_ELEMENTWISE, Neumann)):
+        return jnp.inf
+    n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(b))
+    slack = linear_solver.atol * math.sqrt(n) / jnp.where(bn > 0, bn, 1.0)
+    return 10.0 * (linear_solver.rtol + slack)
 
 
 def _residual_fn(problem, spec: SystemSpec):
@@ -264,11 +301,13 @@ def implicit_solution(problem, x_star, theta, data, *, spec, linear_solver, use_
     )
 
 
-def _lin_diag(op, v, b, sol):
+def _lin_diag(op, v, b, sol, linear_solver):
     r = tree_norm(_tmap(jnp.subtract, op.mv(v), b))
     bn = tree_norm(b)
     rel = jnp.where(bn > 0, r / jnp.where(bn > 0, bn, 1.0), r)
-    ok = (sol.result == RESULTS.successful) & jnp.isfinite(rel)
+    # A reported success is checked against the residual recomputed here: never trust it alone.
+    bound = _residual_bound(linear_solver, b, bn)
+    ok = (sol.result == RESULTS.successful) & jnp.isfinite(rel) & (rel <= bound)
     steps = sol.stats.get("num_steps", jnp.asarray(1))
     return jnp.asarray(steps), rel, ok
 
@@ -284,7 +323,7 @@ def adjoint_solve(
     options = {} if y0 is None else {"y0": _masked(mask, y0)}
     sol = lx.linear_solve(op, b, linear_solver, options=options, throw=False)
     v = sol.value
-    steps, rel, ok = _lin_diag(op, v, b, sol)
+    steps, rel, ok = _lin_diag(op, v, b, sol, linear_solver)
     F = _residual_fn(problem, spec)
     _, vjp_theta = jax.vjp(lambda th: F(x_star, th, data), theta)
     (g,) = vjp_theta(v)
@@ -304,7 +343,7 @@ def tangent_solve(problem, spec, x_star, theta_flat, unravel, data, *, linear_so
         _, b = jax.jvp(lambda t: F(x_star, unravel(t), data), (theta_flat,), (e,))
         b = _tmap(jnp.negative, _masked(mask, b))
         sol = lx.linear_solve(op, b, linear_solver, throw=False)
-        steps, rel, ok = _lin_diag(op, sol.value, b, sol)
+        steps, rel, ok = _lin_diag(op, sol.value, b, sol, linear_solver)
         return sol.value, steps, rel, ok
 
     Z, steps, rel, ok = jax.vmap(one)(jnp.eye(p, dtype=theta_flat.dtype))

@@ -47,10 +47,10 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from lineax import RESULTS
 
 from .diagnostics import Diagnostics
 from .hypergradient import AbstractHypergradient
+from .implicit import _check_scaled_tolerance, _lin_diag
 from .problem import Problem
 from .prox import prox_l1, prox_l1_nonneg
 from .solvers.base import AbstractInnerSolver, InnerSolution
@@ -758,6 +758,7 @@ class SupportImplicit(AbstractHypergradient):
     warm_start: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
+        _check_scaled_tolerance(self.linear_solver)
         if self.mode not in ("reverse", "forward"):
             raise ValueError(
                 f"SupportImplicit mode must be 'reverse' or 'forward'; got {self.mode!r}."
@@ -827,7 +828,7 @@ class SupportImplicit(AbstractHypergradient):
                 options = {} if v0 is None else {"y0": sys.gather(v0)}
                 op = sys.operator(b)
                 s = lx.linear_solve(op, b, lin, options=options, throw=False)
-                steps, rel, ok = _lin_diag(op, s, b)
+                steps, rel, ok = _lin_diag(op, s.value, b, s, lin)
                 return s.value, sys, steps, rel, ok & ~overflow
 
             v0 = adjoint0 if (self.warm_start and adjoint0 is not None) else None
@@ -861,7 +862,7 @@ class SupportImplicit(AbstractHypergradient):
                 def one(e):
                     _, b = jax.jvp(lambda t: signed_weights(unravel(t), d, sys, x), (flat,), (e,))
                     s = lx.linear_solve(op, -b, lin, throw=False)
-                    st, rl, k = _lin_diag(op, s, -b)
+                    st, rl, k = _lin_diag(op, s.value, -b, s, lin)
                     return jnp.vdot(sys.gather(g), s.value), st, rl, k
 
                 dE, st, rl, k = jax.vmap(one)(jnp.eye(flat.shape[0], dtype=flat.dtype))
@@ -883,11 +884,3 @@ class SupportImplicit(AbstractHypergradient):
             linear_converged=ok,
         )
         return value, grad, x, diag, adjoint_out
-
-
-def _lin_diag(op, sol, b):
-    r = jnp.linalg.norm(op.mv(sol.value) - b)
-    bn = jnp.linalg.norm(b)
-    rel = jnp.where(bn > 0, r / jnp.where(bn > 0, bn, 1.0), r)
-    ok = (sol.result == RESULTS.successful) & jnp.isfinite(rel)
-    return jnp.asarray(sol.stats.get("num_steps", 1)), rel, ok

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import invcal as ic
-from invcal.implicit import system_spec
+from invcal.implicit import SystemSpec, adjoint_solve, system_spec
 
 N, P, M = 20, 8, 15
 LAM = 5.0
@@ -214,7 +214,7 @@ def test_active_set_needs_a_support():
 
 
 def test_linear_tol_reaches_the_solver_inside_normal():
-    method = ic.Implicit(lx.Normal(lx.CG(rtol=1e-12, atol=0.0)))
+    method = ic.Implicit(lx.Normal(lx.CG(rtol=1e-12, atol=1e-14)))
     assert method._linear(PROBLEM, 1e-3).inner_solver.rtol == 1e-3
     assert ic.Implicit(lx.GMRES(**TOL))._linear(PROBLEM, 1e-3).rtol == 1e-3
     assert isinstance(ic.Implicit(lx.LU())._linear(PROBLEM, 1e-3), lx.LU)  # direct: no tol
@@ -227,6 +227,36 @@ def test_linear_tol_reaches_the_solver_inside_normal():
         for t in (1e-12, 1e-2)
     ]
     assert steps[1] < steps[0]
+
+
+@pytest.mark.parametrize(
+    "linear_solver",
+    [lx.CG(rtol=1e-10, atol=0.0), lx.Normal(lx.GMRES(rtol=1e-10, atol=0)), lx.BiCGStab(1e-10, 0.0)],
+    ids=["CG", "Normal(GMRES)", "BiCGStab"],
+)
+def test_krylov_solvers_with_zero_atol_are_refused(linear_solver):
+    method = ic.Implicit(linear_solver, active_set=True)
+    with pytest.raises(ValueError, match=r"atol=0\) cannot be trusted.*Pass atol > 0"):
+        ic.hypergradient(PROBLEM, THETA, solver=SOLVER, method=method)
+
+
+def test_a_reported_success_is_checked_against_the_recomputed_residual():
+    # lineax's CG with atol=0 on the active-set system: b is 0 off the support, its scaled
+    # stopping test reads 0/0 = NaN as converged after one step. The recomputed residual
+    # must overrule that reported success (the refusal above keeps users away from it).
+    spec = SystemSpec(use_fixed_point=True, symmetric=True)
+    mask = support(_X_STAR, THETA, PROBLEM.data)
+    grad_x = jax.grad(criterion)(_X_STAR, THETA, PROBLEM.data)
+
+    def adjoint(lin):
+        return adjoint_solve(
+            PROBLEM, spec, _X_STAR, THETA, PROBLEM.data, grad_x, linear_solver=lin, mask=mask
+        )
+
+    _, _, steps, rel, ok = adjoint(lx.CG(rtol=1e-10, atol=0.0, max_steps=1000))
+    assert int(steps) <= 2 and float(rel) > 1e-3 and not bool(ok)
+    _, _, _, rel, ok = adjoint(lx.CG(rtol=1e-10, atol=1e-14, max_steps=1000))
+    assert float(rel) < 1e-9 and bool(ok)
 
 
 def test_implicit_refuses_fixed_step_solutions():
