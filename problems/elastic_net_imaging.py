@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from numbers import Integral, Real
 
 import jax.numpy as jnp
 import lineax as lx
@@ -61,6 +60,8 @@ from invcal.imaging import (
 )
 from invcal.imaging import elastic_net as en
 
+from ._options import choice, image_names, integer, positive
+
 __all__ = [
     "build",
     "load_data",
@@ -85,61 +86,10 @@ HAND = {"blur": (3e-3, 1e-3), "inpainting": (1e-2, 1e-3), "mri": (1e-2, 1e-3)}
 # --------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------
-def _choice(name, value, allowed):
-    if not isinstance(value, str) or value.lower() not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}; got {value!r}.")
-    return value.lower()
-
-
-def _int(name, value, low, high=None):
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            pass
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Integral)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        bound = f">= {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    return int(value)
-
-
-def _positive(name, value, none_ok=False):
-    if value is None and none_ok:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not (math.isfinite(float(value)) and float(value) > 0)
-    ):
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
-    return float(value)
-
-
-def _names(name, value, default):
-    if value is None:
-        return tuple(default)
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    names = tuple(value)
-    if not names:
-        raise ValueError(f"{name} needs at least one image name.")
-    return names
-
-
 def _transform(wavelet, levels):
     if isinstance(wavelet, str) and wavelet.lower() == "identity":
         return IdentityTransform()
-    return Wavelet(wavelet, _int("levels", levels, 1))
+    return Wavelet(wavelet, integer("levels", levels, 1))
 
 
 # --------------------------------------------------------------------------------------
@@ -149,12 +99,12 @@ def make_operator(operator="blur", size=256, *, seed=0, fraction=None):
     """K for ``size``×``size`` images: ``"blur"``, ``"inpainting"`` (``fraction`` of the pixels
     kept, default 0.5) or ``"mri"`` (``fraction`` of k-space sampled, default 0.3); the masks
     are drawn with ``seed``."""
-    operator = _choice("operator", operator, OPERATORS)
-    size = _int("size", size, 8, 4096)
+    operator = choice("operator", operator, OPERATORS)
+    size = integer("size", size, 8, 4096)
     shape = (size, size)
     if operator == "blur":
         return Blur.from_kernel(gaussian_kernel(BLUR_KERNEL, BLUR_WIDTH), shape)
-    frac = FRACTION[operator] if fraction is None else _positive("fraction", fraction)
+    frac = FRACTION[operator] if fraction is None else positive("fraction", fraction)
     if frac > 1:
         raise ValueError(f"fraction must be in (0, 1]; got {frac!r}.")
     if operator == "inpainting":
@@ -176,7 +126,7 @@ def load_data(
 
     ``sigma`` defaults to the operator's (blur 0.01, inpainting and MRI 0.02); training noise
     is drawn with ``seed``, validation noise with ``seed + 1``."""
-    operator = _choice("operator", operator, OPERATORS)
+    operator = choice("operator", operator, OPERATORS)
     sigma = SIGMA[operator] if sigma is None else sigma
     if isinstance(sigma, str):
         try:
@@ -184,9 +134,9 @@ def load_data(
         except ValueError:
             pass
     sigma = en._check_sigma(sigma, "elastic_net_imaging")
-    seed = _int("seed", seed, 0)
-    train = _names("train", train, TRAIN)
-    validation = _names("validation", validation, VALIDATION)
+    seed = integer("seed", seed, 0)
+    train = image_names("train", train, TRAIN)
+    validation = image_names("validation", validation, VALIDATION)
     op = make_operator(operator, size, seed=seed, fraction=fraction)
     truth_train = load_images(train, size)
     truth_val = load_images(validation, size)
@@ -243,10 +193,10 @@ def build(
 
 
 def _build(data, criterion, image, wavelet, levels, lam1, lam2):
-    criterion = _choice("criterion", criterion, CRITERIA)
+    criterion = choice("criterion", criterion, CRITERIA)
     h1, h2 = HAND[data["operator"]]
-    lam1 = h1 if lam1 is None else _positive("lam1", lam1)
-    lam2 = h2 if lam2 is None else _positive("lam2", lam2)
+    lam1 = h1 if lam1 is None else positive("lam1", lam1)
+    lam2 = h2 if lam2 is None else positive("lam2", lam2)
     transform = _transform(wavelet, levels)
     common = dict(transform=transform, lam1=lam1, lam2=lam2, name="elastic_net_imaging")
     if criterion == "sure":
@@ -366,7 +316,7 @@ def landscape(data, l1s, l2s, *, wavelet="db4", levels=4, rms_tol=RMS_TOL):
 # --------------------------------------------------------------------------------------
 def _extra_report(data, options):
     wavelet, levels = options.get("wavelet", "db4"), options.get("levels", 4)
-    grid_points = _int("landscape_points", options.get("landscape_points", 7), 2, 25)
+    grid_points = integer("landscape_points", options.get("landscape_points", 7), 2, 25)
 
     def extra(result, outdir):
         import matplotlib

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from numbers import Integral, Real
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +56,8 @@ from invcal.imaging import (
     tv_problem,
 )
 
+from ._options import choice, image_names, integer, positive
+
 __all__ = ["build", "setup", "load_data", "method_for", "methods", "method_solvers", "denoise"]
 
 NORMS = ("anisotropic", "isotropic")
@@ -68,57 +69,16 @@ PENALTY = 8.0  # ρ: fastest to the tight tolerances the implicit method needs (
 # --------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------
-def _choice(name, value, allowed):
-    if not isinstance(value, str) or value.lower() not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}; got {value!r}.")
-    return value.lower()
-
-
-def _int(name, value, low, high=None):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Integral)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        bound = f">= {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    return int(value)
-
-
-def _positive(name, value, none_ok=False):
-    if value is None and none_ok:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not (math.isfinite(float(value)) and float(value) > 0)
-    ):
-        raise ValueError(f"{name} must be a positive number; got {value!r}.")
-    return float(value)
-
-
-def _names(name, value, default):
-    if value is None:
-        return tuple(default)
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    names = tuple(value)
-    if not names:
-        raise ValueError(f"{name} needs at least one image name.")
-    return names
-
-
 # --------------------------------------------------------------------------------------
 # Data, method, problem
 # --------------------------------------------------------------------------------------
 def load_data(*, size=256, sigma=0.1, seed=0, train=None, validation=None) -> dict:
     """Truth and noisy stacks (n, size, size) for the training and validation images."""
-    size = _int("size", size, 8, 2048)
-    sigma = _positive("sigma", sigma)
-    seed = _int("seed", seed, 0)
-    train = _names("train", train, TRAIN)
-    validation = _names("validation", validation, VALIDATION)
+    size = integer("size", size, 8, 2048)
+    sigma = positive("sigma", sigma)
+    seed = integer("seed", seed, 0)
+    train = image_names("train", train, TRAIN)
+    validation = image_names("validation", validation, VALIDATION)
     truth_train = load_images(train, size)
     truth_val = load_images(validation, size)
     return {
@@ -134,18 +94,18 @@ def load_data(*, size=256, sigma=0.1, seed=0, train=None, validation=None) -> di
 
 def method_for(norm="anisotropic", huber=None) -> SplitBregman:
     """The Split Bregman settings: Neumann boundaries, one Gauss–Seidel sweep, ρ = 8."""
-    norm = _choice("norm", norm, NORMS)
+    norm = choice("norm", norm, NORMS)
     return SplitBregman(
         norm=Anisotropic() if norm == "anisotropic" else Isotropic(),
         boundary=Neumann(),
         u_step=GaussSeidel(1),
         penalty=PENALTY,
-        huber=_positive("huber", huber, none_ok=True),
+        huber=positive("huber", huber, none_ok=True),
     )
 
 
 def _layout(weights, blocks):
-    weights = _choice("weights", weights, LAYOUTS)
+    weights = choice("weights", weights, LAYOUTS)
     if weights == "scalar":
         return ScalarWeight()
     if weights == "directional":
@@ -185,10 +145,10 @@ def build(
 
 def _build(data, norm, weights, blocks, criterion, image, init, huber):
     method = method_for(norm, huber)
-    blocks = _int("blocks", blocks, 1)
+    blocks = integer("blocks", blocks, 1)
     layout = _layout(weights, blocks)
-    criterion = _choice("criterion", criterion, CRITERIA)
-    init = _positive("init", init)
+    criterion = choice("criterion", criterion, CRITERIA)
+    init = positive("init", init)
     if criterion == "sure":
         if image not in data["train"]:
             raise ValueError(
@@ -408,7 +368,8 @@ def setup(**options) -> Setup:
         options.get("init", 0.05),
         options.get("huber"),
     )
-    layout = _layout(options.get("weights", "scalar"), _int("blocks", options.get("blocks", 8), 1))
+    blocks = integer("blocks", options.get("blocks", 8), 1)
+    layout = _layout(options.get("weights", "scalar"), blocks)
     all_methods = methods(problem)
     default = next(iter(all_methods.values()))
     scalar = isinstance(layout, ScalarWeight)

@@ -79,12 +79,12 @@ def test_denoise_helper_uses_the_layout():
         ({"weights": "directional", "norm": "isotropic"}, "need anisotropic TV"),
         ({"criterion": "sure", "image": "clock"}, "image must be one of the training images"),
         ({"criterion": "ssim"}, "criterion must be one of"),
-        ({"sigma": 0}, "sigma must be a positive number"),
+        ({"sigma": 0}, "sigma must be a finite number > 0"),
         ({"size": 4}, "size must be an integer >= 8"),
         ({"blocks": 0}, "blocks must be an integer >= 1"),
         ({"train": ""}, "needs at least one image"),
         ({"train": "lena"}, "unknown image 'lena'"),
-        ({"huber": -1.0}, "huber must be a positive number"),
+        ({"huber": -1.0}, "huber must be a finite number > 0"),
     ],
 )
 def test_bad_options(options, match):
