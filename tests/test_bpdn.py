@@ -88,6 +88,7 @@ def test_support_implicit_matches_finite_differences(held_out):
     assert float(forward.grad["lam"]) == pytest.approx(dE_dlam, rel=1e-10)
 
 
+@pytest.mark.slow  # ~7 s; FD and the weighted engine cross-check stay in the default run
 def test_support_implicit_matches_engine_and_solve(held_out):
     theta = held_out.space.init()
     ours = ic.hypergradient(held_out, theta, solver=SOLVER, method=SUPPORT)
@@ -222,6 +223,7 @@ def test_bad_theta_given_directly_raises(held_out):
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~10 s: the CLI setup and its figures; the default suite must stay under 10 min
 def test_setup_runs_and_draws_the_report(tmp_path):
     setup = bpdn.setup(case="cs-gaussian", small=True)
     assert setup.description.startswith("Sparse recovery")

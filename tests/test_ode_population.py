@@ -141,6 +141,7 @@ def _theoph_with(theoph, **columns):
     return ode.read_events(cols)
 
 
+@pytest.mark.slow  # ~21 s (two failing population solves); keeps the default suite under 10 min
 def test_failed_solves_name_the_subject_and_spare_the_others(model, theoph):
     ref = ode.population_objective(model, theoph, THETA)
     others = np.array(theoph.subjects) != 5
