@@ -285,17 +285,7 @@ def test_engine_implicit_methods_agree(model, theoph):
 @pytest.mark.slow
 def test_covariate_effect_and_failing_subject(model, theoph):
     # X is 0 except for subject 5, where a huge effect on lKa makes its ODE overflow.
-    cols = {
-        "ID": theoph.id,
-        "TIME": theoph.time,
-        "DV": np.where(np.isnan(theoph.dv), ".", theoph.dv.astype(str)),
-        "AMT": theoph.amt,
-        "EVID": theoph.evid,
-        "CMT": theoph.cmt,
-        "MDV": theoph.mdv,
-        "X": np.where(theoph.id == 5, 1.0, 0.0),
-    }
-    events = ode.read_events(cols)
+    events = _theoph_with(theoph, X=np.where(theoph.id == 5, 1.0, 0.0))
     theta = {**THETA, "beta_lKa_X": 800.0}
     kw = {"covariates": {"lKa": ("X",)}}
     with pytest.raises(RuntimeError, match=r"subject\(s\) \[5\]"):
