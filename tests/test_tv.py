@@ -249,6 +249,13 @@ def test_split_bregman_keeps_float32_and_stops_on_rms_change():
     assert int(again.num_steps) < int(sol.num_steps)
     capped = split_bregman(f, 0.1, tol=1e-12, max_steps=3)
     assert int(capped.num_steps) == 3 and not bool(capped.converged)
+    # warm-started at another weight's fixed point the first u-step leaves u unchanged: the
+    # change test must not stop there (it did, and kept the old weight's image: 0.083 away)
+    tight = split_bregman(f, 0.1, tol=1e-5, max_steps=3000)
+    cold = split_bregman(f, 0.13, tol=1e-5, max_steps=3000)
+    moved = split_bregman(f, 0.13, tol=1e-5, max_steps=3000, init=tight.state)
+    assert float(jnp.max(jnp.abs(tight.u - cold.u))) > 0.05
+    assert int(moved.num_steps) > 2 and float(jnp.max(jnp.abs(moved.u - cold.u))) < 5e-3
 
 
 def test_split_bregman_errors():

@@ -392,8 +392,11 @@ def _split_bregman(method, f, w, state, tol, max_steps):
     n = f.size
 
     def cond(c):
+        # at least two iterations: warm-started at the fixed point of another weight, the
+        # first u-step reads the old (d, b) and leaves u unchanged, which would stop the
+        # change test at once (measured: a 61-point grid chain kept the previous images)
         k, _, ch = c
-        return (k < max_steps) & (ch >= tol)
+        return (k < max_steps) & ((ch >= tol) | (k < 2))
 
     def body(c):
         k, s, _ = c
@@ -417,8 +420,10 @@ def split_bregman(
 ) -> TVSolution:
     r"""Solve min_u TV_w(u) + ½‖Ku − f‖² by Split Bregman, stopping (as scikit-image does)
     when the root-mean-square change of u between iterations, ‖u_k − u_{k−1}‖₂/√N, falls below
-    ``tol`` or after ``max_steps`` iterations. ``weight`` is w (scalar, (2, 1, 1) or an
-    (H, W) / (2, H, W) map); ``init`` warm-starts from a previous state. Jit-compiled; the
+    ``tol`` or after ``max_steps`` iterations, and never before two iterations (warm-started
+    from the fixed point of another weight, the first iteration leaves u unchanged). ``weight``
+    is w (scalar, (2, 1, 1) or an (H, W) / (2, H, W) map); ``init`` warm-starts from a
+    previous state. Jit-compiled; the
     dtype of f (float32 or float64) is kept.
 
     For a solution to high accuracy with a residual-based test, or differentiable in w, use
