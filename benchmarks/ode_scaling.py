@@ -129,6 +129,8 @@ def child(args) -> dict:
             run = step(z, guess)
             times.append(time.perf_counter() - t0)
             steps = np.asarray(run["info"]["inner_steps"])[:n]
+            conv = np.asarray(run["info"]["inner_converged"])[:n]
+            step_len = np.asarray(run["info"]["inner_step"])[:n]
             rows.append(
                 {
                     "value": float(run["f"]),
@@ -136,6 +138,9 @@ def child(args) -> dict:
                     "eta_sum_abs": float(np.abs(np.asarray(run["eta"])[:n]).sum()),
                     "eta_head": np.asarray(run["eta"])[:3].tolist(),
                     "max_inner_steps": int(steps.max()),
+                    # inner fits not converged, and converged at the noise floor of L
+                    "inner_unconverged": int((~conv).sum()),
+                    "inner_noise_floor": int((conv & (step_len > 1e-9)).sum()),
                 }
             )
         ok = np.asarray(run["info"]["ok"])[:n]
@@ -166,7 +171,10 @@ def run_child(devices: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--devices", str(devices), "--reps", str(args.reps)]
     cmd += ["--chunk", str(args.chunk)]
     cmd += ["--sizes", *map(str, args.sizes)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    # a hung child must not hold the machine: give up well before an exclusive run's cap
+    proc = subprocess.run(
+        cmd, env=env, stdout=subprocess.PIPE, text=True, check=True, timeout=args.timeout
+    )
     return json.loads(proc.stdout)
 
 
@@ -200,6 +208,15 @@ def main():
         "(to split the run: --devices 1 --sizes 100 1000, then --devices 1 --sizes 10000 "
         "--merge, ...)",
     )
+    ap.add_argument(
+        "--timeout", type=float, default=400.0, help="seconds before a child run is killed"
+    )
+    ap.add_argument(
+        "--chunk-comparison",
+        action="store_true",
+        help="record this run (e.g. --chunk 512) under 'chunk_comparison' in the existing "
+        "ode_scaling.json instead of replacing its main table",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -209,6 +226,25 @@ def main():
 
     path = Path(args.out) / "ode_scaling.json"
     results = {d: run_child(d, args) for d in args.devices}
+    if args.chunk_comparison:
+        doc = json.loads(path.read_text())
+        comp = doc.setdefault("chunk_comparison", {})
+        for d, r in results.items():
+            for n, entry in r["sizes"].items():
+                key = f"chunk{args.chunk}_{d}dev_{n}"
+                comp[key] = {
+                    "chunk_size": args.chunk,
+                    "devices": d,
+                    "subjects": int(n),
+                    "step_median": entry["step_median"],
+                    "step_seconds": entry["step_seconds"],
+                    "cold_seconds": entry["cold_seconds"],
+                    "max_inner_steps": max(s["max_inner_steps"] for s in entry["steps"]),
+                }
+                print(f"chunk {args.chunk}, {d} device(s), N={n}: {entry['step_median']:.3f} s")
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {path} (chunk_comparison)")
+        return
     if args.merge and path.exists():
         # keep earlier runs' (device count, size) entries that this run did not redo
         old = json.loads(path.read_text())["raw"]
@@ -272,6 +308,8 @@ def main():
         "growth": growth,
         "raw": {str(d): results[d] for d in args.devices},
     }
+    if path.exists() and "chunk_comparison" in json.loads(path.read_text()):
+        out["chunk_comparison"] = json.loads(path.read_text())["chunk_comparison"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")

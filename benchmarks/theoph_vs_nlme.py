@@ -19,7 +19,10 @@ compilation included for invcal) and warm (the same fit again). The R side needs
 ``Rscript`` with nlme (``apt-get install r-base-core r-cran-nlme``); without it the script
 says so and reports invcal alone.
 
-    python benchmarks/theoph_vs_nlme.py [--laplace] [--rtol 1e-7] [--out benchmarks/results]
+With a full Ω the script also compares nlme's ``random = pdSymm(lKe + lKa + lCl ~ 1)``
+with invcal's ``omega="full"`` (``--no-full`` skips it).
+
+    python benchmarks/theoph_vs_nlme.py [--laplace] [--no-full] [--rtol 1e-7] [--out ...]
 """
 
 from __future__ import annotations
@@ -55,10 +58,13 @@ obs <- d[d$EVID == 0 & d$MDV == 0, ]
 obs$Dose <- dose$AMT[match(obs$ID, dose$ID)]
 th <- groupedData(DV ~ TIME | ID, data = data.frame(ID = obs$ID, TIME = obs$TIME,
                   DV = obs$DV, Dose = obs$Dose))
+pd <- if (args[2] == "pdSymm") pdSymm else pdDiag
 fitit <- function() nlme(DV ~ SSfol(Dose, TIME, lKe, lKa, lCl), data = th,
-                         fixed = lKe + lKa + lCl ~ 1, random = pdDiag(lKe + lKa + lCl ~ 1))
-t_cold <- system.time(fm <- fitit())[["elapsed"]]
-t_warm <- min(sapply(1:5, function(i) system.time(fitit())[["elapsed"]]))
+                         fixed = lKe + lKa + lCl ~ 1, random = pd(lKe + lKa + lCl ~ 1))
+t_cold <- system.time(fm <- tryCatch(fitit(), error = function(e) {
+  cat("error", gsub("\n", " ", conditionMessage(e)), "\n"); quit(status = 0)
+}))[["elapsed"]]
+t_warm <- min(sapply(1:as.integer(args[3]), function(i) system.time(fitit())[["elapsed"]]))
 fe <- fixef(fm)
 sds <- as.numeric(VarCorr(fm)[1:3, "StdDev"])
 cat("version", as.character(packageVersion("nlme")), "\n")
@@ -69,6 +75,12 @@ cat("omega_lKe", format(sds[1], digits = 10), "\n")
 cat("omega_lKa", format(sds[2], digits = 10), "\n")
 cat("omega_lCl", format(sds[3], digits = 10), "\n")
 cat("sigma_add", format(fm$sigma, digits = 10), "\n")
+if (args[2] == "pdSymm") {
+  cm <- corMatrix(fm$modelStruct$reStruct[[1]])
+  cat("corr_lKa_lKe", format(cm[2, 1], digits = 10), "\n")
+  cat("corr_lCl_lKe", format(cm[3, 1], digits = 10), "\n")
+  cat("corr_lCl_lKa", format(cm[3, 2], digits = 10), "\n")
+}
 cat("loglik", format(as.numeric(logLik(fm)), digits = 10), "\n")
 cat("aic", format(AIC(fm), digits = 10), "\n")
 cat("bic", format(BIC(fm), digits = 10), "\n")
@@ -94,7 +106,7 @@ TOLERANCES = {
 }
 
 
-def run_nlme(csv: Path) -> dict | None:
+def run_nlme(csv: Path, random: str = "pdDiag", reps: int = 5) -> dict | None:
     rscript = shutil.which("Rscript")
     if rscript is None:
         print("R side skipped: Rscript not found (apt-get install r-base-core r-cran-nlme).")
@@ -104,7 +116,10 @@ def run_nlme(csv: Path) -> dict | None:
         script = f.name
     try:
         proc = subprocess.run(
-            [rscript, script, str(csv)], capture_output=True, text=True, timeout=600
+            [rscript, script, str(csv), random, str(reps)],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         os.unlink(script)
@@ -114,20 +129,25 @@ def run_nlme(csv: Path) -> dict | None:
     out = {}
     for line in proc.stdout.splitlines():
         key, _, value = line.strip().partition(" ")
-        out[key] = value.strip() if key == "version" else float(value)
+        out[key] = value.strip() if key in ("version", "error") else float(value)
+    if "error" in out:
+        print(f"R nlme {random} failed: {out['error']}")
+        return None
     return out
 
 
-def run_invcal(method: str, rtol: float, algorithm: str) -> dict:
+def run_invcal(method: str, rtol: float, algorithm: str, omega: str = "diagonal") -> dict:
     t = time.perf_counter()
-    fit = theo.fit(method=method, rtol=rtol, algorithm=algorithm)
+    fit = theo.fit(method=method, rtol=rtol, algorithm=algorithm, omega=omega)
     cold = time.perf_counter() - t
     warm = []
     for _ in range(3):
         t = time.perf_counter()
-        fit = theo.fit(method=method, rtol=rtol, algorithm=algorithm)
+        fit = theo.fit(method=method, rtol=rtol, algorithm=algorithm, omega=omega)
         warm.append(time.perf_counter() - t)
-    out = {k: fit.theta[k] for k in NAMES}
+    out = {k: fit.theta[k] for k in NAMES if k in fit.theta}
+    out.update({f"omega_{p}": v for p, v in fit.random_sd.items()})
+    out.update({f"corr_{p}_{r}": v for (p, r), v in fit.random_corr.items()})
     out.update(
         loglik=fit.loglik,
         aic=fit.aic,
@@ -190,6 +210,38 @@ def gradients_at(theta: dict, rtol: float) -> dict:
     }
 
 
+FULL_NAMES = NAMES + ("corr_lKa_lKe", "corr_lCl_lKe", "corr_lCl_lKa")
+
+
+def compare_full(rtol: float) -> dict:
+    """A full (general positive-definite) Ω: nlme's ``pdSymm(lKe + lKa + lCl ~ 1)`` against
+    invcal's ``omega="full"`` (log-Cholesky), by Lindstrom-Bates (the default) and by the
+    exact FOCEI maximum (L-BFGS, implicit hypergradients)."""
+    ref = run_nlme(theo.THEOPH_CSV, "pdSymm", reps=2)
+    fits = {
+        "focei-lb": run_invcal("focei", rtol, "auto", omega="full"),
+        "focei": run_invcal("focei", rtol, "lbfgs", omega="full"),
+    }
+    keys = list(FULL_NAMES) + ["loglik", "aic", "bic", "seconds_cold", "seconds_warm"]
+    print("\nFull Omega: nlme random = pdSymm(lKe + lKa + lCl ~ 1) vs invcal omega='full'")
+    print(f"{'':14s}{'nlme pdSymm':>16s}{'invcal lb':>16s}{'invcal focei':>16s}{'Δ lb':>11s}")
+    rows = []
+    for k in keys:
+        r = None if ref is None else ref.get(k)
+        vals = [r, fits["focei-lb"].get(k), fits["focei"].get(k)]
+        cells = "".join(f"{'—':>16s}" if v is None else f"{v:16.6g}" for v in vals)
+        delta = "" if r is None or k.startswith("seconds") else f"{vals[1] - r:+11.3g}"
+        print(f"{k:14s}{cells}{delta}")
+        rows.append({"name": k, "nlme": r, **{m: f.get(k) for m, f in fits.items()}})
+    print()
+    print(fits["focei-lb"]["summary"])
+    return {
+        "nlme": ref,
+        "invcal": {m: {k: v for k, v in f.items() if k != "summary"} for m, f in fits.items()},
+        "rows": rows,
+    }
+
+
 def within(name, ours, ref) -> bool | None:
     if name not in TOLERANCES or ref is None:
         return None
@@ -202,6 +254,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--laplace", action="store_true", help="also fit by Laplace")
     ap.add_argument("--rtol", type=float, default=1e-7, help="ODE relative tolerance")
+    ap.add_argument(
+        "--no-full", action="store_true", help="skip the full-Omega (nlme pdSymm) comparison"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
 
@@ -247,6 +302,7 @@ def main(argv=None) -> int:
     print(fits["focei"]["summary"])
     print()
     print(fits["focei-lb"]["summary"])
+    full = None if args.no_full else compare_full(args.rtol)
 
     result = {
         "benchmark": "theoph_vs_nlme",
@@ -262,6 +318,7 @@ def main(argv=None) -> int:
         "invcal": {m: {k: v for k, v in f.items() if k != "summary"} for m, f in fits.items()},
         "rows": rows,
         "at_nlme_estimates": at,
+        "full_omega": full,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

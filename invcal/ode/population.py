@@ -60,6 +60,7 @@ from __future__ import annotations
 import abc
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -100,6 +101,11 @@ _LOG2PI = math.log(2.0 * math.pi)
 SUBJECT_AXIS = "subjects"
 #: Subjects solved together (vmapped) per chunk on a device (see :func:`_by_chunks`).
 CHUNK_SIZE = 128
+#: Resolution of an inner objective Lᵢ computed from adaptive ODE solves, relative to
+#: 1 + |Lᵢ|: an inner step may raise Lᵢ by this much and still be taken, and a rejected step
+#: that promised less than this ends the solve (the noise floor; see
+#: :meth:`Population.lm_solve`).
+L_RESOLUTION = 1e-12
 #: Largest change of any random effect in one inner step (on the declared scale: for a
 #: log-parameter, a factor e² ≈ 7.4).
 MAX_ETA_STEP = 2.0
@@ -196,8 +202,8 @@ class AbstractLaplace(AbstractApproximation):
             return pop.inner_objective(f_of_eta(e), e, theta, subject)
 
         H = self.hessian(pop, L, f_of_eta, eta, theta, subject)
-        w = pop.omega_sd(theta)
-        return L(eta) + jnp.sum(jnp.log(w)) + 0.5 * _logdet_spd(H)
+        _, logdet_omega = pop.omega_prior(eta, theta)
+        return L(eta) + 0.5 * logdet_omega + 0.5 * _logdet_spd(H)
 
 
 class FOCEI(AbstractLaplace):
@@ -270,9 +276,15 @@ class Population(eqx.Module):
     """The structure of a population model: which parameters have random effects and
     covariates, the residual error model and the likelihood approximation. Holds no data.
 
-    Hyperparameter names: the model's parameters (fixed effects μ, Identity), ``omega_<p>``
-    (random-effect SD of p, Log), ``beta_<p>_<cov>`` (covariate effect, Identity) and the
-    error model's ``sigma_add``/``sigma_prop`` (Log).
+    Hyperparameter names: the model's parameters (fixed effects μ, Identity), the
+    random-effect covariance Ω, ``beta_<p>_<cov>`` (covariate effect, Identity) and the
+    error model's ``sigma_add``/``sigma_prop`` (Log). Ω is
+
+    - ``omega="diagonal"``: ``omega_<p>``, the SD of p's random effect (Log);
+    - ``omega="full"`` (nlme's ``pdSymm``/``pdLogChol``): Ω = CCᵀ with C lower triangular
+      in the order of ``random``, ``omega_chol_<p>`` = C_pp > 0 (Log, so the unconstrained
+      coordinate is log C_pp: the log-Cholesky parametrization, positive definite for every
+      z) and ``omega_chol_<p>_<r>`` = C_pr below the diagonal (Identity).
     """
 
     model: ODEModel = eqx.field(static=True)
@@ -280,6 +292,7 @@ class Population(eqx.Module):
     covariates: tuple[tuple[str, str], ...] = eqx.field(static=True)
     error: AbstractResidualError = eqx.field(static=True)
     approximation: AbstractApproximation = eqx.field(static=True)
+    omega: str = eqx.field(static=True, default="diagonal")
 
     # -- structure -----------------------------------------------------------------
     @property
@@ -299,9 +312,18 @@ class Population(eqx.Module):
         return (
             tuple(self.model.params)
             + tuple(f"beta_{p}_{c}" for p, c in self.covariates)
-            + tuple(f"omega_{p}" for p in self.random)
+            + self.omega_names()
             + tuple(self.error.names)
         )
+
+    def omega_names(self) -> tuple[str, ...]:
+        """The hyperparameters of Ω (see the class docstring)."""
+        if self.omega == "diagonal":
+            return tuple(f"omega_{p}" for p in self.random)
+        names = [f"omega_chol_{p}" for p in self.random]
+        for i, p in enumerate(self.random):
+            names += [f"omega_chol_{p}_{r}" for r in self.random[:i]]
+        return tuple(names)
 
     def space(self, init: Mapping) -> Space:
         params = {}
@@ -309,8 +331,9 @@ class Population(eqx.Module):
             params[p] = Param(init[p], Identity())
         for p, c in self.covariates:
             params[f"beta_{p}_{c}"] = Param(init[f"beta_{p}_{c}"], Identity())
-        for p in self.random:
-            params[f"omega_{p}"] = Param(init[f"omega_{p}"], Log())
+        diagonal = self.omega_names()[: self.n_random]
+        for k in self.omega_names():
+            params[k] = Param(init[k], Log() if k in diagonal else Identity())
         for s in self.error.names:
             params[s] = Param(init[s], Log())
         return Space(params)
@@ -325,7 +348,44 @@ class Population(eqx.Module):
         return phi.at[idx].add(eta) if self.random else phi
 
     def omega_sd(self, theta):
-        return jnp.stack([theta[f"omega_{p}"] for p in self.random])
+        """The SDs of the random effects, √diag Ω (q,)."""
+        if self.omega == "diagonal":
+            return jnp.stack([theta[f"omega_{p}"] for p in self.random])
+        return jnp.sqrt(jnp.diagonal(self.omega_matrix(theta)))
+
+    def omega_chol(self, theta):
+        """The lower-triangular Cholesky factor C of Ω = CCᵀ (q, q)."""
+        if self.omega == "diagonal":
+            return jnp.diag(self.omega_sd(theta))
+        q = self.n_random
+        C = jnp.zeros((q, q))
+        for i, p in enumerate(self.random):
+            C = C.at[i, i].set(theta[f"omega_chol_{p}"])
+            for j, r in enumerate(self.random[:i]):
+                C = C.at[i, j].set(theta[f"omega_chol_{p}_{r}"])
+        return C
+
+    def omega_matrix(self, theta):
+        """Ω (q, q)."""
+        C = self.omega_chol(theta)
+        return C @ C.T
+
+    def omega_prior(self, eta, theta):
+        """(ηᵀΩ⁻¹η, log|Ω|) for one subject's η."""
+        if self.omega == "diagonal":
+            w = self.omega_sd(theta)
+            return jnp.sum((eta / w) ** 2), 2.0 * jnp.sum(jnp.log(w))
+        C = self.omega_chol(theta)
+        u = jax.scipy.linalg.solve_triangular(C, eta, lower=True)
+        return jnp.sum(u * u), 2.0 * jnp.sum(jnp.log(jnp.diagonal(C)))
+
+    def omega_inv(self, theta):
+        """Ω⁻¹ (q, q)."""
+        if self.omega == "diagonal":
+            return jnp.diag(1.0 / self.omega_sd(theta) ** 2)
+        C = self.omega_chol(theta)
+        Ci = jax.scipy.linalg.solve_triangular(C, jnp.eye(self.n_random), lower=True)
+        return Ci.T @ Ci
 
     # -- per-subject terms on a Taylor surrogate of the predictions ---------------------
     def surrogate(self, jets, phi0, theta, subject):
@@ -339,8 +399,8 @@ class Population(eqx.Module):
         R = jnp.where(m, R, 1.0)
         r = jnp.where(m, subject.dv - f, 0.0)
         data = jnp.sum(jnp.where(m, r * r / R + jnp.log(R) + _LOG2PI, 0.0))
-        w = self.omega_sd(theta)
-        return 0.5 * (data + jnp.sum((eta / w) ** 2))
+        quad, _ = self.omega_prior(eta, theta)
+        return 0.5 * (data + quad)
 
     def fisher(self, f_of_eta, eta, theta, subject):
         """Σⱼ Jⱼᵀ(1/Rⱼ + R′ⱼ²/(2Rⱼ²))Jⱼ + Ω⁻¹ at η."""
@@ -352,8 +412,7 @@ class Population(eqx.Module):
         m = subject.obs_mask
         R = jnp.where(m, R, 1.0)
         W = jnp.where(m, 1.0 / R + 0.5 * (dR / R) ** 2, 0.0)
-        w = self.omega_sd(theta)
-        return J.T @ (W[:, None] * J) + jnp.diag(1.0 / w**2)
+        return J.T @ (W[:, None] * J) + self.omega_inv(theta)
 
     def neg_loglik(self, f_of_eta, eta, theta, subject):
         """Subject i's term of the outer criterion at η = ηᵢ*: −ℓᵢ = Lᵢ(η) + ½ log|Ω| +
@@ -414,11 +473,21 @@ class Population(eqx.Module):
         """Levenberg–Marquardt on Lᵢ for one subject: (η*, step length, steps, ok, jets).
 
         Steps δ = −(A + λ diag A)⁻¹∇L (A from :meth:`lm_eval`), scaled down to
-        ‖δ‖∞ ≤ ``MAX_ETA_STEP``; a step is taken if Lᵢ does not increase (then λ /= 10),
-        otherwise λ grows tenfold. Stops when the undamped step
-        ‖A⁻¹∇L‖∞ ≤ ``tol``. ``jets`` are the second-order jets at the returned η. The first
-        pass of the loop evaluates η0 itself, so the ODE solve appears once in the program
-        (compile time)."""
+        ‖δ‖∞ ≤ ``MAX_ETA_STEP``; a step is taken if Lᵢ does not increase by more than
+        ``L_RESOLUTION``·(1 + |Lᵢ|) (then λ /= 10), otherwise λ grows tenfold.
+
+        Stops, converged, when the undamped step ‖A⁻¹∇L‖∞ ≤ ``tol``, or at the noise floor
+        of Lᵢ: a step is rejected (the ODE solve succeeded but Lᵢ rose) although the
+        quadratic model's predicted decrease ½∇LᵀA⁻¹∇L is below ``L_RESOLUTION``·(1 + |Lᵢ|)
+        and the undamped step is below √``tol``. Lᵢ computed from an adaptive ODE solve
+        carries noise of that order (at rtol 1e-7, Theoph: ~3e-11 on Lᵢ ≈ 15 under a change
+        of η by 1e-14), so below it no step can be told from a worse one; without this stop
+        λ grows and the subject runs to ``max_steps`` (and a vmapped loop waits for it).
+        Otherwise it stops, not converged, after ``max_steps`` steps.
+
+        Returns (η*, undamped step, steps, ok, jets, converged); ``jets`` are the
+        second-order jets at the returned η. The first pass of the loop evaluates η0 itself,
+        so the ODE solve appears once in the program (compile time)."""
         q = eta0.shape[0]
         d = len(self.model.params)
         M = subject.obs_t.shape[0]
@@ -428,7 +497,7 @@ class Population(eqx.Module):
             return -jnp.linalg.solve(A + lam * jnp.diag(jnp.diagonal(A)), g)
 
         def cond(c):
-            return c["ok"] & (c["dec"] > tol) & (c["k"] <= max_steps)
+            return c["ok"] & (c["dec"] > tol) & ~c["floor"] & (c["k"] <= max_steps)
 
         def body(c):
             started = c["k"] > 0
@@ -440,7 +509,13 @@ class Population(eqx.Module):
             )
             eta_t = c["eta"] + jnp.where(started, step, 0.0)
             val_t, g_t, A_t, jets_t, ok_t = self.lm_eval(eta_t, theta, subject)
-            accept = ~started | (ok_t & (val_t <= c["val"] + 1e-12 * (1.0 + jnp.abs(c["val"]))))
+            resolution = L_RESOLUTION * (1.0 + jnp.abs(c["val"]))
+            accept = ~started | (ok_t & (val_t <= c["val"] + resolution))
+            # a rejected step whose promised decrease is below the noise of L: η is at the
+            # minimum as far as L can resolve it (see the docstring)
+            floor = (
+                started & ok_t & ~accept & (c["pred"] <= resolution) & (c["dec"] <= jnp.sqrt(tol))
+            )
             new = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(accept, a, b),
                 {"eta": eta_t, "val": val_t, "g": g_t, "A": A_t, "jets": jets_t},
@@ -449,9 +524,10 @@ class Population(eqx.Module):
             lam = jnp.where(accept, c["lam"] * 0.1, jnp.maximum(c["lam"] * 10.0, 1e-3))
             new["lam"] = jnp.where(started & (lam >= 1e-8), lam, 0.0)
             new["ok"] = jnp.where(started, c["ok"], ok_t)
-            new["dec"] = jnp.where(
-                new["ok"], jnp.max(jnp.abs(step_of(new["g"], new["A"], 0.0))), jnp.inf
-            )
+            full = step_of(new["g"], new["A"], 0.0)
+            new["dec"] = jnp.where(new["ok"], jnp.max(jnp.abs(full)), jnp.inf)
+            new["pred"] = jnp.where(new["ok"], -0.5 * jnp.vdot(new["g"], full), jnp.inf)
+            new["floor"] = floor
             new["k"] = c["k"] + 1
             return new
 
@@ -469,13 +545,16 @@ class Population(eqx.Module):
             "k": jnp.asarray(0),
             "ok": jnp.asarray(True),
             "dec": jnp.asarray(jnp.inf, dtype),
+            "pred": jnp.asarray(jnp.inf, dtype),
+            "floor": jnp.asarray(False),
         }
         c = jax.lax.while_loop(cond, body, c0)
-        return c["eta"], c["dec"], c["k"] - 1, c["ok"], c["jets"]
+        converged = c["ok"] & ((c["dec"] <= tol) | c["floor"])
+        return c["eta"], c["dec"], c["k"] - 1, c["ok"], c["jets"], converged
 
     def solve_inner(self, eta0, theta, arrays, tol, max_steps):
         """vmapped :meth:`lm_solve` over subjects: (η* (N, q), step (N,), steps (N,), ok (N,),
-        second-order jets at η*)."""
+        second-order jets at η*, converged (N,))."""
         return jax.vmap(lambda e, s: self.lm_solve(e, theta, s, tol, max_steps))(eta0, arrays)
 
     # -- the outer objective with its hypergradient ------------------------------------
@@ -484,7 +563,7 @@ class Population(eqx.Module):
         subjects (so the subject axis can be sharded): (−ℓᵢ (N,), d(−ℓᵢ)/dz (N, n), ηᵢ*,
         info) where ``info`` has per-subject flags, predictions, ∂f/∂φ and dηᵢ*/dz."""
         theta = space.to_theta(z)
-        eta, dec, steps, ok, jets = self.solve_inner(eta0, theta, arrays, tol, max_steps)
+        eta, dec, steps, ok, jets, conv = self.solve_inner(eta0, theta, arrays, tol, max_steps)
         order = self.approximation.order + 1
 
         def one(e, s, jt):
@@ -500,7 +579,8 @@ class Population(eqx.Module):
         ok = ok & ok_j & jnp.isfinite(vals) & jnp.all(jnp.isfinite(grads), axis=1)
         info = {
             "ok": ok,
-            "inner_converged": dec <= tol,
+            "inner_converged": conv,
+            "inner_step": dec,
             "inner_steps": steps,
             "ipred": f,
             "J": J,
@@ -592,7 +672,10 @@ def _by_chunks(fn, chunk, *args):
     return jax.tree_util.tree_map(merge, out)
 
 
-def _population(model, random, covariates, error, method) -> Population:
+_OMEGAS = ("diagonal", "full")
+
+
+def _population(model, random, covariates, error, method, omega="diagonal") -> Population:
     if not isinstance(model, ODEModel):
         raise TypeError(f"model must be an invcal.ode.ODEModel; got {type(model).__name__}.")
     random = tuple(model.params) if random is None else tuple(random)
@@ -609,6 +692,11 @@ def _population(model, random, covariates, error, method) -> Population:
             )
         for c in (cs,) if isinstance(cs, str) else tuple(cs):
             covs.append((p, str(c)))
+    if not isinstance(omega, str) or omega.lower() not in _OMEGAS:
+        raise ValueError(
+            f"omega must be 'diagonal' (independent random effects, nlme's pdDiag) or 'full' "
+            f"(a general positive-definite covariance, nlme's pdSymm); got {omega!r}."
+        )
     approx = _approximation(method)
     model.check_order(approx.order + 1, f"{type(approx).__name__} hypergradients")
     return Population(
@@ -617,6 +705,7 @@ def _population(model, random, covariates, error, method) -> Population:
         covariates=tuple(covs),
         error=_error_model(error),
         approximation=approx,
+        omega=omega.lower(),
     )
 
 
@@ -627,10 +716,18 @@ def _initial_theta(pop: Population, init: Mapping, events: Events) -> dict:
             f"e.g. {dict.fromkeys(pop.model.params, 0.0)}."
         )
     names = pop.names()
-    unknown = [k for k in init if k not in names]
+    sds = tuple(f"omega_{p}" for p in pop.random) if pop.omega == "full" else ()
+    unknown = [k for k in init if k not in names + sds]
     if unknown:
         raise ValueError(
-            f"init has unknown names {unknown}; the population parameters are {list(names)}."
+            f"init has unknown names {unknown}; the population parameters are {list(names)}"
+            + (f" (or, to start from a diagonal Omega, the SDs {list(sds)})." if sds else ".")
+        )
+    given_sds = [k for k in sds if k in init]
+    if given_sds and any(k.startswith("omega_chol_") for k in init):
+        raise ValueError(
+            f"init: give Omega either by its SDs {given_sds} (a diagonal start) or by its "
+            "Cholesky factor omega_chol_*, not both."
         )
     missing = [p for p in pop.model.params if p not in init]
     if missing:
@@ -638,11 +735,17 @@ def _initial_theta(pop: Population, init: Mapping, events: Events) -> dict:
             f"init needs a fixed-effect value for every model parameter; missing {missing}."
         )
     out = {k: float(v) for k, v in init.items()}
+    for p in pop.random:  # full Omega from SDs: the diagonal Cholesky factor C = diag(ω)
+        if f"omega_{p}" in sds and f"omega_{p}" in out:
+            out[f"omega_chol_{p}"] = out.pop(f"omega_{p}")
     obs = events.dv[events.is_observation]
     scale = float(np.mean(np.abs(obs))) if obs.size else 1.0
     defaults = {"sigma_add": 0.1 * max(scale, 1e-12), "sigma_prop": 0.1}
-    for p in pop.random:
-        out.setdefault(f"omega_{p}", 0.5)
+    n_diag = pop.n_random
+    for k in pop.omega_names()[:n_diag]:
+        out.setdefault(k, 0.5)
+    for k in pop.omega_names()[n_diag:]:
+        out.setdefault(k, 0.0)
     for p, c in pop.covariates:
         out.setdefault(f"beta_{p}_{c}", 0.0)
     for s in pop.error.names:
@@ -696,10 +799,14 @@ class PopulationLM(AbstractInnerSolver):
         data = problem.data if data is None else data
         tol = jnp.asarray(self.tol if tol is None else tol)
         x0, theta, data = no_gradient((x0, theta, data))
-        eta, dec, steps, ok, _ = self.population.solve_inner(x0, theta, data, tol, self.max_steps)
+        eta, dec, steps, ok, _, conv = self.population.solve_inner(
+            x0, theta, data, tol, self.max_steps
+        )
         res = jnp.where(jnp.all(ok), jnp.max(dec), jnp.inf)
+        # converged: every subject met tol or stopped at the noise floor of its Lᵢ
+        # (:meth:`Population.lm_solve`), where ``residual`` may exceed tol
         return InnerSolution(
-            x=eta, num_steps=jnp.max(steps), residual=res, converged=res <= tol, tol=tol
+            x=eta, num_steps=jnp.max(steps), residual=res, converged=jnp.all(conv), tol=tol
         )
 
 
@@ -728,13 +835,14 @@ def population_problem(
     name="population",
     holdout=None,
     holdout_seed: int = 0,
+    omega="diagonal",
 ):
     """(problem, solver): the population model as an :class:`invcal.Problem` whose x is the
     stacked random effects η (N, q), ``objective`` Σᵢ Lᵢ and ``criterion`` −Σᵢ ℓᵢ, with
     :class:`PopulationLM` as its inner solver. Derivatives of the ODE predictions enter
     through Taylor polynomials built at the current point (exact to the order the implicit
     hypergradient needs), so ``invcal.Implicit()`` in either mode applies."""
-    pop = _population(model, random, covariates, error, method)
+    pop = _population(model, random, covariates, error, method, omega)
     if not isinstance(events, Events):
         raise TypeError("events must come from invcal.ode.read_events(...).")
     rows = _holdout_mask(pop, events, holdout, holdout_seed)
@@ -808,6 +916,7 @@ def _info0(pop, arrays, q, n):
     return {
         "ok": jnp.zeros(N, bool),
         "inner_converged": jnp.zeros(N, bool),
+        "inner_step": jnp.zeros(N),
         "inner_steps": jnp.zeros(N, int),
         "ipred": jnp.zeros((N, M)),
         "J": jnp.zeros((N, M, d)),
@@ -863,8 +972,9 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, c
             solve = jax.shard_map(
                 solve, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
             )
-        eta, dec, steps, ok, jets = solve(c["eta"], arrays)
+        eta, dec, steps, ok, jets, conv = solve(c["eta"], arrays)
         ok = ok | ~valid
+        conv = conv | ~valid
         phi_hat = jax.vmap(lambda e, s: pop.phi(e, theta, s.cov))(eta, arrays)
         lin = (jets[0], jets[1], phi_hat, eta)
 
@@ -882,7 +992,8 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, c
             new = dict(info)
             new.update(
                 ok=ok_i,
-                inner_converged=dec <= inner_tol,
+                inner_converged=conv,
+                inner_step=dec,
                 inner_steps=steps,
                 ipred=jets[0],
                 J=jets[1],
@@ -1097,12 +1208,23 @@ def _holdout_mask(pop, events, holdout, holdout_seed):
     return None if holdout is None else holdout_rows(events, holdout, seed=holdout_seed)
 
 
-def _prepare(model, events, init, random, error, method, covariates, holdout=None, holdout_seed=0):
+def _prepare(
+    model,
+    events,
+    init,
+    random,
+    error,
+    method,
+    covariates,
+    holdout=None,
+    holdout_seed=0,
+    omega="diagonal",
+):
     if not isinstance(events, Events):
         from .events import read_events
 
         events = read_events(events)
-    pop = _population(model, random, covariates, error, method)
+    pop = _population(model, random, covariates, error, method, omega)
     rows = _holdout_mask(pop, events, holdout, holdout_seed)
     arrays = subject_arrays(events, model, covariates=pop.cov_names, holdout=rows)
     space = pop.space(_initial_theta(pop, init, events))
@@ -1220,6 +1342,26 @@ def _bad_subjects(events, ok) -> list:
     return [events.subjects[i] for i in np.flatnonzero(~np.asarray(ok))]
 
 
+def _warn_unconverged(where, events, info, inner_tol, inner_max_steps):
+    """Warn (naming the subjects) when an inner MAP fit stopped unconverged: its η* and
+    the hypergradient through it are then inexact, and that must not pass silently."""
+    conv = np.asarray(info["inner_converged"]) | ~np.asarray(info["ok"])
+    bad = _bad_subjects(events, conv)
+    if bad:
+        step = np.asarray(info["inner_step"])[~conv]
+        warnings.warn(
+            f"{where}: the inner MAP fit of subject(s) {bad[:20]}"
+            + (f" (and {len(bad) - 20} more)" if len(bad) > 20 else "")
+            + f" did not converge within inner_max_steps={inner_max_steps} (largest "
+            f"undamped Newton step {float(np.max(step)):.3g} > inner_tol={inner_tol:g}); "
+            "their random effects, and the hypergradient through them, are inexact. Raise "
+            "inner_max_steps or inner_tol, or check those subjects' data.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return bad
+
+
 def fit_population(
     model,
     events,
@@ -1241,6 +1383,7 @@ def fit_population(
     chunk_size: int | None = CHUNK_SIZE,
     holdout=None,
     holdout_seed: int = 0,
+    omega: str = "diagonal",
 ):
     """Fit a population ODE model by maximizing the FOCEI or Laplace likelihood.
 
@@ -1252,7 +1395,12 @@ def fit_population(
       parameter (required); optionally ``omega_<p>`` (random-effect SD, default 0.5),
       ``sigma_add``/``sigma_prop`` (residual SDs; default 0.1·mean|DV| / 0.1) and
       ``beta_<p>_<cov>`` (default 0).
-    - ``random``: the parameters with random effects (default all); Ω is diagonal.
+    - ``random``: the parameters with random effects (default all).
+    - ``omega``: ``"diagonal"`` (default; nlme's ``pdDiag``: ``omega_<p>`` SDs) or
+      ``"full"`` (nlme's ``pdSymm``: Ω = CCᵀ by its log-Cholesky factor
+      ``omega_chol_<p>``, ``omega_chol_<p>_<r>``; ``init`` may give the SDs ``omega_<p>``
+      instead, for a diagonal start). The fit reports ``random_sd``, ``random_corr`` and
+      ``omega_matrix``.
     - ``error``: ``"additive"``, ``"proportional"``, ``"combined"`` or an error model object.
     - ``method``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``), or
       ``"heldout"`` (:class:`HeldOut`): minimize −log predictive density of held-out
@@ -1292,7 +1440,7 @@ def fit_population(
     from .summary import PopulationFit
 
     pop, events, arrays, space = _prepare(
-        model, events, init, random, error, method, covariates, holdout, holdout_seed
+        model, events, init, random, error, method, covariates, holdout, holdout_seed, omega
     )
     opts = _options(max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, xtol=xtol)
     if algorithm not in ("auto", "lbfgs", "lindstrom-bates"):
@@ -1339,6 +1487,7 @@ def fit_population(
             "inner fit failed); check the initial values, the model's max_steps and the "
             "solver (Kvaerno5() for stiff systems)."
         )
+    _warn_unconverged("fit_population", events, out["info"], inner_tol, inner_max_steps)
     return PopulationFit._from_run(
         population=pop,
         space=space,
@@ -1358,7 +1507,8 @@ class PopulationObjective:
 
     ``value`` = −log-likelihood (−Σℓᵢ); ``grad``: d value/dθ by name (user values);
     ``grad_z``: d value/dz in the unconstrained coordinates (ordered as ``names``);
-    ``eta``: ηᵢ* (N, q); ``subject_value``: −ℓᵢ; ``ok``/``inner_converged``: per subject;
+    ``eta``: ηᵢ* (N, q); ``subject_value``: −ℓᵢ; ``ok``/``inner_converged``: per subject
+    (a subject whose inner fit did not converge also raises a ``RuntimeWarning``);
     ``failed``: IDs of the subjects whose terms are not finite.
     """
 
@@ -1395,6 +1545,7 @@ def population_objective(
     chunk_size: int | None = CHUNK_SIZE,
     holdout=None,
     holdout_seed: int = 0,
+    omega: str = "diagonal",
 ) -> PopulationObjective:
     """The FOCEI or Laplace objective −Σℓᵢ(θ) and its implicit hypergradient at ``theta``
     (a dict of every population parameter by name, user values), with the inner solves
@@ -1404,11 +1555,11 @@ def population_objective(
     share one compilation. A subject whose ODE solve or inner fit fails makes the value
     infinite without touching the other subjects' terms; it raises ``RuntimeError`` naming
     those subjects, or with ``raise_on_failure=False`` lists them in ``failed``.
-    ``devices``, ``chunk_size``, ``holdout``, ``holdout_seed``: as for
-    :func:`fit_population`.
+    ``devices``, ``chunk_size``, ``holdout``, ``holdout_seed``, ``omega``: as for
+    :func:`fit_population` (``theta`` names Ω's parameters: ``Population.omega_names``).
     """
     pop, events, arrays, space = _prepare(
-        model, events, theta, random, error, method, covariates, holdout, holdout_seed
+        model, events, theta, random, error, method, covariates, holdout, holdout_seed, omega
     )
     names = tuple(space.names)
     missing = [k for k in names if k not in theta]
@@ -1436,6 +1587,8 @@ def population_objective(
             f"population_objective: not finite for subject(s) {failed} (an ODE solve failed: "
             "max_steps reached or a non-finite state, or the inner fit failed)."
         )
+    if not failed:
+        _warn_unconverged("population_objective", events, info, inner_tol, inner_max_steps)
     g_z = out["g"]
 
     def flat_theta(zz):

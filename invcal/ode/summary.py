@@ -27,15 +27,21 @@ class PopulationFit:
 
     - ``fixed_effects``: name → value (model parameters on their declared scale, then
       covariate effects ``beta_<p>_<cov>``); ``standard_errors``: name → SE of each.
-    - ``random_sd``: parameter → SD of its random effect; ``residual_sd``: float (a dict for
-      combined error: ``{"sigma_add": …, "sigma_prop": …}``).
+    - ``random_sd``: parameter → SD of its random effect; ``random_corr``: (p, r) → the
+      correlation of p's and r's random effects (``omega="full"`` only; empty for a
+      diagonal Ω); ``omega_matrix``: Ω (q × q, in the order of ``random_sd``);
+      ``residual_sd``: float (a dict for combined error: ``{"sigma_add": …,
+      "sigma_prop": …}``).
     - ``loglik``, ``aic``, ``bic``, ``n_params``, ``n_obs``, ``n_subjects``; ``criterion``:
       the minimized outer criterion (−loglik, or for method HeldOut the held-out −log
       predictive density on ``n_holdout`` observations, when loglik, AIC and BIC are NaN).
     - ``individual``: ``{"ID": [...], p: array}`` per-subject parameters φᵢ;
       ``eta``: ``{p: array}`` random effects ηᵢ*.
     - ``theta``: every population parameter by name; ``converged``, ``message``,
-      ``iterations``, ``evaluations``, ``seconds``, ``history`` (objective per iteration).
+      ``iterations``, ``evaluations``, ``seconds``, ``history`` (objective per iteration),
+      ``inner_steps`` (most inner steps of any subject, per evaluation),
+      ``inner_converged`` (per subject, at the returned θ; ``fit_population`` warns when
+      one is False).
     - ``ipred``: ``{ID: (time, DV, IPRED)}`` individual predictions at the observations.
     """
 
@@ -63,6 +69,10 @@ class PopulationFit:
     model_params: tuple = ()
     subject_nll: np.ndarray = field(default_factory=lambda: np.zeros(0))
     inner_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    inner_converged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    random_corr: dict = field(default_factory=dict)
+    omega_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    omega: str = "diagonal"
     algorithm: str = "lbfgs"
     criterion: float = float("nan")
     n_holdout: int = 0
@@ -88,7 +98,16 @@ class PopulationFit:
         fixed = {p: theta[p] for p in params}
         for p, c in pop.covariates:
             fixed[f"beta_{p}_{c}"] = theta[f"beta_{p}_{c}"]
-        random_sd = {p: theta[f"omega_{p}"] for p in pop.random}
+        th = {k: np.asarray(v) for k, v in theta.items()}
+        omega = np.asarray(pop.omega_matrix(th))
+        sd = np.sqrt(np.diagonal(omega))
+        random_sd = {p: float(sd[k]) for k, p in enumerate(pop.random)}
+        random_corr = {
+            (p, r): float(omega[i, j] / (sd[i] * sd[j]))
+            for i, p in enumerate(pop.random)
+            for j, r in enumerate(pop.random[:i])
+            if pop.omega == "full"
+        }
         names = pop.error.names
         residual = theta[names[0]] if len(names) == 1 else {s: theta[s] for s in names}
         eta = np.asarray(run["eta"])
@@ -120,6 +139,9 @@ class PopulationFit:
             fixed_effects=fixed,
             standard_errors=se,
             random_sd=random_sd,
+            random_corr=random_corr,
+            omega_matrix=omega,
+            omega=pop.omega,
             residual_sd=residual,
             loglik=float("nan") if heldout else -float(run["f"]),
             criterion=float(run["f"]),
@@ -141,6 +163,7 @@ class PopulationFit:
             model_params=params,
             subject_nll=np.asarray(info["nll"]),
             inner_steps=np.asarray(run["inner_history"])[: int(run["n_inner"])],
+            inner_converged=np.asarray(info["inner_converged"]),
             _context=(pop, space, events, arrays, run),
             algorithm=algorithm,
         )
@@ -229,7 +252,9 @@ class PopulationFit:
                 "",
             ]
         lines += [
-            "Random effects (diagonal Omega):",
+            "Random effects ("
+            + ("diagonal Omega" if self.omega == "diagonal" else "general Omega, log-Cholesky")
+            + "):",
             "  " + " ".join(f"{p:>11s}" for p in self.random_sd) + f" {'Residual':>11s}",
         ]
         res = self.residual_sd
@@ -239,7 +264,14 @@ class PopulationFit:
             else " ".join(f"{k}={v:.4g}" for k, v in res.items())
         )
         lines.append("  " + " ".join(f"{v:11.4g}" for v in self.random_sd.values()) + " " + res_txt)
-        lines += ["  (standard deviations)", "", "Fixed effects:"]
+        lines += ["  (standard deviations)"]
+        if self.random_corr:
+            names = list(self.random_sd)
+            lines += ["  Correlation:", "  " + " " * 11 + " ".join(f"{p:>8s}" for p in names[:-1])]
+            for i, p in enumerate(names[1:], start=1):
+                cells = " ".join(f"{self.random_corr[(p, r)]:8.3f}" for r in names[:i])
+                lines.append(f"  {p:>11s}{cells}")
+        lines += ["", "Fixed effects:"]
         lines.append(f"  {'':>14s} {'Value':>11s} {'Std.Error':>11s} {'z-value':>9s}")
         for k, v in self.fixed_effects.items():
             se = self.standard_errors.get(k, float("nan"))
@@ -270,12 +302,12 @@ def _fixed_effect_se(pop, theta, arrays, info, fixed) -> dict:
     mask = np.asarray(arrays.obs_mask)
     cov = np.asarray(arrays.cov)
     ridx = [params.index(p) for p in pop.random]
-    omega = np.array([theta[f"omega_{p}"] for p in pop.random]) ** 2
     names = list(fixed)
     info_mat = np.zeros((len(names), len(names)))
     import jax.numpy as jnp
 
     th = {k: jnp.asarray(v) for k, v in theta.items()}
+    omega = np.asarray(pop.omega_matrix(th))
     for i in range(J.shape[0]):
         m = mask[i]
         Ji = J[i][m]
@@ -285,7 +317,7 @@ def _fixed_effect_se(pop, theta, arrays, info, fixed) -> dict:
         for j, (p, c) in enumerate(pop.covariates):
             X[:, len(params) + j] = Ji[:, params.index(p)] * cov[i, pop.cov_names.index(c)]
         Z = Ji[:, ridx]
-        V = Z @ np.diag(omega) @ Z.T + np.diag(R)
+        V = Z @ omega @ Z.T + np.diag(R)
         info_mat += X.T @ np.linalg.solve(V, X)
     try:
         covm = np.linalg.inv(info_mat)
