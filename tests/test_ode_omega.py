@@ -1,10 +1,11 @@
 """Full (pdSymm) random-effect covariance Ω = CCᵀ by its log-Cholesky factor, and the
 inner solves' convergence flags.
 
-Default run: the FOCEI hypergradient with a full Ω on the seed model against central
-finite differences (one compilation, shared by the warning test), the algebra of Ω against
-the diagonal model, and argument checks. Slow: Theoph fits (full Ω vs diagonal and against
-nlme's ``pdSymm``), Laplace with a full Ω."""
+Default run (no compilation of a population program): the algebra of Ω against NumPy and
+the diagonal model, the log-Cholesky space, argument checks. The default run checks the
+FOCEI hypergradient with a full Ω against finite differences in tests/test_ode_sharding.py
+(on the program that test compiles anyway). Slow: FOCEI and Laplace hypergradients with a
+full Ω on the seed model, Theoph fits (full Ω vs diagonal and against nlme's ``pdSymm``)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -69,26 +70,6 @@ def fd_check(model, events, theta, eps=1e-5, **kw):
     return max(errors), obj, fds
 
 
-def test_full_omega_focei_hypergradient_matches_finite_differences(setting):
-    model, events = setting
-    rel, obj, fd = fd_check(model, events, THETA)
-    assert obj.names == ("p", "q", "omega_chol_p", "omega_chol_q", "omega_chol_q_p", "sigma_add")
-    assert rel < 1e-5, (rel, obj.grad_z, fd)
-    assert obj.inner_converged.all()
-    # the off-diagonal Cholesky entry moves the likelihood
-    assert abs(fd[0]) > 1e-2
-
-
-def test_unconverged_inner_fit_warns_and_names_the_subjects(setting):
-    model, events = setting
-    # one Levenberg-Marquardt step from eta = 0 cannot meet inner_tol (same compiled program)
-    with pytest.warns(RuntimeWarning, match=r"subject\(s\) \[1, 2, .*inner_max_steps=1"):
-        obj = ode.population_objective(
-            model, events, THETA, inner_tol=1e-12, inner_max_steps=1, omega="full"
-        )
-    assert not obj.inner_converged.any() and obj.failed == []
-
-
 def test_full_omega_algebra_matches_the_diagonal_model():
     model = seed_model()
     full = _population(model, None, None, "additive", "focei", "full")
@@ -119,8 +100,9 @@ def test_full_omega_algebra_matches_the_diagonal_model():
     assert float(th["omega_chol_p"]) > 0 and float(th["omega_chol_q_p"]) == -50.0
 
 
-def test_full_omega_bad_arguments(setting):
-    model, events = setting
+def test_full_omega_bad_arguments():
+    model = seed_model()
+    events = ode.read_events({"ID": [1, 1], "TIME": [0.0, 1.0], "DV": [1.0, 0.5]})
     with pytest.raises(ValueError, match="omega must be 'diagonal'.*'full'.*pdSymm"):
         ode.fit_population(model, events, init={"p": 2.0, "q": 1.0}, omega="pdSymm")
     with pytest.raises(ValueError, match="either by its SDs.*not both"):
@@ -165,7 +147,11 @@ def test_theoph_full_omega_matches_nlme_pdsymm_and_nests_the_diagonal_fit():
 
 
 @pytest.mark.slow
-def test_full_omega_laplace_hypergradient_matches_finite_differences(setting):
+@pytest.mark.parametrize("method", ["focei", "laplace"])
+def test_full_omega_hypergradient_matches_finite_differences(setting, method):
     model, events = setting
-    rel, obj, _ = fd_check(model, events, THETA, method="laplace")
-    assert rel < 1e-5
+    rel, obj, fd = fd_check(model, events, THETA, method=method)
+    assert obj.names == ("p", "q", "omega_chol_p", "omega_chol_q", "omega_chol_q_p", "sigma_add")
+    assert rel < 1e-5, (rel, obj.grad_z, fd)
+    assert obj.inner_converged.all()
+    assert abs(fd[0]) > 1e-2  # the off-diagonal Cholesky entry moves the likelihood

@@ -84,6 +84,13 @@ def test_focei_objective_is_nlme_loglik_at_nlme_estimates(model, theoph):
     assert set(obj.grad) == set(NLME)
 
 
+def test_unconverged_inner_fit_warns_and_names_the_subjects(model, theoph):
+    # one Levenberg-Marquardt step from eta = 0 cannot meet inner_tol (same program)
+    with pytest.warns(RuntimeWarning, match=r"subject\(s\) \[1, 2, .*inner_max_steps=1"):
+        obj = ode.population_objective(model, theoph, THETA, inner_tol=1e-12, inner_max_steps=1)
+    assert not obj.inner_converged.all() and obj.failed == []
+
+
 def test_focei_hypergradient_matches_finite_differences(model, theoph):
     err, obj, fd = fd_check(model, theoph, THETA, method="focei")
     assert err < 1e-5
