@@ -22,8 +22,8 @@ unconverged solve),
 then takes Barzilai–Borwein gradient steps in z (for one α, the secant step on dCV/dz = 0)
 inside a trust region s on the largest change of log α: s doubles (up to 1) after an
 accepted step (CV decreased) and halves after a rejected one (a trial whose inner or
-linear solve did not converge counts as rejected), until the step in log α is below ``tol``
-or after ``max_iter`` evaluations. After tuning, the model is refit on all the data with
+linear solve did not converge counts as rejected), until the step in log α (taken or
+proposed) is below ``tol`` or after ``max_iter`` evaluations. After tuning, the model is refit on all the data with
 ``alpha_``.
 """
 
@@ -146,6 +146,8 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
                 break
             direction = -(bb * g if bb is not None else step * g / scale)
             largest = float(np.max(np.abs(direction)))
+            if largest < self.tol:  # the secant step moves α by less than ``tol``: settled
+                break
             if largest > step:  # trust region on the largest change of log α
                 direction *= step / largest
             z_try = z + direction

@@ -195,15 +195,15 @@ def lambda_max(A, y, *, nonneg: bool = False, weights=None) -> float:
 
 
 def _lipschitz(A, key=0, iters: int = 100) -> float:
-    """An upper bound on ‖A‖₂²: exact for matrices, power iteration (+2%) for matrix-free
-    maps."""
+    """An upper bound on ‖A‖₂²: to machine precision (+1e-10) for matrices, power iteration
+    (+2%) for matrix-free maps."""
     n, p = _shape(A)
     if not isinstance(A, AbstractLinearMap):
-        # The Gram matrix of the smaller side (one matrix product) and its top eigenvalue:
-        # exact, and faster than the hundreds of products power iteration needs when the top
-        # singular values are close (random designs). In JAX, whose thread pool this process
-        # already runs (NumPy's BLAS threads would compete with it).
-        return float(_top_gram_eigenvalue(jnp.asarray(A))) * (1 + 1e-10)
+        # The Gram matrix of the smaller side (one matrix product, in JAX, whose thread pool
+        # this process already runs) and its top eigenvalue by Lanczos: faster than the
+        # hundreds of products power iteration on A needs when the top singular values are
+        # close (random designs).
+        return _top_eigenvalue(np.asarray(_gram(jnp.asarray(A)))) * (1 + 1e-10)
     v = jax.random.normal(jax.random.PRNGKey(key), (p,))
 
     def body(_, v):
@@ -215,9 +215,24 @@ def _lipschitz(A, key=0, iters: int = 100) -> float:
 
 
 @jax.jit
-def _top_gram_eigenvalue(M):
-    G = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
-    return jnp.linalg.eigvalsh(G)[-1]
+def _gram(M):
+    return M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
+
+
+def _top_eigenvalue(G) -> float:
+    """Largest eigenvalue of a symmetric positive semi-definite matrix. Lanczos (ARPACK, to
+    machine precision) for large ones: on a 700×700 Gram it takes 0.03 s against 0.7 s for
+    the full eigendecomposition (jnp.linalg.eigvalsh) and agrees with it to 4e-15 relative."""
+    if G.shape[0] > 64:
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        try:
+            v0 = np.random.default_rng(0).standard_normal(G.shape[0])  # reproducible start
+            top = eigsh(G, k=1, which="LA", return_eigenvectors=False, tol=0, v0=v0)
+            return float(top[0])
+        except ArpackNoConvergence:
+            pass
+    return float(np.linalg.eigvalsh(G)[-1])
 
 
 def check_design(A, y, *, where: str = "lasso_problem") -> None:

@@ -66,6 +66,15 @@ def test_nonnegative_solver_matches_sklearn():
     np.testing.assert_allclose(sol.x[0], ref, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(8, 5), (90, 300), (300, 90)])
+def test_lipschitz_is_the_squared_spectral_norm_from_above(shape):
+    # Small Grams take the full eigendecomposition, larger ones Lanczos: both to ~1e-10.
+    A = np.random.default_rng(1).standard_normal(shape)
+    exact = np.linalg.norm(A, 2) ** 2
+    L = sparse._lipschitz(A)
+    assert exact <= L <= exact * (1 + 1e-9)
+
+
 def test_duality_gap_bounds_suboptimality(held_out):
     theta = held_out.space.init()
     x_star = _solve(SOLVER, held_out, theta).x
