@@ -138,6 +138,8 @@ def test_bad_arguments():
         denoise_tv(img, 0.1, isotropic="yes")
     with pytest.raises(ValueError, match="max_steps must be a positive integer"):
         denoise_tv(img, 0.1, max_steps=0)
+    with pytest.raises(ValueError, match="probes must be a positive integer"):
+        denoise_tv(img, sigma=0.1, probes=0)
     with pytest.raises(ValueError, match="tol must be a positive finite number"):
         denoise_tv(img, 0.1, tol=0.0)
     with pytest.raises(ValueError, match="cannot estimate sigma from an image smaller than 8×8"):
