@@ -94,15 +94,32 @@ class Events:
         """'row 5 (ID 1)' for the i-th entry: how errors name a row."""
         return f"row {int(self.row[i])} (ID {self.id[i]!r}) of {self.source}"
 
+    def blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first row, one past the last row) of each subject's contiguous block of entries,
+        ordered as ``subjects`` (:func:`read_events` checks the blocks are contiguous)."""
+        return _blocks(self.id)
+
     def baseline(self) -> dict[str, np.ndarray]:
         """Each covariate's value on each subject's first row, ordered as ``subjects``."""
-        first = [int(np.flatnonzero(self.id == s)[0]) for s in self.subjects]
+        first = self.blocks()[0]
         return {k: v[first] for k, v in self.covariates.items()}
 
     def observations(self, subject) -> tuple[np.ndarray, np.ndarray]:
         """(TIME, DV) of a subject's observations."""
         m = (self.id == subject) & self.is_observation
         return self.time[m], self.dv[m]
+
+
+def _blocks(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end indices of the runs of equal consecutive IDs (O(n), no search per
+    subject: a table of 10,000 subjects would otherwise cost 10,000 passes over it)."""
+    n = ids.shape[0]
+    change = np.ones(n, bool)
+    if n > 1:
+        change[1:] = ids[1:] != ids[:-1]
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n)
+    return starts, ends
 
 
 # --------------------------------------------------------------------------------------
@@ -360,14 +377,14 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
                 "sort each subject's rows by TIME."
             )
     is_obs = (evid == 0) & (mdv == 0)
-    for s in subjects:
-        m = ids == s
-        if not np.any(is_obs & m):
-            first = int(np.flatnonzero(m)[0])
-            raise ValueError(
-                f"subject {s!r} (from {where(first)}) has no observation (no row with "
-                "EVID=0 and MDV=0); drop the subject or add its observations."
-            )
+    starts, _ = _blocks(ids)
+    n_obs = np.add.reduceat(is_obs.astype(int), starts)
+    for k in np.flatnonzero(n_obs == 0)[:1]:
+        first = int(starts[k])
+        raise ValueError(
+            f"subject {subjects[k]!r} (from {where(first)}) has no observation (no row with "
+            "EVID=0 and MDV=0); drop the subject or add its observations."
+        )
     dv_clean = np.where(is_obs, dv if dv is not None else 0.0, np.nan)
     return Events(
         id=ids,
@@ -491,8 +508,8 @@ def holdout_rows(events: Events, holdout, *, seed: int = 0) -> np.ndarray:
             raise ValueError(f"holdout as a fraction must be in (0, 1); got {holdout!r}.")
         rng = np.random.default_rng(seed)
         mask = np.zeros(n, bool)
-        for s in events.subjects:
-            rows = np.flatnonzero((events.id == s) & obs)
+        for a, b in zip(*events.blocks(), strict=True):
+            rows = a + np.flatnonzero(obs[a:b])
             if rows.size < 2:
                 continue
             k = min(max(int(round(holdout * rows.size)), 1), rows.size - 1)
@@ -535,10 +552,10 @@ def subject_arrays(
             f"(covariate columns: {sorted(events.covariates)})."
         )
     n_states = len(model.states)
-    per = []
-    for s in events.subjects:
-        idx = np.flatnonzero(events.id == s)
-        per.append(_segments(events, idx, n_states, model.states))
+    per = [
+        _segments(events, np.arange(a, b), n_states, model.states)
+        for a, b in zip(*events.blocks(), strict=True)
+    ]
     N = len(per)
     S = max(len(p[0]) for p in per)
     M = max(len(p[1]) for p in per)
