@@ -261,7 +261,7 @@ def _sure_weight(f, sigma, method, num_steps, seed, probes=2):
     rows = []  # (z, SURE)
 
     def evaluate(z):
-        value = float(_sure_fixed_steps(method, data, math.exp(z), int(num_steps)))
+        value = float(_sure_fixed_steps(method, data, jnp.asarray(math.exp(z)), int(num_steps)))
         if not math.isfinite(value):
             raise FloatingPointError(f"denoise_tv: SURE is not finite at weight {math.exp(z):.4g}.")
         rows.append((z, value))
