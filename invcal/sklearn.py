@@ -23,8 +23,8 @@ then takes Barzilai–Borwein gradient steps in z (for one α, the secant step o
 inside a trust region s on the largest change of log α: s doubles (up to 1) after an
 accepted step (CV decreased) and halves after a rejected one (a trial whose inner or
 linear solve did not converge counts as rejected), until the step in log α (taken or
-proposed) is below ``tol`` or after ``max_iter`` evaluations. After tuning, the model is refit on all the data with
-``alpha_``.
+proposed) is below ``tol`` or after ``max_iter`` evaluations. After tuning, the model is
+refit on all the data with ``alpha_``.
 """
 
 from __future__ import annotations

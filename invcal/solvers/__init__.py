@@ -3,6 +3,7 @@
 from .base import AbstractInnerSolver, InnerSolution, tree_norm
 from .fixed_point import FISTA, FixedPointIteration, FixedSteps
 from .newton import Newton
+from .working_set import WorkingSetFISTA
 
 __all__ = [
     "AbstractInnerSolver",
@@ -12,4 +13,5 @@ __all__ = [
     "FISTA",
     "FixedSteps",
     "Newton",
+    "WorkingSetFISTA",
 ]
