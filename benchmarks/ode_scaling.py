@@ -183,7 +183,8 @@ def compare(a: dict, b: dict) -> dict:
     import numpy as np
 
     dv, dg, de = 0.0, 0.0, 0.0
-    for ra, rb in zip(a["steps"], b["steps"], strict=True):
+    # the same walk: compare the steps both runs took (runs merged from --reps differing)
+    for ra, rb in zip(a["steps"], b["steps"], strict=False):
         dv = max(dv, abs(ra["value"] - rb["value"]) / abs(ra["value"]))
         ga, gb = np.asarray(ra["grad_z"]), np.asarray(rb["grad_z"])
         dg = max(dg, float(np.linalg.norm(ga - gb) / np.linalg.norm(ga)))
