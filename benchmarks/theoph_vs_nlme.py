@@ -257,8 +257,21 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-full", action="store_true", help="skip the full-Omega (nlme pdSymm) comparison"
     )
+    ap.add_argument(
+        "--full-only",
+        action="store_true",
+        help="run only the full-Omega comparison and update it in the existing JSON",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    if args.full_only:
+        path = Path(args.out) / "theoph_vs_nlme.json"
+        doc = json.loads(path.read_text())
+        doc["full_omega"] = compare_full(args.rtol)
+        doc["full_omega"]["load_average"] = os.getloadavg()
+        path.write_text(json.dumps(doc, indent=1))
+        print(f"\nwrote {path} (full_omega)")
+        return 0
 
     ref = run_nlme(theo.THEOPH_CSV)
     fits = {
