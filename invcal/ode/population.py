@@ -2,7 +2,8 @@ r"""Population (nonlinear mixed-effects) models of ODE subjects: FOCEI and Lapla
 
 Subject i has parameters φᵢ = μ + Bᵢβ + Sηᵢ (fixed effects μ, covariate effects β on the
 baseline covariates, random effects ηᵢ ~ N(0, Ω) on the subset S of the parameters, Ω
-diagonal with SDs ω) and observations yᵢⱼ = fᵢⱼ(φᵢ) + εᵢⱼ with εᵢⱼ ~ N(0, Rᵢⱼ), where
+diagonal with SDs ω, or full: Ω = CCᵀ by its log-Cholesky factor C) and observations
+yᵢⱼ = fᵢⱼ(φᵢ) + εᵢⱼ with εᵢⱼ ~ N(0, Rᵢⱼ), where
 Rᵢⱼ = R(fᵢⱼ) is the residual error model (additive σₐ², proportional (σₚf)², combined
 σₐ² + σₚ²f²). The population parameters θ = (μ, β, ω, σ) are the hyperparameters.
 
