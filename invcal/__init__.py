@@ -17,7 +17,7 @@ from .hypergradient import (
     solve,
 )
 from .implicit import Neumann
-from .outer import HOAG, RTHO, TuneResult, grid_search, random_search, tune
+from .outer import HOAG, RTHO, Secant, TuneResult, grid_search, random_search, tune
 from .problem import Problem
 from .solvers import (
     FISTA,
@@ -59,6 +59,7 @@ __all__ = [
     "Unrolled",
     "HOAG",
     "RTHO",
+    "Secant",
     "TuneResult",
     "check_hypergradient",
     "grid_search",

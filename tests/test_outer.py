@@ -64,8 +64,14 @@ def optimum():
 
 @pytest.mark.parametrize(
     "optimizer, lr, steps",
-    [("gd", 1.0, 60), ("adam", 0.3, 60), ("lbfgs", 1.0, 12), (ic.HOAG(tol0=1e-4), 1.0, 40)],
-    ids=["gd", "adam", "lbfgs", "hoag"],
+    [
+        ("gd", 1.0, 60),
+        ("adam", 0.3, 60),
+        ("lbfgs", 1.0, 12),
+        (ic.HOAG(tol0=1e-4), 1.0, 40),
+        ("secant", 1.0, 30),
+    ],
+    ids=["gd", "adam", "lbfgs", "hoag", "secant"],
 )
 def test_tune_reaches_grid_optimum(optimizer, lr, steps, optimum):
     res = ic.tune(PROBLEM, solver=SOLVER, optimizer=optimizer, learning_rate=lr, steps=steps)
@@ -104,6 +110,41 @@ def test_rtho_reaches_grid_optimum(optimum):
     final_lam = float(res.history[-1]["theta"]["lam"])
     assert closed_form_value(final_lam) <= optimum[1] * 1.01
     assert res.history[-1]["inner_steps"] == 150 * 25
+
+
+def test_secant_brackets_the_optimum_stops_and_resumes(tmp_path, optimum):
+    straight = ic.tune(PROBLEM, solver=SOLVER, optimizer=ic.Secant(xtol=1e-4), steps=40)
+    rows = straight.history
+    assert len(rows) < 40  # stopped on its own: the bracket is shorter than xtol
+    assert straight.results["state"]["z"] is None
+    g = [r["grad_z"][0] for r in rows]
+    assert min(g) < 0 < max(g)  # the derivative changed sign: a bracket was found
+    # the least-E point solves dE/dz = 0: as close to the optimum as the 2001-point grid can tell
+    assert abs(np.log(float(straight.theta["lam"]) / optimum[0])) < 0.02
+    assert straight.value <= optimum[1] * (1 + 1e-6)
+    # cut after 3 evaluations and resumed: the same points
+    ic.tune(PROBLEM, solver=SOLVER, optimizer=ic.Secant(xtol=1e-4), steps=3, out=tmp_path)
+    resumed = ic.tune(
+        PROBLEM, solver=SOLVER, optimizer=ic.Secant(xtol=1e-4), steps=40, out=tmp_path, resume=True
+    )
+    np.testing.assert_allclose(
+        [r["z"][0] for r in resumed.history], [r["z"][0] for r in rows], rtol=1e-10
+    )
+
+
+def test_secant_refuses_several_hyperparameters_and_bad_settings():
+    two = ic.Problem(
+        space=ic.Space(lam=ic.Param(1.0, ic.Log()), mu=ic.Param(1.0, ic.Log())),
+        criterion=held_out,
+        x0=jnp.zeros(P),
+        data=DATA,
+        objective=objective,
+        name="two",
+    )
+    with pytest.raises(ValueError, match="one scalar hyperparameter.*'lam', 'mu'"):
+        ic.tune(two, solver=SOLVER, optimizer="secant", steps=5)
+    with pytest.raises(ValueError, match="Secant step must be a finite number > 0"):
+        ic.Secant(step=-1.0)
 
 
 def test_results_written_every_step_and_resume_matches(tmp_path):
