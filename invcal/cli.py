@@ -1,7 +1,7 @@
 """The ``invcal`` command line: list, run and check the registered problems.
 
     invcal list
-    invcal run PROBLEM [--method NAME] [--optimizer adam|gd|lbfgs|hoag|rtho] [--steps N]
+    invcal run PROBLEM [--method NAME] [--optimizer adam|gd|lbfgs|hoag|rtho|secant] [--steps N]
                        [--learning-rate LR] [--out DIR] [--resume] [--no-progress]
                        [--no-landscape] [-o KEY=VALUE ...]
     invcal check PROBLEM [--json] [--methods a,b,...] [-o KEY=VALUE ...]
@@ -33,7 +33,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-OPTIMIZERS = ("adam", "gd", "lbfgs", "hoag", "rtho")
+OPTIMIZERS = ("adam", "gd", "lbfgs", "hoag", "rtho", "secant")
 RESULTS_FILE = "results.json"
 USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
 

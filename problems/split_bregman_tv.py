@@ -348,7 +348,8 @@ def setup(**options) -> Setup:
     ``weights``, ``blocks``, ``criterion``, ``image``, ``init``, ``huber``, ``train``,
     ``validation``). Defaults: 256×256, σ = 0.1, anisotropic TV, one scalar weight,
     −mean PSNR over the five training images; fixed-point iteration of Split Bregman,
-    implicit differentiation with GMRES, Adam on log w.
+    implicit differentiation with GMRES, the secant search on log w (Adam for directional or
+    block weights).
     """
     known = list(inspect.signature(build).parameters)
     unknown = sorted(set(options) - set(known))
@@ -380,7 +381,9 @@ def setup(**options) -> Setup:
         description=(setup.__doc__ or "").strip().splitlines()[0],
         methods=all_methods,
         method_solvers=method_solvers(problem),
-        optimizer="adam",
+        # One weight: the secant search on dE/dlog w (stops once bracketed to 0.1%); Adam
+        # oscillated around the optimum (benchmarks/tv_vs_skimage.py). Several: Adam.
+        optimizer="secant" if scalar else "adam",
         learning_rate=0.1 if scalar else 0.05,
         steps=30 if scalar else 60,
         grid={"weight": np.geomspace(0.01, 0.5, 11)} if scalar else {},
