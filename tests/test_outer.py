@@ -3,6 +3,7 @@ a fine grid of closed-form solutions)."""
 
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,14 +134,8 @@ def test_secant_brackets_the_optimum_stops_and_resumes(tmp_path, optimum):
 
 
 def test_secant_refuses_several_hyperparameters_and_bad_settings():
-    two = ic.Problem(
-        space=ic.Space(lam=ic.Param(1.0, ic.Log()), mu=ic.Param(1.0, ic.Log())),
-        criterion=held_out,
-        x0=jnp.zeros(P),
-        data=DATA,
-        objective=objective,
-        name="two",
-    )
+    two_params = ic.Space(lam=ic.Param(1.0, ic.Log()), mu=ic.Param(1.0, ic.Log()))
+    two = eqx.tree_at(lambda p: p.space, PROBLEM, two_params)
     with pytest.raises(ValueError, match="one scalar hyperparameter.*'lam', 'mu'"):
         ic.tune(two, solver=SOLVER, optimizer="secant", steps=5)
     with pytest.raises(ValueError, match="Secant step must be a finite number > 0"):
