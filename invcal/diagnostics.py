@@ -8,6 +8,7 @@ failure in the returned :class:`Diagnostics` (for an outer loop that adapts tole
 from __future__ import annotations
 
 import enum
+import math
 import warnings
 
 import equinox as eqx
@@ -96,11 +97,21 @@ def _message(d: dict, where: str) -> str:
             "loosen its tol)"
         )
     if not d["linear_converged"]:
+        if math.isfinite(d["linear_residual"]):
+            hint = (
+                "raise the linear solver's max_steps, or use a solver suited to the system: "
+                "lx.GMRES or lx.Normal(lx.CG(...)) for a non-symmetric Jacobian"
+            )
+        else:  # e.g. a direct factorization of a singular or indefinite system
+            hint = (
+                "the solution is not finite: the system is singular or indefinite for this "
+                "solver (a Cholesky or LU factorization of collinear columns, say); a Krylov "
+                "solver (lx.CG for a symmetric positive semi-definite system, lx.GMRES "
+                "otherwise) solves consistent singular systems"
+            )
         parts.append(
             f"the implicit linear solve stopped after {d['linear_steps']} steps with relative "
-            f"residual {d['linear_residual']:.3g} (raise the linear solver's max_steps, or use "
-            "a solver suited to the system: lx.GMRES or lx.Normal(lx.CG(...)) for a "
-            "non-symmetric Jacobian)"
+            f"residual {d['linear_residual']:.3g} ({hint})"
         )
     return f"{where}: hypergradient is not reliable: " + "; ".join(parts) + "."
 

@@ -184,3 +184,22 @@ def test_diagnostics_as_dict():
     assert d["inner_converged"] and d["linear_converged"]
     assert 0 < d["inner_steps"] < GOOD.max_steps and 0 < d["linear_steps"] <= 20
     assert d["inner_residual"] <= 1e-12 and d["linear_residual"] <= 1e-12
+
+
+@pytest.mark.parametrize(
+    "residual, hint",
+    [(0.3, "lx.GMRES or lx.Normal"), (float("nan"), "singular or indefinite")],
+)
+def test_linear_failure_message_fits_the_failure(residual, hint):
+    from invcal.diagnostics import Diagnostics, HypergradientNotConverged, enforce
+
+    diag = Diagnostics(
+        inner_steps=jnp.asarray(5),
+        inner_residual=jnp.asarray(1e-13),
+        inner_converged=jnp.asarray(True),
+        linear_steps=jnp.asarray(1),
+        linear_residual=jnp.asarray(residual),
+        linear_converged=jnp.asarray(False),
+    )
+    with pytest.raises(HypergradientNotConverged, match=hint):
+        enforce(diag, "raise", 0.0)
