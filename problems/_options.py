@@ -16,38 +16,36 @@ def choice(name, value, allowed):
     return value.lower()
 
 
-def integer(name, value, low, high=None):
+def number(value, kind):
+    """``value`` (a number or its string) as ``kind`` (int or float); None when it is not
+    one (bools are not numbers here, and an int option refuses 3.0)."""
     if isinstance(value, str):
         try:
-            value = int(value)
+            value = kind(value)
         except ValueError:
-            pass
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Integral)
-        or value < low
-        or (high is not None and value > high)
-    ):
+            return None
+    if isinstance(value, bool) or not isinstance(value, Integral if kind is int else Real):
+        return None
+    return kind(value)
+
+
+def integer(name, value, low, high=None, none_ok=False):
+    if value is None and none_ok:
+        return None
+    v = number(value, int)
+    if v is None or v < low or (high is not None and v > high):
         bound = f">= {low}" + ("" if high is None else f" and <= {high}")
         raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    return int(value)
+    return v
 
 
 def positive(name, value, none_ok=False):
     if value is None and none_ok:
         return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not (math.isfinite(float(value)) and float(value) > 0)
-    ):
+    v = number(value, float)
+    if v is None or not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
-    return float(value)
+    return v
 
 
 def image_names(name, value, default):

@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from numbers import Integral, Real
 
 import jax.numpy as jnp
 import numpy as np
 
 import invcal as ic
 from invcal.catalog import Setup
+
+from ._options import integer, number
 
 __all__ = ["SCHEDULES", "build", "setup", "load_data", "learning_rate", "validation_loss"]
 
@@ -104,27 +105,8 @@ def validation_loss(x, theta, data):
 # --------------------------------------------------------------------------------------
 # Data and problem
 # --------------------------------------------------------------------------------------
-def _as_number(name, value, kind):
-    if isinstance(value, str):
-        try:
-            value = kind(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, Integral if kind is int else Real):
-        return None
-    return kind(value)
-
-
-def _check_int(name, value, *, low, high=None):
-    v = _as_number(name, value, int)
-    bound = f">= {low}" + ("" if high is None else f" and <= {high}")
-    if v is None or v < low or (high is not None and v > high):
-        raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    return v
-
-
 def _check_open(name, value, lo, hi, what):
-    v = _as_number(name, value, float)
+    v = number(value, float)
     if v is None or not (math.isfinite(v) and lo < v < hi):
         raise ValueError(f"{name} must be {what} in ({lo}, {hi}); got {value!r}.")
     return v
@@ -141,15 +123,15 @@ def load_data(*, val_size=0.5, seed=0, degree=2, num_batches=1, num_steps=100):
     from sklearn.preprocessing import PolynomialFeatures
 
     val_size = _check_open("val_size", val_size, 0.0, 1.0, "a fraction")
-    seed = _check_int("seed", seed, low=0)
-    degree = _check_int("degree", degree, low=1, high=3)
-    num_steps = _check_int("num_steps", num_steps, low=1)
+    seed = integer("seed", seed, 0)
+    degree = integer("degree", degree, 1, 3)
+    num_steps = integer("num_steps", num_steps, 1)
     A, y = load_diabetes(return_X_y=True)
     if degree > 1:
         A = PolynomialFeatures(degree, include_bias=False).fit_transform(A)
     A_tr, A_va, y_tr, y_va = train_test_split(A, y, test_size=val_size, random_state=seed)
     n = A_tr.shape[0]
-    num_batches = _check_int("num_batches", num_batches, low=1, high=n)
+    num_batches = integer("num_batches", num_batches, 1, n)
     mean, std = A_tr.mean(axis=0), A_tr.std(axis=0)
     y_mean, y_std = y_tr.mean(), y_tr.std()
     weights = np.zeros((num_batches, n))

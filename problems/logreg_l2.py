@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from numbers import Integral, Real
+from numbers import Real
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,8 @@ import numpy as np
 
 import invcal as ic
 from invcal.catalog import Setup
+
+from ._options import integer
 
 __all__ = ["build", "setup", "logistic_loss", "objective", "gradient_step", "held_out_loss"]
 
@@ -102,22 +104,6 @@ def _check_test_size(test_size) -> float:
     return float(test_size)
 
 
-def _check_int(name, value, *, low, high=None, none_ok=False):
-    if value is None and none_ok:
-        return None
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            pass
-    bound = f">= {low}" + ("" if high is None else f" and <= {high}")
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    return int(value)
-
-
 def _check_lam(lam0) -> float:
     try:
         v = float(lam0)
@@ -138,9 +124,9 @@ def load_data(*, test_size=0.5, seed=0, n_features=None):
     from sklearn.model_selection import train_test_split
 
     test_size = _check_test_size(test_size)
-    seed = _check_int("seed", seed, low=0)
+    seed = integer("seed", seed, 0)
     A, labels = load_breast_cancer(return_X_y=True)
-    n_features = _check_int("n_features", n_features, low=1, high=A.shape[1], none_ok=True)
+    n_features = integer("n_features", n_features, 1, A.shape[1], none_ok=True)
     if n_features is not None:
         A = A[:, :n_features]
     y = 2.0 * labels - 1.0
