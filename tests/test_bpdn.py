@@ -55,6 +55,24 @@ def test_solver_matches_sklearn(held_out, working_set):
     assert abs(float(gap)) <= 1e-9
 
 
+def test_working_set_grows_to_the_support():
+    # K = min(n, p) = 70 >= 64: from x = 0 the first pass takes 17 columns and the working
+    # set grows through 35 and 52 as the support needs; the solution is scikit-learn's.
+    from invcal.solvers.working_set import _working_set_sizes
+
+    assert _working_set_sizes(70) == (17, 35, 52, 70)
+    assert _working_set_sizes(63) == (63,)
+    raw = bpdn.compressed_sensing(n=70, p=300, k=30, seed=3)
+    lam = sparse.lambda_max(raw["A"], raw["y"]) / 100
+    prob = bpdn.build(raw["A"], raw["y"], criterion="sure", sigma=raw["sigma"], lam=lam)
+    theta = prob.space.init()
+    sol = _solve(SOLVER, prob, theta)
+    ref = _sklearn_lasso(raw["A"], raw["y"], lam)
+    assert bool(sol.converged)
+    assert int(np.sum(ref != 0)) > 35
+    np.testing.assert_allclose(sol.x[0], ref, atol=1e-9)
+
+
 def test_nonnegative_solver_matches_sklearn():
     raw = bpdn.compressed_sensing(n=40, p=120, k=5, nonneg=True, seed=1)
     prob = bpdn.build(raw["A"], raw["y"], criterion="sure", sigma=raw["sigma"], nonneg=True)

@@ -6,6 +6,8 @@ this module only iterates (see the design's layer rule: solvers only iterate).""
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -52,8 +54,12 @@ class WorkingSetFISTA(AbstractInnerSolver):
     and runs restarted FISTA (Beck & Teboulle 2009; O'Donoghue & Candès 2015) on that
     subproblem, then checks the full gap and repeats with a new working set (Massias,
     Gramfort & Salmon 2018). Warm starts (``x0`` = the previous x*) make most passes one
-    pass. ``working_set=None`` uses min(n, p) columns (always enough for a Lasso solution in
-    general position) when p > 2n, and all columns otherwise. For an
+    pass. ``working_set=None`` uses at most K = min(n, p) columns (always enough for a Lasso
+    solution in general position) when p > 2n, and all columns otherwise; each pass takes the
+    smallest of K/4, K/2, 3K/4 and K that holds the support and as many violating features
+    (up to |S| + 16), one size more after a pass that did not halve the gap, so that solves
+    with small supports multiply small column blocks (on 5 folds of 560×5000 this halves the
+    solves' time at large α; each size is one more compiled pass). For an
     :class:`AbstractLinearMap` or when the working set is all columns, plain restarted FISTA
     runs on the full problem with the same gap test.
 
@@ -146,8 +152,10 @@ class WorkingSetFISTA(AbstractInnerSolver):
         if self.working_set is None:
             # Columns are gathered only when that saves work: p well above n.
             K = min(n, p) if p > 2 * n else p
+            sizes = _working_set_sizes(K) if K < p else (K,)
         else:
             K = min(int(self.working_set), p)
+            sizes = (K,)
 
         if isinstance(A, AbstractLinearMap) or K >= p:
 
@@ -180,12 +188,14 @@ class WorkingSetFISTA(AbstractInnerSolver):
             return _gap_from_residual(x, r, corr, w, y, fb.nonneg) / scale, corr
 
         def cond(c):
-            k, _, rel, _, steps, _ = c
+            k, _, rel, _, steps, _, _ = c
             return (k < self.max_passes) & (rel > tol) & (steps < self.max_steps)
 
-        def ws_pass(x, corr, steps):
-            viol = (corr if fb.nonneg else jnp.abs(corr)) / w
-            score = jnp.where(x != 0, jnp.inf, viol)
+        def violations(x, corr):
+            return jnp.where(x != 0, jnp.inf, (corr if fb.nonneg else jnp.abs(corr)) / w)
+
+        def ws_pass(x, corr, steps, K):
+            score = violations(x, corr)
             _, idx = jax.lax.top_k(score, K)
             # The gathered columns, not their Gram matrix: forming A_WᵀA_W costs n·K², as
             # much as ~K/2 FISTA steps on A_W, more than a warm-started pass takes.
@@ -251,25 +261,49 @@ class WorkingSetFISTA(AbstractInnerSolver):
             )
             return _polish(u, lambda v: A.T @ (A @ v), A.T @ y, w, fb.nonneg), k_full
 
+        passes = [functools.partial(ws_pass, K=size) for size in sizes] + [full_pass]
+        bounds = jnp.asarray(sizes)
+        top = len(sizes) - 1
+
         def body(c):
-            k, x, rel, corr, steps, flat = c
+            k, x, rel, corr, steps, flat, floor = c
+            # The working set's size: the smallest of ``sizes`` that holds the support and as
+            # many features violating their dual constraint (the candidates to enter; at most
+            # |S| + 16 of them, as celer's doubling rule), and not below ``floor``, which rises
+            # by one size after a pass that did not halve the gap. Matrix-vector products cost
+            # n·size, so passes on a small support (large α) are cheap, while a working set
+            # that is too small costs one more pass.
+            support = jnp.sum(x != 0)
+            entering = jnp.sum((x == 0) & (violations(x, corr) > 1.0))
+            need = support + jnp.minimum(entering, support + 16)
+            level = jnp.maximum(jnp.minimum(jnp.sum(bounds < need), top), floor)
             # Full proximal-gradient steps only when the working set cannot help: the support
-            # fills it, or two passes in a row did not reduce the gap (a pass on a working set
-            # that misses part of the new support may raise the gap once; the next working set,
-            # chosen at the new point, usually contains it).
-            stalled = (jnp.sum(x != 0) >= K) | (flat >= 2)
-            x, k_sub = jax.lax.cond(stalled, full_pass, ws_pass, x, corr, steps)
+            # fills the largest one, or two passes in a row on it did not reduce the gap (a
+            # pass on a working set that misses part of the new support may raise the gap
+            # once; the next working set, chosen at the new point, usually contains it).
+            stalled = (support >= K) | ((level == top) & (flat >= 2))
+            x, k_sub = jax.lax.switch(
+                jnp.where(stalled, top + 1, level), passes, x, corr, steps
+            )
             rel_new, corr = full_gap(x)
             flat = jnp.where(rel_new < 0.5 * rel, 0, flat + 1)
-            return k + 1, x, rel_new, corr, steps + k_sub, flat
+            floor = jnp.where(flat > 0, jnp.minimum(level + 1, top), level)
+            return k + 1, x, rel_new, corr, steps + k_sub, flat, floor
 
         rel0, corr0 = full_gap(x0)
-        _, x, rel, _, steps, _ = jax.lax.while_loop(
-            cond,
-            body,
-            (jnp.asarray(0), x0, rel0, corr0, jnp.asarray(0), jnp.asarray(0)),
+        zero = jnp.asarray(0)
+        _, x, rel, _, steps, _, _ = jax.lax.while_loop(
+            cond, body, (zero, x0, rel0, corr0, zero, zero, zero)
         )
         return x, steps, rel
+
+
+def _working_set_sizes(K):
+    """Working-set sizes of :class:`WorkingSetFISTA` up to K = min(n, p): a quarter, half,
+    three quarters and all of K (one compiled pass each; K itself below 64)."""
+    if K < 64:
+        return (K,)
+    return (K // 4, K // 2, (3 * K) // 4, K)
 
 
 def _polish(u, H, c, w, nonneg):
