@@ -178,21 +178,36 @@ def kfold_data(
             raise ValueError("kfold_data: need at least one (train, validation) split.")
     n_tr = max(len(tr) for tr, _ in splits)
     n_va = max(len(va) for _, va in splits)
-    out = {k: [] for k in ("A", "y", "A_val", "y_val", "val_weight", "n_train", "x_mean", "y_mean")}
-    for tr, va in splits:
-        At, yt, Av, yv = A[tr], y[tr], A[va], y[va]
-        xm = At.mean(0) if center else np.zeros(p)
-        ym = yt.mean() if center else 0.0
-        At, yt, Av, yv = At - xm, yt - ym, Av - xm, yv - ym
-        out["A"].append(np.vstack([At, np.zeros((n_tr - len(tr), p))]))
-        out["y"].append(np.concatenate([yt, np.zeros(n_tr - len(tr))]))
-        out["A_val"].append(np.vstack([Av, np.zeros((n_va - len(va), p))]))
-        out["y_val"].append(np.concatenate([yv, np.zeros(n_va - len(va))]))
-        out["val_weight"].append(np.concatenate([np.ones(len(va)), np.zeros(n_va - len(va))]))
-        out["n_train"].append(float(len(tr)))
-        out["x_mean"].append(xm)
-        out["y_mean"].append(ym)
-    return {k: jnp.asarray(np.stack(v)) for k, v in out.items()}
+    k = len(splits)
+    # Written in place into preallocated stacks: K copies of the design are the largest
+    # arrays of a cross-validation problem (5 × 560 × 5000 floats for 700 × 5000).
+    out = {
+        "A": np.zeros((k, n_tr, p)),
+        "y": np.zeros((k, n_tr)),
+        "A_val": np.zeros((k, n_va, p)),
+        "y_val": np.zeros((k, n_va)),
+        "val_weight": np.zeros((k, n_va)),
+        "n_train": np.zeros(k),
+        "x_mean": np.zeros((k, p)),
+        "y_mean": np.zeros(k),
+    }
+    for i, (tr, va) in enumerate(splits):
+        At, Av = out["A"][i, : len(tr)], out["A_val"][i, : len(va)]
+        np.take(A, tr, axis=0, out=At)
+        np.take(A, va, axis=0, out=Av)
+        yt, yv = y[tr], y[va]
+        if center:
+            xm, ym = At.mean(0), yt.mean()
+            At -= xm
+            Av -= xm
+            out["x_mean"][i], out["y_mean"][i] = xm, ym
+            yt, yv = yt - ym, yv - ym
+        out["y"][i, : len(tr)] = yt
+        out["y_val"][i, : len(va)] = yv
+        out["val_weight"][i, : len(va)] = 1.0
+        out["n_train"][i] = len(tr)
+    # device_put, not jnp.asarray: half the time for the 100+ MB stacks (measured on CPU).
+    return {name: jax.device_put(v) for name, v in out.items()}
 
 
 # --------------------------------------------------------------------------------------

@@ -56,10 +56,10 @@ class WorkingSetFISTA(AbstractInnerSolver):
     Gramfort & Salmon 2018). Warm starts (``x0`` = the previous x*) make most passes one
     pass. ``working_set=None`` uses at most K = min(n, p) columns (always enough for a Lasso
     solution in general position) when p > 2n, and all columns otherwise; each pass takes the
-    smallest of K/4, K/2, 3K/4 and K that holds the support and as many violating features
-    (up to |S| + 16), one size more after a pass that did not halve the gap, so that solves
-    with small supports multiply small column blocks (on 5 folds of 560×5000 this halves the
-    solves' time at large α; each size is one more compiled pass). For an
+    smallest of K/4, K/2, 3K/4 and K that holds the support and the violating features
+    (up to |S|/2 + 16 of them), one size more after a pass that did not halve the gap, so
+    that solves with small supports multiply small column blocks (on 5 folds of 560×5000 this
+    halves the solves' time at large α; each size is one more compiled pass). For an
     :class:`AbstractLinearMap` or when the working set is all columns, plain restarted FISTA
     runs on the full problem with the same gap test.
 
@@ -267,15 +267,15 @@ class WorkingSetFISTA(AbstractInnerSolver):
 
         def body(c):
             k, x, rel, corr, steps, flat, floor = c
-            # The working set's size: the smallest of ``sizes`` that holds the support and as
-            # many features violating their dual constraint (the candidates to enter; at most
-            # |S| + 16 of them, as celer's doubling rule), and not below ``floor``, which rises
-            # by one size after a pass that did not halve the gap. Matrix-vector products cost
-            # n·size, so passes on a small support (large α) are cheap, while a working set
-            # that is too small costs one more pass.
+            # The working set's size: the smallest of ``sizes`` that holds the support and the
+            # features violating their dual constraint (the candidates to enter; at most
+            # |S|/2 + 16 of them), and not below ``floor``, which rises by one size after a
+            # pass that did not halve the gap. Matrix-vector products cost n·size, so passes on
+            # a small support (large α) are cheap, while a working set that is too small costs
+            # one more pass.
             support = jnp.sum(x != 0)
             entering = jnp.sum((x == 0) & (violations(x, corr) > 1.0))
-            need = support + jnp.minimum(entering, support + 16)
+            need = support + jnp.minimum(entering, support // 2 + 16)
             level = jnp.maximum(jnp.minimum(jnp.sum(bounds < need), top), floor)
             # Full proximal-gradient steps only when the working set cannot help: the support
             # fills the largest one, or two passes in a row on it did not reduce the gap (a
