@@ -21,11 +21,13 @@ numbers of an earlier one):
    Huber-TV implicit (CG on the Hessian): relative error against central finite differences
    and warm wall time, at 64×64 and 128×128.
 3. ``learn`` — per noise level: the scalar weight learned by invcal on the five training images
-   (−mean PSNR, implicit hypergradients, a safeguarded secant search on dE/dlog w) against a
-   30-point grid search with skimage's solver (best mean training PSNR) and a 61-point log
-   grid with invcal's solver: mean training PSNR (the optimizer's accuracy) and mean
-   validation PSNR (clock, page, cell), every weight scored by the same cold, tight solve;
-   wall times. 128×128 (``--size``).
+   (−mean PSNR, implicit hypergradients, ``ic.tune(optimizer=ic.Secant())``: the library's
+   safeguarded secant search on dE/dlog w) against a 30-point grid search with skimage's
+   solver (best mean training PSNR) and a 61-point log grid with invcal's solver: mean
+   training PSNR (the optimizer's accuracy) and mean validation PSNR (clock, page, cell),
+   every weight scored by the same cold, tight solve (same solver, discretisation, boundary,
+   tolerance and w); per-image PSNRs, the grid's per-image best weights and the grid from the
+   learned weight to the validation-best point; wall times. 128×128 (``--size``).
 4. ``sure`` — ``denoise_tv(weight="auto")`` (SURE, σ known and estimated) against the oracle
    weight (best PSNR on a 41-point grid, each point the same tol-1e-4 solve denoise_tv
    returns), per validation image and noise level; seconds per call.
@@ -405,75 +407,21 @@ EVAL_TOL, EVAL_STEPS = 1e-8, 20000
 
 
 def _grid_psnr(noisy, truth, weights, method, tol=EVAL_TOL, max_steps=EVAL_STEPS):
-    """Mean PSNR over the images at each weight, each image solved cold (from f)."""
+    """PSNR of each image (columns) at each weight (rows), each image solved cold (from f);
+    an array (len(weights), len(noisy)). The benchmark's scores are its row means."""
     from invcal.imaging import split_bregman
 
-    scores = []
-    for w in weights:
-        ps = [
-            _psnr_np(split_bregman(jnp.asarray(f), w, method, tol=tol, max_steps=max_steps).u, t)
-            for f, t in zip(noisy, truth, strict=True)
+    return np.array(
+        [
+            [
+                _psnr_np(
+                    split_bregman(jnp.asarray(f), w, method, tol=tol, max_steps=max_steps).u, t
+                )
+                for f, t in zip(noisy, truth, strict=True)
+            ]
+            for w in weights
         ]
-        scores.append(float(np.mean(ps)))
-    return scores
-
-
-def _learn_secant(problem, solver, method, z0, max_evals, z_tol=0.004, progress=None, cache=None):
-    """Minimize E over z = log w by a safeguarded secant search on the hypergradient
-    g = dE/dz (one scalar: what a researcher would run instead of Adam): steps of 0.25, 0.5,
-    1, … downhill until g changes sign, then Illinois-safeguarded secant steps inside the
-    bracket until it is narrower than ``z_tol`` (0.4% in w). One hypergradient (one inner
-    solve, warm-started, and one adjoint solve) per evaluation. ``cache``: a JSON file of
-    evaluations (z → (E, g)) read first and written after each new one, so that a run cut
-    short by the 20-minute cap of a shared run resumes the same search. Returns (z, rows)."""
-    import invcal as ic
-
-    rows, hg = [], None
-    done = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
-
-    def evaluate(z):
-        nonlocal hg
-        w = math.exp(z)
-        key = f"{z:.12f}"
-        if key in done:
-            row = (z, *done[key])
-        else:
-            hg = ic.hypergradient(
-                problem, {"weight": jnp.asarray(w)}, solver=solver, method=method, warm=hg
-            )
-            row = (z, float(hg.value), float(hg.grad["weight"]) * w)
-            if cache:
-                done[key] = row[1:]
-                Path(cache).write_text(json.dumps(done))
-        rows.append(row)
-        if progress is not None:
-            progress(len(rows), max_evals, {"value": row[1], "weight": w, "grad": row[2]})
-        return row
-
-    lo = evaluate(z0)
-    step = -0.25 if lo[2] > 0 else 0.25
-    hi = lo
-    while len(rows) < max_evals and (hi[2] > 0) == (lo[2] > 0):
-        lo = hi
-        hi = evaluate(lo[0] + step)
-        step *= 2
-    (z_lo, _, g_lo), (z_hi, _, g_hi) = sorted([lo, hi])
-    last = 0
-    while len(rows) < max_evals and z_hi - z_lo > z_tol and g_lo < 0 < g_hi:
-        span = z_hi - z_lo
-        z = z_lo - g_lo * span / (g_hi - g_lo)
-        z = min(max(z, z_lo + 0.02 * span), z_hi - 0.02 * span)
-        _, _, g = evaluate(z)
-        if g < 0:
-            z_lo, g_lo = z, g
-            g_hi = g_hi / 2 if last == -1 else g_hi
-            last = -1
-        else:
-            z_hi, g_hi = z, g
-            g_lo = g_lo / 2 if last == 1 else g_lo
-            last = 1
-    z_best = min(rows, key=lambda r: r[1])[0]
-    return z_best, rows
+    )
 
 
 def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
@@ -494,15 +442,19 @@ def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
         tv_problem,
     )
 
+    # the learning problem and every score below use this one solver and discretisation
+    # (anisotropic TV, Neumann boundary, Gauss–Seidel u-step, ρ = 8) and weight convention
+    # (w = 1/μ, the weight of ‖∇u‖₁ in w‖∇u‖₁ + ½‖u − f‖²); scores are cold solves to EVAL_TOL
     method = SplitBregman(Anisotropic(), Neumann(), GaussSeidel(), 8.0)
     eval_method = method
+    secant = ic.Secant()  # the library's defaults (as `invcal run split-bregman-tv` uses)
     t_train, t_val = load_images(TRAIN, size), load_images(VALIDATION, size)
-    out, rows = [], []
+    out, rows, curves = [], [], []
     for sigma in sigmas:
         f_train, f_val = add_noise(t_train, sigma, 0), add_noise(t_val, sigma, 1)
         # invcal: −mean training PSNR, implicit hypergradients (GMRES on the Split Bregman
-        # fixed point), a safeguarded secant search on d E / d log w from w = σ/2. (Adam at
-        # rate 0.1 oscillated around the start at σ = 0.05 and never improved on it.)
+        # fixed point), ic.tune's secant search on dE/dlog w from w = σ/2. (Adam at rate 0.1
+        # oscillated around the start at σ = 0.05 and never improved on it.)
         problem = tv_problem(
             f_train, truth=t_train, criterion=PSNR(), method=method, init=sigma / 2
         )
@@ -512,17 +464,29 @@ def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
             lx.GMRES(rtol=1e-6, atol=1e-14, restart=30, max_steps=1000), system="fixed_point"
         )
         t0 = time.perf_counter()
-        z_best, search = _learn_secant(
+        res = ic.tune(
             problem,
-            solver,
-            imp,
-            math.log(sigma / 2),
-            steps,
+            solver=solver,
+            method=imp,
+            optimizer=secant,
+            steps=steps,
             progress=_progress(f"learn σ={sigma}"),
-            cache=None if cache_dir is None else Path(cache_dir) / f"learn_{size}_{sigma}.json",
+            # a run cut short (cpu-share's cap) resumes the same search from results.json
+            out=None if cache_dir is None else Path(cache_dir) / f"learn_{size}_{sigma}",
+            resume=cache_dir is not None,
         )
         t_learn = time.perf_counter() - t0
-        w_learned = math.exp(z_best)
+        if cache_dir is not None:  # the search's own clock, over all the runs it took
+            t_learn = float(res.history[-1]["elapsed"])
+        w_learned = float(res.theta["weight"])
+        search = [
+            {
+                "weight": float(r["theta"]["weight"]),
+                "train_psnr": -r["value"],
+                "dE_dlogw": float(np.ravel(r["grad_z"])[0]),
+            }
+            for r in res.history
+        ]
         # skimage: 30-point log grid of μ = 1/w, best mean training PSNR (its default eps)
         mus = 1.0 / (sigma * np.geomspace(0.2, 5.0, 30))
         t0 = time.perf_counter()
@@ -548,37 +512,59 @@ def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
         # invcal solver on a 61-point log grid: training and validation PSNR at each point
         grid = sigma * np.geomspace(0.2, 5.0, 61)
         t0 = time.perf_counter()
-        g_train = _grid_psnr(f_train, t_train, grid, eval_method)
+        gi_train = _grid_psnr(f_train, t_train, grid, eval_method)
         t_grid61 = time.perf_counter() - t0
-        g_val = _grid_psnr(f_val, t_val, grid, eval_method)
-        val_learned = _grid_psnr(f_val, t_val, [w_learned], eval_method)[0]
-        train_learned = _grid_psnr(f_train, t_train, [w_learned], eval_method)[0]
+        gi_val = _grid_psnr(f_val, t_val, grid, eval_method)
+        li_val = _grid_psnr(f_val, t_val, [w_learned], eval_method)[0]
+        li_train = _grid_psnr(f_train, t_train, [w_learned], eval_method)[0]
+        g_train, g_val = gi_train.mean(axis=1), gi_val.mean(axis=1)
+        val_learned, train_learned = float(li_val.mean()), float(li_train.mean())
         k_oracle = int(np.argmax(g_val))
         k_train = int(np.argmax(g_train))
+        k_near = int(np.argmin(np.abs(np.log(grid / w_learned))))
         row = {
             "sigma": sigma,
             "size": size,
             "learned_weight": w_learned,
             "learned_val_psnr": val_learned,
             "learned_train_psnr": train_learned,
-            "learned_train_psnr_at_inner_tol": -min(r[1] for r in search),
+            "learned_train_psnr_at_inner_tol": -float(res.value),
+            "learned_val_psnr_per_image": dict(zip(VALIDATION, li_val.tolist(), strict=True)),
             "learn_seconds": t_learn,
-            "learn_evaluations": len(search),
-            "learn_search": [
-                {"weight": math.exp(z), "train_psnr": -e, "dE_dlogw": g} for z, e, g in search
-            ],
-            "optimizer": "safeguarded secant on dE/dlog w",
+            "learn_evaluations": res.evaluations,
+            "learn_search": search,
+            "optimizer": (
+                f"ic.tune(optimizer=ic.Secant(step={secant.step}, xtol={secant.xtol})): "
+                "safeguarded secant on dE/dlog w"
+            ),
             "timing": "wall times under shared load (cpu-share), not exclusive",
             "skimage_grid30_mu": mu_best,
             "skimage_grid30_weight": 1.0 / mu_best,
             "skimage_grid30_val_psnr": sk_val,
             "skimage_grid30_seconds": t_sk,
+            "grid61_weights": grid.tolist(),
+            "grid61_train_psnr": g_train.tolist(),
+            "grid61_val_psnr": g_val.tolist(),
             "grid61_best_val_weight": float(grid[k_oracle]),
             "grid61_best_val_psnr": float(g_val[k_oracle]),
             "grid61_best_train_weight": float(grid[k_train]),
             "grid61_best_train_psnr": float(g_train[k_train]),
+            "grid61_per_image_best_train_weight": {
+                name: float(grid[int(np.argmax(gi_train[:, i]))]) for i, name in enumerate(TRAIN)
+            },
+            "grid61_per_image_best_val_weight": {
+                name: float(grid[int(np.argmax(gi_val[:, i]))]) for i, name in enumerate(VALIDATION)
+            },
+            "learned_over_grid61_train_pick": w_learned / float(grid[k_train]),
+            "grid61_val_best_over_learned": float(grid[k_oracle]) / w_learned,
             "train_gap_to_grid61_db": float(g_train[k_train] - train_learned),
             "grid61_train_pick_val_psnr": float(g_val[k_train]),
+            "grid61_train_pick_val_psnr_per_image": dict(
+                zip(VALIDATION, gi_val[k_train].tolist(), strict=True)
+            ),
+            "grid61_best_val_psnr_per_image": dict(
+                zip(VALIDATION, gi_val[k_oracle].tolist(), strict=True)
+            ),
             "grid61_train_seconds": t_grid61,
             "gap_to_grid61_oracle_db": float(g_val[k_oracle] - val_learned),
             "gap_to_grid61_train_pick_db": float(g_val[k_train] - val_learned),
@@ -588,9 +574,9 @@ def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
             [
                 sigma,
                 f"{w_learned:.4f}",
-                f"{train_learned:.3f}",
-                f"{g_train[k_train]:.3f} @ {grid[k_train]:.4f}",
-                len(search),
+                f"{train_learned:.4f}",
+                f"{g_train[k_train]:.4f} @ {grid[k_train]:.4f}",
+                res.evaluations,
                 f"{val_learned:.3f}",
                 f"{g_val[k_train]:.3f}",
                 f"{t_learn:.0f}",
@@ -601,6 +587,32 @@ def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
                 f"{g_val[k_oracle]:.3f}",
                 f"{row['gap_to_grid61_oracle_db']:+.3f}",
                 f"{row['gap_to_grid61_train_pick_db']:+.3f}",
+            ]
+        )
+        # the grid around the learned weight, up to the validation-best point: how steep the
+        # validation curve is where the training optimum lies
+        lo, hi = max(0, min(k_near, k_train) - 2), min(len(grid), max(k_near, k_oracle) + 2)
+        for k in range(lo, hi):
+            curves.append(
+                [
+                    sigma,
+                    f"{grid[k]:.5f}",
+                    f"{grid[k] / w_learned:.3f}",
+                    f"{g_train[k]:.4f}",
+                    f"{g_val[k]:.4f}",
+                    *(f"{x:.3f}" for x in gi_val[k]),
+                    ("train pick " if k == k_train else "") + ("val best" if k == k_oracle else ""),
+                ]
+            )
+        curves.append(
+            [
+                sigma,
+                f"{w_learned:.5f}",
+                "1.000",
+                f"{train_learned:.4f}",
+                f"{val_learned:.4f}",
+                *(f"{x:.3f}" for x in li_val),
+                "learned",
             ]
         )
     print(
@@ -627,6 +639,8 @@ def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
         ],
         rows,
     )
+    print("The 61-point grid from the learned weight to the validation-best point:")
+    _table(["sigma", "w", "w/learned", "train", "val", *VALIDATION, ""], curves)
     return out
 
 
@@ -847,7 +861,8 @@ def main(argv=None):
     ap.add_argument(
         "--cache",
         default=None,
-        help="folder for the learn search's evaluations (a run cut short resumes from them)",
+        help="folder for the learn search's results.json per noise level (ic.tune's out=; a run "
+        "cut short resumes from it)",
     )
     ap.add_argument(
         "--size",
