@@ -1,6 +1,23 @@
-"""Inner solvers (see :class:`AbstractInnerSolver`)."""
+"""Inner solvers (see :class:`AbstractInnerSolver`).
+
+Solvers only iterate; the problems they solve (energies, criteria, data) live with their
+domains: :mod:`.bregman` (Split Bregman) serves the total-variation problems of
+:mod:`invcal.imaging`.
+"""
 
 from .base import AbstractInnerSolver, InnerSolution, tree_norm
+from .bregman import (
+    AbstractTVNorm,
+    AbstractUStep,
+    Anisotropic,
+    GaussSeidel,
+    Isotropic,
+    SpectralSolve,
+    SplitBregman,
+    SplitBregmanState,
+    TVSolution,
+    split_bregman,
+)
 from .fixed_point import FISTA, FixedPointIteration, FixedSteps
 from .newton import Newton
 from .working_set import WorkingSetFISTA
@@ -14,4 +31,14 @@ __all__ = [
     "FixedSteps",
     "Newton",
     "WorkingSetFISTA",
+    "AbstractTVNorm",
+    "AbstractUStep",
+    "Anisotropic",
+    "GaussSeidel",
+    "Isotropic",
+    "SpectralSolve",
+    "SplitBregman",
+    "SplitBregmanState",
+    "TVSolution",
+    "split_bregman",
 ]
