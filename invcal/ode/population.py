@@ -12,11 +12,13 @@ Rᵢⱼ = R(fᵢⱼ) is the residual error model (additive σₐ², proportional
     ηᵢ*(θ) = argmin_η Lᵢ(η, θ),
     Lᵢ = ½ Σⱼ [(yᵢⱼ − fᵢⱼ)²/Rᵢⱼ + log 2πRᵢⱼ] + ½ ηᵀΩ⁻¹η,
 
-found by Levenberg–Marquardt, vmapped over subjects, on the exact Hessian ∇²_η Lᵢ where it
-is positive definite (quadratic convergence near ηᵢ*) and otherwise on the Fisher-scoring
-matrix Hᵢ = Σⱼ Jⱼᵀ(1/Rⱼ + R′ⱼ²/(2Rⱼ²))Jⱼ + Ω⁻¹ (Gauss–Newton for additive error); J = ∂f/∂η
-and the second derivatives come from diffrax forward-mode sensitivities. Between outer steps
-the solve starts from the first-order prediction ηᵢ* + (dηᵢ*/dθ)Δθ.
+found by Levenberg–Marquardt (:func:`invcal.solvers.marquardt.levenberg_marquardt`; this
+module supplies Lᵢ, its curvature and the noise floor), vmapped over subjects, on the exact
+Hessian ∇²_η Lᵢ where it is positive definite (quadratic convergence near ηᵢ*) and otherwise
+on the Fisher-scoring matrix Hᵢ = Σⱼ Jⱼᵀ(1/Rⱼ + R′ⱼ²/(2Rⱼ²))Jⱼ + Ω⁻¹ (Gauss–Newton for
+additive error); J = ∂f/∂η and the second derivatives come from diffrax forward-mode
+sensitivities. Between outer steps the solve starts from the first-order prediction
+ηᵢ* + (dηᵢ*/dθ)Δθ.
 
 **Outer objective** (minus the approximate log-likelihood, summed over subjects):
 
@@ -50,10 +52,11 @@ nlme to 1e-4, while the exact maximum (``algorithm="lbfgs"``) has a log-likeliho
 
 :func:`population_problem` expresses the same model as an :class:`invcal.Problem`
 (x = the stacked η, ``objective`` = Σ Lᵢ, ``criterion`` = −Σ ℓᵢ) with the
-:class:`PopulationLM` inner solver, so the engine's ``hypergradient``, ``check_hypergradient``
-and ``tune`` apply to it; :func:`fit_population` runs the fast path: one compiled L-BFGS loop
-whose every evaluation solves the inner problems warm-started and returns the objective with
-its hypergradient.
+:class:`PopulationLM` inner solver (defined in :mod:`invcal.solvers.marquardt`, importable
+from here), so the engine's ``hypergradient``, ``check_hypergradient`` and ``tune`` apply to
+it; :func:`fit_population` runs the fast path: one compiled L-BFGS loop whose every
+evaluation solves the inner problems warm-started and returns the objective with its
+hypergradient.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..problem import Problem
-from ..solvers.base import AbstractInnerSolver, InnerSolution, no_gradient
+from ..solvers.marquardt import PopulationLM, levenberg_marquardt
 from ..space import Identity, Log, Param, Space
 from .events import Events, holdout_rows, subject_arrays
 from .model import ODEModel
@@ -105,7 +108,7 @@ CHUNK_SIZE = 128
 #: Resolution of an inner objective Lᵢ computed from adaptive ODE solves, relative to
 #: 1 + |Lᵢ|: an inner step may raise Lᵢ by this much and still be taken, and a rejected step
 #: that promised less than this ends the solve (the noise floor; see
-#: :meth:`Population.lm_solve`).
+#: :meth:`Population.lm_solve` and :func:`invcal.solvers.marquardt.levenberg_marquardt`).
 L_RESOLUTION = 1e-12
 #: Largest change of any random effect in one inner step (on the declared scale: for a
 #: log-parameter, a factor e² ≈ 7.4).
@@ -473,85 +476,37 @@ class Population(eqx.Module):
     def lm_solve(self, eta0, theta, subject, tol, max_steps):
         """Levenberg–Marquardt on Lᵢ for one subject: (η*, step length, steps, ok, jets).
 
-        Steps δ = −(A + λ diag A)⁻¹∇L (A from :meth:`lm_eval`), scaled down to
-        ‖δ‖∞ ≤ ``MAX_ETA_STEP``; a step is taken if Lᵢ does not increase by more than
-        ``L_RESOLUTION``·(1 + |Lᵢ|) (then λ /= 10), otherwise λ grows tenfold.
-
-        Stops, converged, when the undamped step ‖A⁻¹∇L‖∞ ≤ ``tol``, or at the noise floor
-        of Lᵢ: a step is rejected (the ODE solve succeeded but Lᵢ rose) although the
-        quadratic model's predicted decrease ½∇LᵀA⁻¹∇L is below ``L_RESOLUTION``·(1 + |Lᵢ|)
-        and the undamped step is below √``tol``. Lᵢ computed from an adaptive ODE solve
-        carries noise of that order (at rtol 1e-7, Theoph: ~3e-11 on Lᵢ ≈ 15 under a change
-        of η by 1e-14), so below it no step can be told from a worse one; without this stop
-        λ grows and the subject runs to ``max_steps`` (and a vmapped loop waits for it).
-        Otherwise it stops, not converged, after ``max_steps`` steps.
+        The iteration is :func:`invcal.solvers.marquardt.levenberg_marquardt` (its docstring
+        has the steps and stops) on :meth:`lm_eval` (Lᵢ, ∇Lᵢ, and the Hessian or the
+        Fisher-scoring matrix), with steps capped at ‖δ‖∞ ≤ ``MAX_ETA_STEP`` and the noise
+        floor ``L_RESOLUTION``·(1 + |Lᵢ|): a step may raise Lᵢ by that much and still be
+        taken, and a rejected step that promised less ends the solve, converged. Lᵢ computed
+        from an adaptive ODE solve carries noise of that order (at rtol 1e-7, Theoph: ~3e-11
+        on Lᵢ ≈ 15 under a change of η by 1e-14), so below it no step can be told from a
+        worse one; without this stop λ grows and the subject runs to ``max_steps`` (and a
+        vmapped loop waits for it).
 
         Returns (η*, undamped step, steps, ok, jets, converged); ``jets`` are the
         second-order jets at the returned η. The first pass of the loop evaluates η0 itself,
         so the ODE solve appears once in the program (compile time)."""
-        q = eta0.shape[0]
         d = len(self.model.params)
         M = subject.obs_t.shape[0]
         dtype = jnp.result_type(eta0, float)
-
-        def step_of(g, A, lam):
-            return -jnp.linalg.solve(A + lam * jnp.diag(jnp.diagonal(A)), g)
-
-        def cond(c):
-            return c["ok"] & (c["dec"] > tol) & ~c["floor"] & (c["k"] <= max_steps)
-
-        def body(c):
-            started = c["k"] > 0
-            step = step_of(c["g"], c["A"], c["lam"])
-            # Cap the step (a crude trust region): a wild first step far from η* can make the
-            # ODE stiff, and a vmapped solve waits for its slowest subject.
-            step = step * jnp.minimum(
-                1.0, MAX_ETA_STEP / jnp.maximum(jnp.max(jnp.abs(step)), 1e-300)
-            )
-            eta_t = c["eta"] + jnp.where(started, step, 0.0)
-            val_t, g_t, A_t, jets_t, ok_t = self.lm_eval(eta_t, theta, subject)
-            resolution = L_RESOLUTION * (1.0 + jnp.abs(c["val"]))
-            accept = ~started | (ok_t & (val_t <= c["val"] + resolution))
-            # a rejected step whose promised decrease is below the noise of L: η is at the
-            # minimum as far as L can resolve it (see the docstring)
-            floor = (
-                started & ok_t & ~accept & (c["pred"] <= resolution) & (c["dec"] <= jnp.sqrt(tol))
-            )
-            new = jax.tree_util.tree_map(
-                lambda a, b: jnp.where(accept, a, b),
-                {"eta": eta_t, "val": val_t, "g": g_t, "A": A_t, "jets": jets_t},
-                {k: c[k] for k in ("eta", "val", "g", "A", "jets")},
-            )
-            lam = jnp.where(accept, c["lam"] * 0.1, jnp.maximum(c["lam"] * 10.0, 1e-3))
-            new["lam"] = jnp.where(started & (lam >= 1e-8), lam, 0.0)
-            new["ok"] = jnp.where(started, c["ok"], ok_t)
-            full = step_of(new["g"], new["A"], 0.0)
-            new["dec"] = jnp.where(new["ok"], jnp.max(jnp.abs(full)), jnp.inf)
-            new["pred"] = jnp.where(new["ok"], -0.5 * jnp.vdot(new["g"], full), jnp.inf)
-            new["floor"] = floor
-            new["k"] = c["k"] + 1
-            return new
-
-        c0 = {
-            "eta": eta0,
-            "val": jnp.asarray(jnp.inf, dtype),
-            "g": jnp.zeros(q, dtype),
-            "A": jnp.eye(q, dtype=dtype),
-            "jets": (
-                jnp.zeros((M,), dtype),
-                jnp.zeros((M, d), dtype),
-                jnp.zeros((M, d, d), dtype),
-            ),
-            "lam": jnp.asarray(0.0, dtype),
-            "k": jnp.asarray(0),
-            "ok": jnp.asarray(True),
-            "dec": jnp.asarray(jnp.inf, dtype),
-            "pred": jnp.asarray(jnp.inf, dtype),
-            "floor": jnp.asarray(False),
-        }
-        c = jax.lax.while_loop(cond, body, c0)
-        converged = c["ok"] & ((c["dec"] <= tol) | c["floor"])
-        return c["eta"], c["dec"], c["k"] - 1, c["ok"], c["jets"], converged
+        jets0 = (
+            jnp.zeros((M,), dtype),
+            jnp.zeros((M, d), dtype),
+            jnp.zeros((M, d, d), dtype),
+        )
+        sol = levenberg_marquardt(
+            lambda e: self.lm_eval(e, theta, subject),
+            eta0,
+            jets0,
+            tol,
+            max_steps,
+            resolution=L_RESOLUTION,
+            max_step=MAX_ETA_STEP,
+        )
+        return sol.x, sol.step, sol.num_steps, sol.ok, sol.aux, sol.converged
 
     def solve_inner(self, eta0, theta, arrays, tol, max_steps):
         """vmapped :meth:`lm_solve` over subjects: (η* (N, q), step (N,), steps (N,), ok (N,),
@@ -755,62 +710,9 @@ def _initial_theta(pop: Population, init: Mapping, events: Events) -> dict:
 
 
 # --------------------------------------------------------------------------------------
-# The engine's view: an invcal.Problem and its inner solver
+# The engine's view: an invcal.Problem (its inner solver, PopulationLM, is in
+# invcal/solvers/marquardt.py)
 # --------------------------------------------------------------------------------------
-class PopulationLM(AbstractInnerSolver):
-    """The vmapped Levenberg–Marquardt solve of every subject's Lᵢ as an invcal inner solver
-    (x = η stacked (N, q)). ``residual`` is the largest undamped step ‖A⁻¹∇Lᵢ‖∞ (A the
-    Hessian, or the Fisher matrix where the Hessian is not positive definite); the solution
-    is smooth in θ, so differentiate it with :class:`invcal.Implicit` (unrolling would need
-    reverse-mode derivatives of the ODE solve inside the iteration)."""
-
-    tol: float = 1e-10
-    max_steps: int = 100
-    population: Population | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        if not isinstance(self.population, Population):
-            raise TypeError(
-                "PopulationLM needs population=Population(...); build both with "
-                "invcal.ode.population_problem(...)."
-            )
-
-    def init(self, problem, x0, theta, data):
-        return x0
-
-    def step(self, problem, state, theta, data):
-        def one(e, s):
-            return self.population.lm_solve(e, theta, s, 0.0, 1)[0]
-
-        return jax.vmap(one)(state, data)
-
-    def current(self, state):
-        return state
-
-    def residual(self, problem, x, theta, data):
-        pop = self.population
-
-        def one(e, s):
-            _, g, A, _, ok = pop.lm_eval(e, theta, s)
-            return jnp.where(ok, jnp.max(jnp.abs(jnp.linalg.solve(A, g))), jnp.inf)
-
-        return jnp.max(jax.vmap(one)(x, data))
-
-    def solve(self, problem, x0, theta, data=None, *, tol=None) -> InnerSolution:
-        data = problem.data if data is None else data
-        tol = jnp.asarray(self.tol if tol is None else tol)
-        x0, theta, data = no_gradient((x0, theta, data))
-        eta, dec, steps, ok, _, conv = self.population.solve_inner(
-            x0, theta, data, tol, self.max_steps
-        )
-        res = jnp.where(jnp.all(ok), jnp.max(dec), jnp.inf)
-        # converged: every subject met tol or stopped at the noise floor of its Lᵢ
-        # (:meth:`Population.lm_solve`), where ``residual`` may exceed tol
-        return InnerSolution(
-            x=eta, num_steps=jnp.max(steps), residual=res, converged=jnp.all(conv), tol=tol
-        )
-
-
 def _taylor_at(pop, order, x, theta, data):
     """Per-subject surrogates f̃ built at stop_gradient(φ(ηᵢ, θ)), exact to ``order``."""
 

@@ -2,7 +2,8 @@
 
 Solvers only iterate; the problems they solve (energies, criteria, data) live with their
 domains: :mod:`.bregman` (Split Bregman) serves the total-variation problems of
-:mod:`invcal.imaging`.
+:mod:`invcal.imaging`, :mod:`.marquardt` (Levenberg–Marquardt, :class:`PopulationLM`) the
+per-subject fits of :mod:`invcal.ode.population`.
 """
 
 from .base import AbstractInnerSolver, InnerSolution, tree_norm
@@ -19,6 +20,7 @@ from .bregman import (
     split_bregman,
 )
 from .fixed_point import FISTA, FixedPointIteration, FixedSteps
+from .marquardt import LMSolution, PopulationLM, levenberg_marquardt
 from .newton import Newton
 from .working_set import WorkingSetFISTA
 
@@ -41,4 +43,7 @@ __all__ = [
     "SplitBregmanState",
     "TVSolution",
     "split_bregman",
+    "LMSolution",
+    "PopulationLM",
+    "levenberg_marquardt",
 ]
