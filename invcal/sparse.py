@@ -407,6 +407,15 @@ class _Restricted(eqx.Module):
         )
 
 
+def _slot_sizes(K: int, fixed: bool = False) -> tuple:
+    """Support slot counts :class:`SupportImplicit` compiles: K/8, K/2 and K (K alone when it
+    is below 64 or set by ``max_support``). Each is one more compiled linear solve (about
+    0.5 s); sparse solutions mostly fit K/8."""
+    if fixed or K < 64:
+        return (K,)
+    return (K // 8, K // 2, K)
+
+
 def _signs(x_S, nonneg):
     return jnp.ones_like(x_S) if nonneg else jnp.sign(x_S)
 
@@ -457,7 +466,9 @@ class SupportImplicit(AbstractHypergradient):
       materialise it.
     - ``mode``: ``"reverse"`` (one solve; the only sensible choice for one λ per feature) or
       ``"forward"``.
-    - ``max_support``: number of slots K for the support (static); ``None`` = min(n, p).
+    - ``max_support``: number of slots K for the support (static); ``None``: the smallest
+      of min(n, p)/8, min(n, p)/2 and min(n, p) that holds the support (one compiled
+      branch each; see :func:`_slot_sizes`).
     - ``warm_start``: start the adjoint solve from the previous step's adjoint (off by
       default: the |S|-dimensional solve is cheap, and carrying the adjoint makes the outer
       loop compile a second time, since its first step has none).
@@ -521,69 +532,87 @@ class SupportImplicit(AbstractHypergradient):
         sol = solver.solve(problem, x0, theta, tol=tol)
         x = sol.x
         value, (gx, gth) = jax.value_and_grad(problem.criterion, argnums=(0, 1))(x, theta, data)
-        K = self._K(data["A"])
         p = x.shape[-1]
-
-        def systems(x, d):
-            return _Restricted.build(d["A"], x, K)
+        # The support's slots: the smallest of a few static sizes that holds the largest
+        # support (of all folds), one compiled branch each. A linear solve on K slots costs
+        # n·K per iteration, and the default K = min(n, p) is far above a typical support
+        # (diabetes: 30 of 247 slots; 2.1 → 0.9 ms for the whole computation).
+        sizes = _slot_sizes(self._K(data["A"]), fixed=self.max_support is not None)
+        nnz = jnp.max(jnp.sum(x != 0, axis=-1))
+        level = jnp.minimum(jnp.sum(jnp.asarray(sizes) < nnz), len(sizes) - 1)
 
         def signed_weights(th, d, sys, x):
             # w_S(θ) ⊙ s_S: the only θ-dependent part of F_S.
             return sys.gather(fb.penalty(th, d, p) * _signs(x, fb.nonneg))
 
         if self.mode == "reverse":
-
-            def adjoint(x, g, d, v0):
-                sys, overflow = systems(x, d)
-                b = sys.gather(g)
-                options = {} if v0 is None else {"y0": sys.gather(v0)}
-                op = sys.operator(b)
-                s = lx.linear_solve(op, b, lin, options=options, throw=False)
-                steps, rel, ok = _lin_diag(op, s.value, b, s, lin)
-                return s.value, sys, steps, rel, ok & ~overflow
-
             v0 = adjoint0 if (self.warm_start and adjoint0 is not None) else None
-            if batched:
-                axes = (0, 0, 0, None if v0 is None else 0)
-                V, sys, steps, rel, ok = jax.vmap(adjoint, in_axes=axes)(x, gx, data, v0)
 
-                def phi(th):
-                    ws = jax.vmap(lambda d, s, xx: signed_weights(th, d, s, xx))(data, sys, x)
-                    return jnp.sum(V * ws)
+            def reverse(K):
+                def adjoint(x, g, d, v0):
+                    sys, overflow = _Restricted.build(d["A"], x, K)
+                    b = sys.gather(g)
+                    options = {} if v0 is None else {"y0": sys.gather(v0)}
+                    op = sys.operator(b)
+                    s = lx.linear_solve(op, b, lin, options=options, throw=False)
+                    steps, rel, ok = _lin_diag(op, s.value, b, s, lin)
+                    return s.value, sys, steps, rel, ok & ~overflow
 
-                v_full = jax.vmap(lambda s, v: s.scatter(v))(sys, V)
-                steps, rel, ok = jnp.max(steps), jnp.max(rel), jnp.all(ok)
-            else:
-                V, sys, steps, rel, ok = adjoint(x, gx, data, v0)
+                def run():
+                    if batched:
+                        axes = (0, 0, 0, None if v0 is None else 0)
+                        V, sys, steps, rel, ok = jax.vmap(adjoint, in_axes=axes)(x, gx, data, v0)
 
-                def phi(th):
-                    return jnp.vdot(V, signed_weights(th, data, sys, x))
+                        def phi(th):
+                            ws = jax.vmap(lambda d, s, xx: signed_weights(th, d, s, xx))(
+                                data, sys, x
+                            )
+                            return jnp.sum(V * ws)
 
-                v_full = sys.scatter(V)
-            g_impl = jax.grad(phi)(theta)
+                        v_full = jax.vmap(lambda s, v: s.scatter(v))(sys, V)
+                        steps, rel, ok = jnp.max(steps), jnp.max(rel), jnp.all(ok)
+                    else:
+                        V, sys, steps, rel, ok = adjoint(x, gx, data, v0)
+
+                        def phi(th):
+                            return jnp.vdot(V, signed_weights(th, data, sys, x))
+
+                        v_full = sys.scatter(V)
+                    return jax.grad(phi)(theta), v_full, jnp.asarray(steps), rel, ok
+
+                return run
+
+            g_impl, v_full, steps, rel, ok = jax.lax.switch(level, [reverse(K) for K in sizes])
             grad = jax.tree_util.tree_map(jnp.subtract, gth, g_impl)
             adjoint_out = v_full if self.warm_start else None
         else:
             flat, unravel = ravel_pytree(theta)
 
-            def tangents(x, g, d):
-                sys, overflow = systems(x, d)
-                op = sys.operator(sys.gather(g))
+            def forward(K):
+                def tangents(x, g, d):
+                    sys, overflow = _Restricted.build(d["A"], x, K)
+                    op = sys.operator(sys.gather(g))
 
-                def one(e):
-                    _, b = jax.jvp(lambda t: signed_weights(unravel(t), d, sys, x), (flat,), (e,))
-                    s = lx.linear_solve(op, -b, lin, throw=False)
-                    st, rl, k = _lin_diag(op, s.value, -b, s, lin)
-                    return jnp.vdot(sys.gather(g), s.value), st, rl, k
+                    def one(e):
+                        _, b = jax.jvp(
+                            lambda t: signed_weights(unravel(t), d, sys, x), (flat,), (e,)
+                        )
+                        s = lx.linear_solve(op, -b, lin, throw=False)
+                        st, rl, k = _lin_diag(op, s.value, -b, s, lin)
+                        return jnp.vdot(sys.gather(g), s.value), st, rl, k
 
-                dE, st, rl, k = jax.vmap(one)(jnp.eye(flat.shape[0], dtype=flat.dtype))
-                return dE, jnp.max(st), jnp.max(rl), jnp.all(k) & ~overflow
+                    dE, st, rl, k = jax.vmap(one)(jnp.eye(flat.shape[0], dtype=flat.dtype))
+                    return dE, jnp.max(st), jnp.max(rl), jnp.all(k) & ~overflow
 
-            if batched:
-                dE, steps, rel, ok = jax.vmap(tangents)(x, gx, data)
-                dE, steps, rel, ok = jnp.sum(dE, 0), jnp.max(steps), jnp.max(rel), jnp.all(ok)
-            else:
-                dE, steps, rel, ok = tangents(x, gx, data)
+                def run():
+                    if batched:
+                        dE, steps, rel, ok = jax.vmap(tangents)(x, gx, data)
+                        return jnp.sum(dE, 0), jnp.max(steps), jnp.max(rel), jnp.all(ok)
+                    return tangents(x, gx, data)
+
+                return run
+
+            dE, steps, rel, ok = jax.lax.switch(level, [forward(K) for K in sizes])
             grad = unravel(ravel_pytree(gth)[0] + dE)
             adjoint_out = adjoint0
         diag = Diagnostics(

@@ -115,6 +115,24 @@ def test_support_implicit_matches_finite_differences(held_out):
     assert float(forward.grad["lam"]) == pytest.approx(dE_dlam, rel=1e-10)
 
 
+def test_support_slot_branches_agree_with_finite_differences():
+    # min(n, p) = 70 >= 64: the hypergradient compiles 8, 35 and 70 support slots and takes
+    # the smallest that holds the support; it must match the single 70-slot branch and FD.
+    assert sparse._slot_sizes(70) == (8, 35, 70)
+    raw = bpdn.compressed_sensing(n=70, p=300, k=12, n_val=30, seed=5)
+    lam = sparse.lambda_max(raw["A"], raw["y"]) / 8
+    prob = bpdn.build(raw["A"], raw["y"], A_val=raw["A_val"], y_val=raw["y_val"], lam=lam)
+    theta = prob.space.init()
+    res = ic.check_hypergradient(prob, theta, SUPPORT, solver=SOLVER, eps=1e-6)
+    assert res.relative_error < 1e-6, res
+    ours = ic.hypergradient(prob, theta, solver=SOLVER, method=SUPPORT)
+    assert 8 < int(np.sum(ours.x != 0)) <= 35
+    single = ic.hypergradient(
+        prob, theta, solver=SOLVER, method=sparse.SupportImplicit(max_support=70)
+    )
+    np.testing.assert_allclose(ours.grad["lam"], single.grad["lam"], rtol=1e-10)
+
+
 @pytest.mark.slow  # ~7 s; FD and the weighted engine cross-check stay in the default run
 def test_support_implicit_matches_engine_and_solve(held_out):
     theta = held_out.space.init()
