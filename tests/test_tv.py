@@ -1,5 +1,6 @@
-"""Split Bregman TV (invcal.imaging.tv): shrinkages, agreement with an independent solver and
-with scikit-image, and hypergradients of the TV weights against finite differences."""
+"""Split Bregman TV (invcal.solvers.bregman, re-exported by invcal.imaging): shrinkages,
+agreement with an independent solver and with scikit-image, and hypergradients of the TV
+weights against finite differences."""
 
 import functools
 

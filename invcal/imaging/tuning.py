@@ -18,7 +18,7 @@ shared θ) and whose outer criterion is one of
   probe is continuous in w, so its hypergradient sees the degrees of freedom change.
 
 **Inner characterizations.** For exact TV (``method.huber is None``) x is the whole
-:class:`~invcal.imaging.tv.SplitBregmanState` (u, d, b) and ``fixed_point`` is one Split
+:class:`~invcal.solvers.SplitBregmanState` (u, d, b) and ``fixed_point`` is one Split
 Bregman iteration: ``invcal.FixedPointIteration`` solves it, ``invcal.Implicit(
 lx.GMRES(...), system="fixed_point")`` differentiates its fixed point, ``invcal.Unrolled``
 its iterations. For Huber-TV (``method.huber = ε``) x is the image u itself and the problem
@@ -215,7 +215,7 @@ def tv_problem(
     - ``noisy``: one image (H, W) or a stack (n, H, W) of real float images.
     - ``criterion``: :class:`MSE`, :class:`PSNR` (both need ``truth``, same shape as
       ``noisy``) or :class:`SURE` (one image).
-    - ``method``: the :class:`~invcal.imaging.tv.SplitBregman` settings (norm, boundary,
+    - ``method``: the :class:`~invcal.solvers.SplitBregman` settings (norm, boundary,
       u-step, penalty, Huber ε); default ``SplitBregman()`` (isotropic, Neumann, spectral).
     - ``weights``: the layout of θ = {"weight": …}: :class:`~invcal.imaging.ScalarWeight`
       (default), :class:`~invcal.imaging.DirectionalWeights`, :class:`~invcal.imaging.

@@ -78,6 +78,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..prox import soft_threshold
+
 if TYPE_CHECKING:
     from ..imaging.operators import AbstractBoundary, Blur
 
@@ -122,11 +124,6 @@ def _is_boundary(boundary) -> bool:
 # --------------------------------------------------------------------------------------
 # Shrinkage (proximal maps) with defined derivatives everywhere
 # --------------------------------------------------------------------------------------
-def soft_threshold(v, t):
-    """sign(v)·max(|v| − t, 0) elementwise; 0 with zero derivative where |v| <= t."""
-    return jnp.where(jnp.abs(v) > t, v - t * jnp.sign(v), jnp.zeros_like(v))
-
-
 def _safe_norm(v, floor):
     """(|v|, mask) with |v| = ‖v‖ over axis 0 where ‖v‖² > floor² and 1 elsewhere: the square
     root is never taken at 0, so its derivative never becomes inf·0 = NaN."""
