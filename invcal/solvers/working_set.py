@@ -227,21 +227,25 @@ class WorkingSetFISTA(AbstractInnerSolver):
             # gap by ``polish_from`` (at most down to tol) and polishes again. The first
             # polish is on the warm start's support: the Lasso path is piecewise linear, so
             # when θ moved without changing the support, that one solve is the whole solve.
+            # Round 0 is that first polish alone (no FISTA budget), so that the pass compiles
+            # one polishing solve, not two.
             budget = jnp.maximum(self.max_steps - steps, 0)
 
             def round_cond(c):
                 _, k, g, r = c
-                return (g > tol) & (k < budget) & (r < 8)
+                return (r == 0) | ((g > tol) & (k < budget) & (r < 9))
 
             def round_body(c):
                 u, k, g, r = c
-                u, k_r, g = fista(u, jnp.maximum(tol, g * self.polish_from), budget - k)
+                u, k_r, g = fista(
+                    u, jnp.maximum(tol, g * self.polish_from), jnp.where(r == 0, 0, budget - k)
+                )
                 u = polish(u)
                 return u, k + k_r, sub_gap(u), r + 1
 
-            u0 = polish(x[idx])
+            u = x[idx]
             u, k_sub, _, _ = jax.lax.while_loop(
-                round_cond, round_body, (u0, jnp.asarray(0), sub_gap(u0), jnp.asarray(0))
+                round_cond, round_body, (u, jnp.asarray(0), sub_gap(u), jnp.asarray(0))
             )
             return jnp.zeros_like(x).at[idx].set(u), k_sub
 
