@@ -16,7 +16,8 @@ import invcal as ic
 from invcal.imaging import Blur, Neumann, Periodic, add_noise, gaussian_kernel, load_image
 from invcal.imaging.metrics import mse, psnr
 from invcal.imaging.tuning import MSE, PSNR, SURE, tv_problem
-from invcal.imaging.tv import (
+from invcal.imaging.weights import BlockWeights, DirectionalWeights
+from invcal.solvers.bregman import (
     Anisotropic,
     GaussSeidel,
     Isotropic,
@@ -28,7 +29,6 @@ from invcal.imaging.tv import (
     split_bregman,
     vector_shrink,
 )
-from invcal.imaging.weights import BlockWeights, DirectionalWeights
 from invcal.testing import grad_z
 
 
