@@ -8,8 +8,9 @@ into the central compartment at rate k_a and eliminated at rate k_e:
     d central/dt =  k_a · depot − k_e · central,        C(t) = central(t) / V,
 
 with V = Cl / k_e. The parameters are declared on the log scale, lKe = log k_e,
-lKa = log k_a, lCl = log Cl, so the population model φᵢ = μ + ηᵢ, ηᵢ ~ N(0, Ω) (Ω diagonal),
-gives log-normal individual parameters; C is observed with additive N(0, σ²) error. The
+lKa = log k_a, lCl = log Cl, so the population model φᵢ = μ + ηᵢ, ηᵢ ~ N(0, Ω) (Ω diagonal,
+or with ``omega="full"`` a general covariance, nlme's ``pdSymm``), gives log-normal
+individual parameters; C is observed with additive N(0, σ²) error. The
 closed form (R's ``SSfol``) is
 
     C(t) = D e^{lKe + lKa − lCl} (e^{−k_e t} − e^{−k_a t}) / (k_a − k_e).
@@ -18,7 +19,8 @@ Data: R's ``Theoph`` (12 subjects, 132 concentrations; Boeckmann, Sheiner & Beal
 ``problems/data/theoph.csv`` (provenance in ``problems/data/README.md``). Pinheiro & Bates
 (2000, §8.2) fit it with nlme; with maximum likelihood nlme 3.1-162 gives lKe −2.4546,
 lKa 0.4655, lCl −3.2272, random-effect SDs 1.6e-5, 0.6439, 0.1669, residual SD 0.7092 and
-log-likelihood −177.02.
+log-likelihood −177.02. With a general Ω (``pdSymm``) nlme gives the values in
+:data:`NLME_REFERENCE_FULL` (log-likelihood −173.32; corr(lKe, lCl) = 0.995).
 
 The inner problem is each subject's MAP ηᵢ*(θ); the criterion is the FOCEI (default) or
 Laplace approximation of −log-likelihood, differentiated implicitly through ηᵢ*
@@ -43,10 +45,14 @@ import invcal as ic
 from invcal import ode
 from invcal.catalog import Setup
 
+from ._options import choice
+
 __all__ = [
     "THEOPH_CSV",
     "INIT",
     "NLME_REFERENCE",
+    "NLME_REFERENCE_FULL",
+    "OMEGAS",
     "theophylline_model",
     "ssfol",
     "load_theoph",
@@ -54,6 +60,7 @@ __all__ = [
     "methods",
     "setup",
     "fit",
+    "random_effects",
     "seed_model",
     "seed_events",
 ]
@@ -74,6 +81,27 @@ NLME_REFERENCE = {
     "sigma_add": 0.7092257363,
     "loglik": -177.0235,
 }
+
+#: R nlme 3.1-162 (maximum likelihood) on Theoph with a general Ω,
+#: ``random = pdSymm(lKe + lKa + lCl ~ 1)`` (benchmarks/results/theoph_vs_nlme.json,
+#: ``full_omega``): random-effect SDs and correlations ``corr_<p>_<r>``.
+NLME_REFERENCE_FULL = {
+    "lKe": -2.432677892,
+    "lKa": 0.4514158239,
+    "lCl": -3.214454744,
+    "omega_lKe": 0.1310338,
+    "omega_lKa": 0.6377396,
+    "omega_lCl": 0.2511798,
+    "corr_lKa_lKe": 0.01204983428,
+    "corr_lCl_lKe": 0.9948799705,
+    "corr_lCl_lKa": -0.08906031274,
+    "sigma_add": 0.6818331193,
+    "loglik": -173.3201248,
+}
+
+#: The random-effect covariance structures: "diagonal" (nlme's pdDiag, the default) or
+#: "full" (pdSymm: a general Ω by its log-Cholesky factor).
+OMEGAS = ("diagonal", "full")
 
 
 # --------------------------------------------------------------------------------------
@@ -137,15 +165,21 @@ def _check_method(method):
     return method
 
 
-def build(*, method="focei", rtol=1e-7, subjects=None):
+def _check_omega(omega):
+    return choice("omega", omega, OMEGAS)
+
+
+def build(*, method="focei", rtol=1e-7, subjects=None, omega="diagonal"):
     """(problem, solver): Theoph as an :class:`invcal.Problem` over the stacked random
     effects, criterion −log-likelihood (FOCEI or Laplace), with the vmapped
     Levenberg–Marquardt inner solver. ``rtol`` is the ODE solver's relative tolerance
-    (atol = rtol/100); ``subjects`` keeps the first n subjects."""
+    (atol = rtol/100); ``subjects`` keeps the first n subjects; ``omega``: "diagonal" or
+    "full" (see :data:`OMEGAS`)."""
+    method, omega = _check_method(method), _check_omega(omega)
     model = theophylline_model(rtol=float(rtol), atol=float(rtol) * 1e-2)
     events = load_theoph(subjects=subjects)
     problem, solver = ode.population_problem(
-        model, events, init=INIT, method=_check_method(method), name="theophylline"
+        model, events, init=INIT, method=method, name="theophylline", omega=omega
     )
     return problem, ode.PopulationLM(population=solver.population, tol=1e-9)
 
@@ -160,8 +194,50 @@ def methods():
     }
 
 
+def random_effects(population, theta) -> dict:
+    """The random effects' covariance at ``theta`` (population parameters by name, as in a
+    tuning result): ``{"omega": "diagonal" | "full", "sd": {p: SD}, "corr": {(p, r): ρ}
+    (full Ω only, r before p in ``population.random``), "omega_matrix": Ω}`` — what
+    :meth:`invcal.ode.PopulationFit.summary` prints, for ``invcal run``'s report."""
+    th = {k: jnp.asarray(float(np.asarray(v))) for k, v in theta.items()}
+    omega = np.asarray(population.omega_matrix(th))
+    sd = np.sqrt(np.diagonal(omega))
+    names = tuple(population.random)
+    corr = {}
+    if population.omega == "full":
+        corr = {
+            (p, r): float(omega[i, j] / (sd[i] * sd[j]))
+            for i, p in enumerate(names)
+            for j, r in enumerate(names[:i])
+        }
+    return {
+        "omega": population.omega,
+        "sd": {p: float(sd[k]) for k, p in enumerate(names)},
+        "corr": corr,
+        "omega_matrix": omega,
+    }
+
+
+def _report_extra(population, theta) -> dict:
+    """The report's lines on the random effects (scalars, shown by ``invcal run``'s report)
+    and Ω itself (kept in results.json)."""
+    re = random_effects(population, theta)
+    out = {
+        "random effects (best theta)": (
+            "diagonal Omega (independent random effects)"
+            if re["omega"] == "diagonal"
+            else "general Omega (log-Cholesky), nlme's pdSymm"
+        )
+    }
+    out.update({f"random-effect SD {p}": v for p, v in re["sd"].items()})
+    out.update({f"random-effect correlation ({p}, {r})": v for (p, r), v in re["corr"].items()})
+    out["omega_matrix"] = re["omega_matrix"].tolist()
+    return out
+
+
 def _extra_report(model, events, pop):
-    """Figures for ``invcal run``: subjects with IPRED/PRED, goodness of fit."""
+    """Figures for ``invcal run``: subjects with IPRED/PRED, goodness of fit; the random
+    effects' SDs (and correlations, full Ω) go into the report's list of results."""
 
     def report(result, outdir):
         import matplotlib
@@ -170,6 +246,7 @@ def _extra_report(model, events, pop):
         import matplotlib.pyplot as plt
 
         theta = {k: float(np.asarray(v)) for k, v in result.theta.items()}
+        result.results.setdefault("extra", {}).update(_report_extra(pop, theta))
         eta = np.asarray(result.x)
         popn = {p: np.full(events.n_subjects, theta[p]) for p in model.params}
         indiv = {p: v.copy() for p, v in popn.items()}
@@ -203,14 +280,17 @@ def setup(**options) -> Setup:
     """Theophylline PK (R's Theoph), one-compartment ODE, FOCEI likelihood (nlme's reference).
 
     ``options``: ``method`` ("focei" or "laplace"), ``rtol`` (ODE tolerance, default 1e-7),
-    ``subjects`` (keep the first n). Defaults: vmapped Levenberg–Marquardt inner solver,
+    ``subjects`` (keep the first n), ``omega`` ("diagonal", the default, or "full": a
+    general random-effect covariance by its log-Cholesky factor, nlme's pdSymm; the report
+    then lists the correlations). Defaults: vmapped Levenberg–Marquardt inner solver,
     implicit differentiation with CG on the block-diagonal Hessian, L-BFGS in the
     unconstrained parameters (log SDs).
     """
-    known = ("method", "rtol", "subjects")
+    known = ("method", "rtol", "subjects", "omega")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"theophylline got unknown option(s) {unknown}; known: {list(known)}.")
+    _check_omega(options.get("omega", "diagonal"))
     problem, solver = build(**options)
     model = solver.population.model
     events = load_theoph(subjects=options.get("subjects"))
@@ -227,13 +307,17 @@ def setup(**options) -> Setup:
     )
 
 
-def fit(*, method="focei", rtol=1e-7, subjects=None, **kwargs) -> ode.PopulationFit:
+def fit(
+    *, method="focei", rtol=1e-7, subjects=None, omega="diagonal", **kwargs
+) -> ode.PopulationFit:
     """Fit Theoph from the issue's initial values with :func:`invcal.ode.fit_population`
-    (``kwargs`` go to it; FOCEI fits default to nlme's Lindstrom-Bates algorithm,
-    ``algorithm="lbfgs"`` gives the exact maximum of the FOCEI likelihood)."""
+    (``omega``: "diagonal" or "full"; ``kwargs`` go to it; FOCEI fits default to nlme's
+    Lindstrom-Bates algorithm, ``algorithm="lbfgs"`` gives the exact maximum of the FOCEI
+    likelihood)."""
+    method, omega = _check_method(method), _check_omega(omega)
     model = theophylline_model(rtol=float(rtol), atol=float(rtol) * 1e-2)
     return ode.fit_population(
-        model, load_theoph(subjects=subjects), init=INIT, method=_check_method(method), **kwargs
+        model, load_theoph(subjects=subjects), init=INIT, method=method, omega=omega, **kwargs
     )
 
 

@@ -29,11 +29,60 @@ def test_setup_contract():
         ({"solver": 1}, r"unknown option\(s\) \['solver'\]"),
         ({"method": "foce"}, "method must be 'focei' or 'laplace'"),
         ({"subjects": 13}, r"subjects must be in 1..12"),
+        ({"omega": "pdSymm"}, r"omega must be one of \['diagonal', 'full'\]; got 'pdSymm'"),
+        ({"omega": 1}, r"omega must be one of \['diagonal', 'full'\]; got 1"),
     ],
 )
 def test_setup_bad_options(options, match):
     with pytest.raises(ValueError, match=match):
         h.setup(**options)
+
+
+def test_cli_bad_omega_is_one_line(tmp_path, capsys):
+    from invcal.cli import main
+
+    rc = main(["run", "theophylline", "-o", "omega=pdsymm", "--out", str(tmp_path / "r"),
+               "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "omega must be one of ['diagonal', 'full']; got 'pdsymm'" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_setup_full_omega_and_its_report_lines():
+    s = h.setup(subjects=2, omega="Full")  # case as typed on the command line
+    pop = s.solver.population
+    assert pop.omega == "full"
+    names = list(s.problem.space.names)
+    assert names == [
+        "lKe", "lKa", "lCl", "omega_chol_lKe", "omega_chol_lKa", "omega_chol_lCl",
+        "omega_chol_lKa_lKe", "omega_chol_lCl_lKe", "omega_chol_lCl_lKa", "sigma_add",
+    ]  # fmt: skip
+    # a correlated Omega = C C^T; the report's SDs and correlations against NumPy
+    C = np.array([[0.13, 0.0, 0.0], [0.01, 0.64, 0.0], [0.25, -0.02, 0.03]])
+    theta = dict(s.problem.space.init())
+    for i, p in enumerate(pop.random):
+        theta[f"omega_chol_{p}"] = C[i, i]
+        for j, r in enumerate(pop.random[:i]):
+            theta[f"omega_chol_{p}_{r}"] = C[i, j]
+    om = C @ C.T
+    sd = np.sqrt(np.diag(om))
+    extra = h._report_extra(pop, theta)
+    assert extra["random effects (best theta)"].startswith("general Omega")
+    np.testing.assert_allclose(extra["omega_matrix"], om, rtol=1e-14)
+    for i, p in enumerate(pop.random):
+        assert extra[f"random-effect SD {p}"] == pytest.approx(sd[i], rel=1e-14)
+        for j, r in enumerate(pop.random[:i]):
+            rho = om[i, j] / (sd[i] * sd[j])
+            assert extra[f"random-effect correlation ({p}, {r})"] == pytest.approx(rho, rel=1e-12)
+    assert len([k for k in extra if k.startswith("random-effect correlation")]) == 3
+
+    diag = h.setup(subjects=2)
+    th = dict(diag.problem.space.init())
+    extra = h._report_extra(diag.solver.population, th)
+    assert extra["random effects (best theta)"].startswith("diagonal Omega")
+    assert not any(k.startswith("random-effect correlation") for k in extra)
+    assert extra["random-effect SD lKa"] == th["omega_lKa"]
 
 
 def test_load_theoph_subset():
@@ -71,3 +120,27 @@ def test_cli_run_small(tmp_path):
                "-o", "subjects=3"])  # fmt: skip
     assert rc == 0
     assert (out / "subjects.png").exists() and (out / "goodness_of_fit.png").exists()
+
+
+@pytest.mark.slow
+def test_cli_run_full_omega_reports_correlations(tmp_path):
+    import json
+
+    from invcal.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["run", "theophylline", "--steps", "3", "--out", str(out), "--no-progress",
+               "-o", "subjects=3", "-o", "omega=full"])  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["options"] == {"subjects": 3, "omega": "full"}
+    extra = results["extra"]
+    omega = np.array(extra["omega_matrix"])
+    sd = np.sqrt(np.diag(omega))
+    assert extra["random-effect correlation (lCl, lKa)"] == pytest.approx(
+        omega[2, 1] / (sd[2] * sd[1]), rel=1e-12
+    )
+    report = (out / "report.md").read_text()
+    assert "general Omega (log-Cholesky)" in report
+    for pair in ("(lKa, lKe)", "(lCl, lKe)", "(lCl, lKa)"):
+        assert f"random-effect correlation {pair}" in report
