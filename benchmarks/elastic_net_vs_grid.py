@@ -20,7 +20,7 @@ outer step). Wall times include JIT compilation (each approach compiles its own 
 once; the compile time is reported separately as the first evaluation's excess).
 
     python benchmarks/elastic_net_vs_grid.py [--size 64] [--only blur inpainting mri]
-        [--steps 30] [--no-oracle] [--timing-only]
+        [--steps 30] [--no-oracle] [--timing-only] [--cache DIR]
 
 Each operator can be run on its own (``--only``); results are merged into
 ``benchmarks/results/elastic_net_vs_grid.json``.
@@ -120,7 +120,7 @@ def val_psnr(data, theta) -> float:
     return eni.validation_psnr(data, {k: float(np.asarray(v)) for k, v in theta.items()})
 
 
-def run_operator(name, size, steps, lr, decay, oracle) -> dict:
+def run_operator(name, size, steps, lr, decay, oracle, cache=None) -> dict:
     print(f"\n=== {name} ({size}×{size}) ===", flush=True)
     data = eni.load_data(operator=name, size=size)
     problem = eni._build(data, "psnr", "camera", "db4", 4, None, None)
@@ -133,7 +133,13 @@ def run_operator(name, size, steps, lr, decay, oracle) -> dict:
     l1s = np.geomspace(*L1, GRID_POINTS)
     l2s = np.geomspace(*L2, GRID_POINTS)
     t0, c0 = time.perf_counter(), time.process_time()
-    grid = ic.grid_search(problem, solver=solver, grid={"lam1": l1s, "lam2": l2s})
+    grid = ic.grid_search(
+        problem,
+        solver=solver,
+        grid={"lam1": l1s, "lam2": l2s},
+        out=None if cache is None else cache / f"{name}_{size}_grid",
+        resume=cache is not None,
+    )
     grid_wall = time.perf_counter() - t0
     rows = grid.history
     train_psnr = -np.array([r["value"] for r in rows]).reshape(GRID_POINTS, GRID_POINTS)
@@ -188,7 +194,13 @@ def run_operator(name, size, steps, lr, decay, oracle) -> dict:
     method = eni.methods()["implicit"]
     t0, c0 = time.perf_counter(), time.process_time()
     res = ic.tune(
-        problem, solver=solver, method=method, optimizer=optax.adam(schedule), steps=steps
+        problem,
+        solver=solver,
+        method=method,
+        optimizer=optax.adam(schedule),
+        steps=steps,
+        out=None if cache is None else cache / f"{name}_{size}_learned",
+        resume=cache is not None,
     )
     tune_wall = time.perf_counter() - t0
     learned = {k: float(np.asarray(v)) for k, v in res.theta.items()}
@@ -249,6 +261,14 @@ def main(argv=None):
     p.add_argument("--no-oracle", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="directory where the grid and the learned run record each point as it finishes; "
+        "rerunning with the same --cache resumes them (wall/CPU times then cover this process "
+        "only)",
+    )
+    p.add_argument(
         "--timing-only", action="store_true", help="only time K, Kᵀ and W (run it alone)"
     )
     args = p.parse_args(argv)
@@ -301,7 +321,7 @@ def main(argv=None):
     )
     for name in args.only:
         results["operators"][name] = run_operator(
-            name, args.size, args.steps, args.lr, args.decay, not args.no_oracle
+            name, args.size, args.steps, args.lr, args.decay, not args.no_oracle, args.cache
         )
         results["operators"][name]["size"] = args.size
         args.out.parent.mkdir(parents=True, exist_ok=True)
