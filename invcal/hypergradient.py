@@ -288,7 +288,8 @@ class _AbstractUnrolled(AbstractHypergradient):
     def _n_diff(self, solver) -> int:
         return self._n(solver)
 
-    checkpoint: bool = eqx.field(default=True, static=True)
+    # Keyword-only, so positional arguments read (num_steps, k) for Truncated as documented.
+    checkpoint: bool = eqx.field(default=True, static=True, kw_only=True)
 
     def solution(self, problem, theta, solver, x0):
         return _unrolled_solution(
@@ -320,7 +321,7 @@ class ForwardUnrolled(_AbstractUnrolled):
     recursion Z_t = A_t Z_{t−1} + B_t is carried by JVPs alongside the iterates, one
     direction per hyperparameter entry; memory does not grow with the number of steps."""
 
-    checkpoint: bool = eqx.field(default=False, static=True)
+    checkpoint: bool = eqx.field(default=False, static=True, kw_only=True)
 
     def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
         flat, unravel = ravel_pytree(theta)

@@ -188,6 +188,15 @@ def test_bad_method_arguments(make, error, match):
         make()
 
 
+def test_unrolled_positional_arguments_read_as_documented():
+    # Truncated(num_steps, k) as in the README; checkpoint is keyword-only (it used to be
+    # the second positional field, so Truncated(100, 5) silently meant checkpoint=5).
+    t = ic.Truncated(100, 5)
+    assert (t.num_steps, t.k, t.checkpoint) == (100, 5, True)
+    with pytest.raises(TypeError):
+        ic.Unrolled(100, False)
+
+
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
