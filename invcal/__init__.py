@@ -26,6 +26,9 @@ from .solvers import (
     FixedSteps,
     InnerSolution,
     Newton,
+    PopulationLM,
+    SplitBregman,
+    WorkingSetFISTA,
 )
 from .space import Bounded, Identity, Log, Param, Softplus, Space
 from .testing import check_hypergradient
@@ -51,6 +54,9 @@ __all__ = [
     "Neumann",
     "Newton",
     "OnFailure",
+    "PopulationLM",
+    "SplitBregman",
+    "WorkingSetFISTA",
     "Param",
     "Problem",
     "Softplus",

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -188,22 +187,6 @@ def _pick_methods(setup, problem_name: str, requested: list[str] | None) -> dict
     return {m: methods[m] for m in requested}
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
-        # mkstemp creates the file private (0600); give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _finite_or_none(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -291,7 +274,7 @@ def _landscape(setup, previous, *, show_progress: bool):
 
 
 def _cmd_run(args) -> int:
-    from .outer import tune
+    from .outer import atomic_write_json, tune
     from .progress import ProgressBar
     from .report import write_report
     from .testing import _describe
@@ -388,7 +371,7 @@ def _cmd_run(args) -> int:
     if not isinstance(results.get("extra"), dict):
         results["extra"] = {}
     results["extra"]["figures"] = [list(f) for f in extra_figures]
-    _atomic_write_json(results_path, results)
+    atomic_write_json(results_path, results)
     report = write_report(results, out, extra_figures=extra_figures)
 
     best = results.get("best") or {}

@@ -198,13 +198,23 @@ def _space_json(space) -> dict:
     }
 
 
-def _atomic_write(path: Path, obj) -> None:
+def atomic_write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``, so a
+    reader (or a resumed run) never sees half a file; the temporary file is removed if the
+    write fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=True)
-    os.chmod(tmp, 0o644)  # mkstemp files are private; results are meant to be shared
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=True)
+        # mkstemp creates the file private (0600); give it the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -260,7 +270,8 @@ class _Recorder:
             prev = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot resume from {self.path}: {e}") from None
-        for key in ("problem", "names", "optimizer"):
+        # Everything that shapes the history must match (steps_requested may grow).
+        for key in ("problem", "names", "space", "optimizer", "method", "learning_rate"):
             if prev.get(key) != self.results.get(key):
                 raise ValueError(
                     f"cannot resume from {self.path}: it holds a run with {key}="
@@ -320,7 +331,7 @@ class _Recorder:
 
     def write(self):
         if self.path is not None:
-            _atomic_write(self.path, self.results)
+            atomic_write_json(self.path, self.results)
 
     def finish(self, x=None, hg=None) -> TuneResult:
         self.results["finished"] = True
@@ -741,6 +752,20 @@ def _value_at(problem, solver, theta, x0):
 
 
 def _evaluate_points(problem, solver, thetas, rec, progress, total):
+    done = rec.history
+    if len(done) > len(thetas):
+        raise ValueError(
+            f"cannot resume from {rec.path}: it holds {len(done)} evaluated points, this search "
+            f"has {len(thetas)}. Use another out directory, or drop resume to start over."
+        )
+    for i, row in enumerate(done):
+        planned = np.asarray(problem.space.to_z(thetas[i]), dtype=float)
+        if not np.allclose(np.asarray(row["z"], dtype=float), planned, rtol=1e-12, atol=1e-12):
+            raise ValueError(
+                f"cannot resume from {rec.path}: its point {i} is θ={row['theta']}, this search's "
+                f"point {i} is θ={_theta_json(thetas[i])} (a different grid or seed). Use another "
+                "out directory, or drop resume to start over."
+            )
     x0 = problem.x0
     last_x = None
     for theta in thetas[len(rec.history) :]:

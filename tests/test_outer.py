@@ -173,6 +173,45 @@ def test_grid_and_random_search_rows(tmp_path, optimum):
         ic.grid_search(PROBLEM, solver=SOLVER, grid={"mu": [1.0]})
 
 
+def test_resume_refuses_another_run(tmp_path):
+    grid = {"lam": np.logspace(-3, 1, 4)}
+    ic.grid_search(PROBLEM, solver=SOLVER, grid=grid, out=tmp_path)
+    again = ic.grid_search(PROBLEM, solver=SOLVER, grid=grid, out=tmp_path, resume=True)
+    assert len(again.history) == 4
+    with pytest.raises(ValueError, match="point 1 is"):
+        ic.grid_search(
+            PROBLEM, solver=SOLVER, grid={"lam": np.logspace(-3, 1, 5)}, out=tmp_path, resume=True
+        )
+    with pytest.raises(ValueError, match="holds 4 evaluated points, this search has 3"):
+        ic.grid_search(
+            PROBLEM, solver=SOLVER, grid={"lam": grid["lam"][:3]}, out=tmp_path, resume=True
+        )
+    run = tmp_path / "adam"
+    ic.tune(PROBLEM, solver=SOLVER, optimizer="adam", learning_rate=0.1, steps=1, out=run)
+    with pytest.raises(ValueError, match="learning_rate=0.1"):
+        ic.tune(
+            PROBLEM,
+            solver=SOLVER,
+            optimizer="adam",
+            learning_rate=0.2,
+            steps=2,
+            out=run,
+            resume=True,
+        )
+    with pytest.raises(ValueError, match="method="):
+        ic.tune(
+            PROBLEM,
+            solver=SOLVER,
+            optimizer="adam",
+            learning_rate=0.1,
+            steps=2,
+            out=run,
+            resume=True,
+            method=ic.Unrolled(50),
+        )
+    assert not list(run.glob(".results-*")), "a temporary file was left behind"
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -298,3 +337,14 @@ def test_names_out_of_sorted_order_survive_lbfgs_and_rtho():
     np.testing.assert_allclose(rtho.history[0]["grad_z"], fd, rtol=1e-5)
     lb = ic.tune(problem, solver=SOLVER, optimizer="lbfgs", steps=6)
     assert lb.value < hg.value
+
+
+def test_a_failed_results_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    from invcal.outer import atomic_write_json
+
+    path = tmp_path / "results.json"
+    atomic_write_json(path, {"history": [1]})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"history": [object()]})
+    assert json.loads(path.read_text()) == {"history": [1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

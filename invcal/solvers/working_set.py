@@ -286,9 +286,7 @@ class WorkingSetFISTA(AbstractInnerSolver):
             # pass on a working set that misses part of the new support may raise the gap
             # once; the next working set, chosen at the new point, usually contains it).
             stalled = (support >= K) | ((level == top) & (flat >= 2))
-            x, k_sub = jax.lax.switch(
-                jnp.where(stalled, top + 1, level), passes, x, corr, steps
-            )
+            x, k_sub = jax.lax.switch(jnp.where(stalled, top + 1, level), passes, x, corr, steps)
             rel_new, corr = full_gap(x)
             flat = jnp.where(rel_new < 0.5 * rel, 0, flat + 1)
             floor = jnp.where(flat > 0, jnp.minimum(level + 1, top), level)
