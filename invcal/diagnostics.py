@@ -90,7 +90,14 @@ def no_linear_solve(inner_steps, inner_residual, inner_converged) -> Diagnostics
 
 def _message(d: dict, where: str) -> str:
     parts = []
-    if not d["inner_converged"]:
+    if not d["inner_converged"] and not math.isfinite(d["inner_residual"]):
+        parts.append(
+            f"the inner solve diverged: its residual is {d['inner_residual']} after "
+            f"{d['inner_steps']} steps (more steps will not help: look for a step size above "
+            "2/L in a fixed-point map, a θ at which the inner problem is not well posed, e.g. "
+            "a zero or negative regularization weight, or NaN in the data)"
+        )
+    elif not d["inner_converged"]:
         parts.append(
             f"the inner solve stopped after {d['inner_steps']} steps with residual "
             f"{d['inner_residual']:.3g} above its tolerance (raise the solver's max_steps or "

@@ -773,10 +773,16 @@ def _evaluate_points(problem, solver, thetas, rec, progress, total):
         theta = problem.space.validate(theta)
         value, sol = _value_at(problem, solver, theta, x0)
         if not bool(sol.converged):
+            res = float(sol.residual)
+            hint = (
+                "raise the solver's max_steps"
+                if math.isfinite(res)
+                else "it diverged; more steps will not help: check the solver's step size and "
+                "that this θ gives a well-posed inner problem"
+            )
             raise RuntimeError(
                 f"grid/random search: the inner solve did not converge at θ={_theta_json(theta)} "
-                f"(residual {float(sol.residual):.3g} after {int(sol.num_steps)} steps); raise "
-                "the solver's max_steps."
+                f"(residual {res:.3g} after {int(sol.num_steps)} steps); {hint}."
             )
         last_x = sol.x
         x0 = _warm_start(problem, sol.x)

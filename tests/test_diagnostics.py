@@ -203,3 +203,18 @@ def test_linear_failure_message_fits_the_failure(residual, hint):
     )
     with pytest.raises(HypergradientNotConverged, match=hint):
         enforce(diag, "raise", 0.0)
+
+
+def test_a_diverging_inner_solve_is_reported_as_divergence():
+    # Gradient steps of length 3/L overshoot: the iterates blow up to inf/NaN, and the
+    # message must say so instead of suggesting more steps.
+    overshoot = ic.Problem(
+        space=PROBLEM.space,
+        criterion=criterion,
+        x0=jnp.zeros(10),
+        data=(A, B, C, D),
+        objective=objective,
+        fixed_point=lambda x, th, d: x - 3.0 * jax.grad(objective)(x, th, d) / LIP,
+    )
+    with pytest.raises(ic.HypergradientNotConverged, match="inner solve diverged.*will not help"):
+        ic.hypergradient(overshoot, THETA, solver=ic.FixedPointIteration(max_steps=3000), method=CG)

@@ -176,6 +176,12 @@ OPT_ONLY = ic.Problem(
     "make,error,match",
     [
         (lambda: ic.FixedSteps(0), ValueError, "FixedSteps num_steps must be >= 1"),
+        (lambda: ic.FISTA(tol=-1e-8), ValueError, "FISTA tol must be a finite number > 0"),
+        (lambda: ic.Newton(tol=float("nan")), ValueError, "Newton tol must be a finite number"),
+        (lambda: ic.FISTA(tol="1e-8"), ValueError, "FISTA tol must be"),
+        (lambda: ic.FixedPointIteration(tol=0.0), ValueError, "tol must be a finite number > 0"),
+        (lambda: ic.FISTA(max_steps=0), ValueError, "FISTA max_steps must be an integer >= 1"),
+        (lambda: ic.Newton(max_steps=2.5), ValueError, "Newton max_steps must be an integer"),
         (lambda: ic.Truncated(k=0), ValueError, "Truncated k must be >= 1"),
         (lambda: ic.Unrolled(0), ValueError, "Unrolled num_steps must be >= 1"),
         (lambda: ic.Implicit(mode="backward"), ValueError, "mode must be 'reverse' or 'forward'"),

@@ -5,7 +5,9 @@ under ``lax.while_loop`` and returns an :class:`InnerSolution` with its diagnost
 from __future__ import annotations
 
 import abc
-from typing import Any
+import math
+import numbers
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -63,6 +65,25 @@ class AbstractInnerSolver(eqx.Module):
 
     tol: float
     max_steps: int
+    # FixedSteps defines its solution by a step count, with tol = 0.
+    _zero_tol_ok: ClassVar[bool] = False
+
+    def __check_init__(self):
+        name = type(self).__name__
+        tol, steps = self.tol, self.max_steps
+        if isinstance(tol, jax.core.Tracer) or isinstance(steps, jax.core.Tracer):
+            return  # rebuilt inside a transformation; checked when it was first made
+        low = "a finite number >= 0" if self._zero_tol_ok else "a finite number > 0"
+        if (
+            isinstance(tol, bool | str)
+            or jnp.ndim(tol) != 0
+            or not math.isfinite(float(tol))
+            or float(tol) < 0
+            or (float(tol) == 0 and not self._zero_tol_ok)
+        ):
+            raise ValueError(f"{name} tol must be {low} (a bound on the residual); got {tol!r}.")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"{name} max_steps must be an integer >= 1; got {steps!r}.")
 
     @abc.abstractmethod
     def init(self, problem, x0, theta, data) -> Any:

@@ -95,6 +95,7 @@ class FixedSteps(_NeedsFixedPoint):
     num_steps: int = 100
     tol: float = 0.0
     max_steps: int = -1
+    _zero_tol_ok = True
 
     def __init__(self, num_steps: int = 100):
         if int(num_steps) < 1:
