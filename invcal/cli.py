@@ -274,10 +274,10 @@ def _landscape(setup, previous, *, show_progress: bool):
 
 
 def _cmd_run(args) -> int:
+    from .hypergradient import describe
     from .outer import atomic_write_json, tune
     from .progress import ProgressBar
     from .report import write_report
-    from .testing import _describe
 
     name = _canonical(args.problem)
     out = Path(args.out if args.out else Path("runs") / name)
@@ -326,7 +326,7 @@ def _cmd_run(args) -> int:
         )
     steps = args.steps if args.steps is not None else setup.steps
     learning_rate = args.learning_rate if args.learning_rate is not None else setup.learning_rate
-    detail = "RTHO" if method_name == "rtho" else _describe(method)
+    detail = "RTHO" if method_name == "rtho" else describe(method)
     meta = {"problem": name, "method": method_name, "method_detail": detail}
     if args.options:
         meta["options"] = dict(args.options)

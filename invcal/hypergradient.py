@@ -351,6 +351,24 @@ class Truncated(_AbstractUnrolled):
         return min(int(self.k), self._n(solver))
 
 
+def describe(method) -> str:
+    """A short name of a hypergradient method and its settings, e.g.
+    ``Implicit[CG][forward]`` or ``Truncated[k=10][num_steps=300]`` (reports, tables)."""
+    name = type(method).__name__
+    lin = getattr(method, "linear_solver", None)
+    if lin is not None:
+        inner = getattr(lin, "inner_solver", None)
+        lin_name = type(lin).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
+        name += f"[{lin_name}]"
+    if getattr(method, "mode", "reverse") == "forward":
+        name += "[forward]"
+    for attr in ("k", "num_steps"):
+        v = getattr(method, attr, None)
+        if v is not None:
+            name += f"[{attr}={v}]"
+    return name
+
+
 # --------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------

@@ -33,10 +33,10 @@ from .hypergradient import (
     Hypergradient,
     Implicit,
     _check_args,
+    describe,
     hypergradient,
 )
 from .solvers.fixed_point import FixedSteps
-from .testing import _describe, grad_z
 
 __all__ = ["HOAG", "RTHO", "Secant", "TuneResult", "tune", "grid_search", "random_search"]
 
@@ -448,7 +448,7 @@ def tune(
     else:
         method = Implicit() if method is None else method
         theta0 = _check_args(problem, theta0, solver, method, argument="theta0")
-        method_name = _describe(method)
+        method_name = describe(method)
         if isinstance(opt, Secant) and problem.space.size != 1:
             raise ValueError(
                 "optimizer='secant' tunes one scalar hyperparameter; problem "
@@ -505,7 +505,7 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
         t = time.perf_counter()
         theta = space.to_theta(z)
         hg = hypergradient(problem, theta, solver=solver, method=method, warm=hg, on_failure=policy)
-        gz = grad_z(problem, theta, hg.grad)
+        gz = problem.space.grad_to_z(theta, hg.grad)
         if is_lbfgs:
             updates, opt_state = update(gz, opt_state, z, hg.value, _warm_start(problem, hg.x))
         else:
@@ -543,7 +543,7 @@ def _tune_secant(problem, solver, method, secant, steps, theta0, rec, progress, 
         t = time.perf_counter()
         theta = space.to_theta(jnp.asarray([z]))
         hg = hypergradient(problem, theta, solver=solver, method=method, warm=hg, on_failure=policy)
-        gz = grad_z(problem, theta, hg.grad)
+        gz = problem.space.grad_to_z(theta, hg.grad)
         g = float(gz[0])
         if g < 0:
             lo = (z, g)
@@ -589,7 +589,7 @@ def _tune_hoag(problem, solver, method, hoag, steps, theta0, rec, progress):
             linear_tol=eps,
             on_failure="record",
         )
-        return theta, h, grad_z(problem, theta, h.grad)
+        return theta, h, problem.space.grad_to_z(theta, h.grad)
 
     while len(rec.history) < steps:
         t = time.perf_counter()

@@ -175,9 +175,7 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _grad_z(problem, theta, grad):
-        from .testing import grad_z
-
-        return np.asarray(grad_z(problem, theta, grad))
+        return np.asarray(problem.space.grad_to_z(theta, grad))
 
     def _refit(self, X, y, alpha, coef_init=None):
         """The final fit on all rows at the tuned α. It is one convex problem solved once, so

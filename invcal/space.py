@@ -252,6 +252,13 @@ class Space(eqx.Module):
             i += n
         return out
 
+    def grad_to_z(self, theta: Mapping, grad_theta: Mapping) -> jax.Array:
+        """dE/dθ (a dict like θ) → dE/dz, the gradient the outer optimizer sees, by the
+        chain rule through the transforms at θ."""
+        z = self.to_z(theta)
+        _, vjp = jax.vjp(self.to_theta, z)
+        return vjp(dict(grad_theta))[0]
+
     def flat_names(self) -> list[str]:
         """One label per entry of z: ``name`` for scalars, ``name[i]`` for arrays."""
         labels = []

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .hypergradient import AbstractHypergradient, Implicit, hypergradient
+from .hypergradient import AbstractHypergradient, Implicit, describe, hypergradient
 
 __all__ = ["CheckResult", "check_hypergradient", "finite_difference", "grad_z"]
 
@@ -72,10 +72,9 @@ def finite_difference(problem, theta, *, solver, eps: float = 1e-5, x0=None) -> 
 
 
 def grad_z(problem, theta, grad_theta) -> jax.Array:
-    """Map dE/dθ (a dict like θ) to dE/dz through the space's transforms."""
-    z = problem.space.to_z(theta)
-    _, vjp = jax.vjp(problem.space.to_theta, z)
-    return vjp(grad_theta)[0]
+    """Map dE/dθ (a dict like θ) to dE/dz through the space's transforms
+    (:meth:`Space.grad_to_z`)."""
+    return problem.space.grad_to_z(theta, grad_theta)
 
 
 def check_hypergradient(
@@ -102,7 +101,7 @@ def check_hypergradient(
     fd = finite_difference(problem, theta, solver=solver, eps=eps, x0=x0)
     denom = max(float(np.linalg.norm(fd)), 1e-300)
     return CheckResult(
-        method=_describe(method),
+        method=describe(method),
         relative_error=float(np.linalg.norm(g - fd) / denom),
         gradient=g,
         finite_difference=fd,
@@ -110,19 +109,3 @@ def check_hypergradient(
         seconds=seconds,
         diagnostics=hg.diagnostics.as_dict(),
     )
-
-
-def _describe(method) -> str:
-    name = type(method).__name__
-    lin = getattr(method, "linear_solver", None)
-    if lin is not None:
-        inner = getattr(lin, "inner_solver", None)
-        lin_name = type(lin).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
-        name += f"[{lin_name}]"
-    if getattr(method, "mode", "reverse") == "forward":
-        name += "[forward]"
-    for attr in ("k", "num_steps"):
-        v = getattr(method, attr, None)
-        if v is not None:
-            name += f"[{attr}={v}]"
-    return name

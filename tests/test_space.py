@@ -240,3 +240,11 @@ def test_space_order_survives_transformations():
     z_traced = eqx.filter_jit(lambda sp, th: sp.to_z(th))(space, eager)
     np.testing.assert_allclose(z_traced, z, atol=1e-15)
     assert eqx.filter_jit(lambda sp: sp.flat_names())(space) == space.flat_names()
+
+
+def test_grad_to_z_is_the_chain_rule_through_the_transforms():
+    space = ic.Space(lam=ic.Param(2.0, ic.Log()), w=ic.Param(jnp.array([0.5, 1.5])))
+    theta = {"lam": jnp.asarray(3.0), "w": jnp.array([0.2, -1.0])}
+    grad = {"lam": jnp.asarray(0.7), "w": jnp.array([1.0, -2.0])}
+    # z = (log λ, w): dE/dz = (λ dE/dλ, dE/dw), in the order of the space's names.
+    np.testing.assert_allclose(space.grad_to_z(theta, grad), [3.0 * 0.7, 1.0, -2.0], rtol=1e-14)
