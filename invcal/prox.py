@@ -11,6 +11,10 @@ penalty g(z)                 prox_{tg}(v)                                functio
 ‖z‖₁ + (μ/2)‖z‖²             soft(v, tw) / (1 + tμ)                      :func:`prox_elastic_net`
 same + ι{z ≥ 0}              max(v − tw, 0) / (1 + tμ)                   ``prox_elastic_net(…,
                                                                           nonneg=True)``
+‖z‖₂ over axis 0 (isotropic  z·max(‖v‖ − t, 0)/‖v‖                       :func:`vector_shrink`
+TV's d-step)
+h_ε(z) (Huber), elementwise  v·ε/(ε+t) inside, soft threshold outside    :func:`prox_huber`
+h_ε(‖z‖₂ over axis 0)        the same on ‖v‖                             :func:`prox_huber_vector`
 ==========================  ==========================================  ==========================
 
 The thresholds and weights broadcast against v, so one λ per coefficient (the weighted Lasso)
@@ -28,7 +32,16 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["prox_l1", "prox_l1_nonneg", "prox_elastic_net", "soft_threshold"]
+__all__ = [
+    "prox_l1",
+    "prox_l1_nonneg",
+    "prox_elastic_net",
+    "soft_threshold",
+    "vector_shrink",
+    "prox_huber",
+    "prox_huber_vector",
+    "huber",
+]
 
 
 def soft_threshold(v, threshold):
@@ -57,3 +70,38 @@ def prox_elastic_net(v, t, l1=1.0, l2=0.0, *, nonneg: bool = False):
     ``nonneg``, one-sided) threshold at t·l1, shrunk by 1/(1 + t·l2)."""
     base = prox_l1_nonneg(v, t, l1) if nonneg else prox_l1(v, t, l1)
     return base / (1.0 + t * l2)
+
+
+# --------------------------------------------------------------------------------------
+# Group (isotropic) shrinkage and the Huber function, derivatives defined everywhere
+# --------------------------------------------------------------------------------------
+def _safe_norm(v, floor):
+    """(|v|, mask) with |v| = ‖v‖ over axis 0 where ‖v‖² > floor² and 1 elsewhere: the square
+    root is never taken at 0, so its derivative never becomes inf·0 = NaN."""
+    sq = jnp.sum(v * v, axis=0)
+    mask = sq > floor * floor
+    return jnp.sqrt(jnp.where(mask, sq, jnp.ones_like(sq))), mask
+
+
+def vector_shrink(v, t):
+    """v·max(‖v‖ − t, 0)/‖v‖ with ‖·‖ over axis 0 (the isotropic shrinkage, Wang, Yang, Yin &
+    Zhang 2008); 0 with zero derivative where ‖v‖ <= t, including at v = 0."""
+    n, mask = _safe_norm(v, t)
+    return jnp.where(mask, (1.0 - t / n) * v, jnp.zeros_like(v))
+
+
+def prox_huber(v, t, eps):
+    """prox of t·h_ε elementwise (h_ε the Huber function, :func:`huber`): the linear shrink
+    v·ε/(ε + t) inside |v| <= ε + t, the soft threshold at t outside."""
+    return jnp.where(jnp.abs(v) > eps + t, v - t * jnp.sign(v), v * (eps / (eps + t)))
+
+
+def prox_huber_vector(v, t, eps):
+    """prox of t·h_ε(‖v‖) with ‖·‖ over axis 0 (the smoothed isotropic shrinkage)."""
+    n, mask = _safe_norm(v, eps + t)
+    return jnp.where(mask, (1.0 - t / n) * v, v * (eps / (eps + t)))
+
+
+def huber(s, eps):
+    """h_ε(s) = s²/(2ε) for s <= ε, s − ε/2 beyond, for s >= 0 (the Huber smoothing of |s|)."""
+    return jnp.where(s > eps, s - 0.5 * eps, 0.5 * s * s / eps)

@@ -17,17 +17,14 @@ from invcal.imaging import Blur, Neumann, Periodic, add_noise, gaussian_kernel, 
 from invcal.imaging.metrics import mse, psnr
 from invcal.imaging.tuning import MSE, PSNR, SURE, tv_problem
 from invcal.imaging.weights import BlockWeights, DirectionalWeights
+from invcal.prox import prox_huber, prox_huber_vector, soft_threshold, vector_shrink
 from invcal.solvers.bregman import (
     Anisotropic,
     GaussSeidel,
     Isotropic,
     SpectralSolve,
     SplitBregman,
-    _huber_prox_scalar,
-    _huber_prox_vector,
-    soft_threshold,
     split_bregman,
-    vector_shrink,
 )
 from invcal.testing import grad_z
 
@@ -58,9 +55,9 @@ def test_shrinkages_satisfy_their_prox_optimality_conditions(v, t, eps):
     else:
         assert np.linalg.norm(v) <= t + 1e-12
     # Huber proxes: v − z = t h_ε'(z) (scalar: componentwise; vector: on the norm)
-    hp = np.clip(z := np.asarray(_huber_prox_scalar(jnp.asarray(v), t, eps)), -eps, eps) / eps
+    hp = np.clip(z := np.asarray(prox_huber(jnp.asarray(v), t, eps)), -eps, eps) / eps
     np.testing.assert_allclose(v - z, t * hp, atol=1e-12)
-    z = np.asarray(_huber_prox_vector(jnp.asarray(v), t, eps))
+    z = np.asarray(prox_huber_vector(jnp.asarray(v), t, eps))
     nz = np.linalg.norm(z)
     grad = z / max(nz, eps)
     np.testing.assert_allclose(v - z, t * grad, atol=1e-12)
@@ -71,7 +68,7 @@ def test_shrinkage_derivatives_are_finite_at_zero():
     for fn in (
         lambda v: vector_shrink(v, 0.1),
         lambda v: soft_threshold(v, 0.1),
-        lambda v: _huber_prox_vector(v, 0.1, 0.01),
+        lambda v: prox_huber_vector(v, 0.1, 0.01),
     ):
         jac = jax.jit(jax.jacfwd(fn))(zero)
         assert np.all(np.isfinite(jac))

@@ -54,7 +54,7 @@ fixed point tight enough to differentiate: use anisotropic TV, the Huber smoothi
 differentiate a fixed number of iterations (``invcal.ForwardUnrolled``).
 
 The shrinkages are written with ``jnp.where`` on both branches and a norm that is never
-evaluated at 0 (``_safe_norm``): the derivative at 0 is 0, never NaN (scico's isotropic TV
+evaluated at 0 (:mod:`invcal.prox`): the derivative at 0 is 0, never NaN (scico's isotropic TV
 gives NaN gradients there).
 
 **Relation to scikit-image.** ``skimage.restoration.denoise_tv_bregman(f, weight=μ,
@@ -78,7 +78,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..prox import soft_threshold
+from .. import prox
+from ..prox import soft_threshold, vector_shrink
 
 if TYPE_CHECKING:
     from ..imaging.operators import AbstractBoundary, Blur
@@ -122,39 +123,6 @@ def _is_boundary(boundary) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-# Shrinkage (proximal maps) with defined derivatives everywhere
-# --------------------------------------------------------------------------------------
-def _safe_norm(v, floor):
-    """(|v|, mask) with |v| = ‖v‖ over axis 0 where ‖v‖² > floor² and 1 elsewhere: the square
-    root is never taken at 0, so its derivative never becomes inf·0 = NaN."""
-    sq = jnp.sum(v * v, axis=0)
-    mask = sq > floor * floor
-    return jnp.sqrt(jnp.where(mask, sq, jnp.ones_like(sq))), mask
-
-
-def vector_shrink(v, t):
-    """v·max(‖v‖ − t, 0)/‖v‖ with ‖·‖ over axis 0 (the isotropic shrinkage, Wang, Yang, Yin &
-    Zhang 2008); 0 with zero derivative where ‖v‖ <= t, including at v = 0."""
-    n, mask = _safe_norm(v, t)
-    return jnp.where(mask, (1.0 - t / n) * v, jnp.zeros_like(v))
-
-
-def _huber_prox_scalar(v, t, eps):
-    # prox of t·h_ε: linear shrink v·ε/(ε + t) inside |v| <= ε + t, soft threshold outside.
-    return jnp.where(jnp.abs(v) > eps + t, v - t * jnp.sign(v), v * (eps / (eps + t)))
-
-
-def _huber_prox_vector(v, t, eps):
-    n, mask = _safe_norm(v, eps + t)
-    return jnp.where(mask, (1.0 - t / n) * v, v * (eps / (eps + t)))
-
-
-def _huber(s, eps):
-    """h_ε(s) for s >= 0."""
-    return jnp.where(s > eps, s - 0.5 * eps, 0.5 * s * s / eps)
-
-
-# --------------------------------------------------------------------------------------
 # TV norms
 # --------------------------------------------------------------------------------------
 class AbstractTVNorm(eqx.Module):
@@ -177,13 +145,13 @@ class Anisotropic(AbstractTVNorm):
     """Σ w|∂₀u| + w|∂₁u|: the ℓ¹ norm of the gradient components (separable)."""
 
     def value(self, g, w, huber):
-        a = jnp.abs(g) if huber is None else _huber(jnp.abs(g), huber)
+        a = jnp.abs(g) if huber is None else prox.huber(jnp.abs(g), huber)
         return jnp.sum(w * a)
 
     def shrink(self, v, t, huber):
         if huber is None:
             return soft_threshold(v, t)
-        return _huber_prox_scalar(v, t, huber)
+        return prox.prox_huber(v, t, huber)
 
     def check_weight_shape(self, shape):
         ok = shape in ((), (2, 1, 1)) or len(shape) == 2 or (len(shape) == 3 and shape[0] == 2)
@@ -199,13 +167,13 @@ class Isotropic(AbstractTVNorm):
 
     def value(self, g, w, huber):
         n = jnp.sqrt(jnp.sum(g * g, axis=0) + jnp.finfo(g.dtype).tiny)
-        a = n if huber is None else _huber(n, huber)
+        a = n if huber is None else prox.huber(n, huber)
         return jnp.sum(w * a)
 
     def shrink(self, v, t, huber):
         if huber is None:
             return vector_shrink(v, t)
-        return _huber_prox_vector(v, t, huber)
+        return prox.prox_huber_vector(v, t, huber)
 
     def check_weight_shape(self, shape):
         if not (shape == () or len(shape) == 2):
