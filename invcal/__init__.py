@@ -5,6 +5,7 @@ from .diagnostics import (
     HypergradientNotConverged,
     HypergradientNotConvergedWarning,
     OnFailure,
+    SolveResult,
 )
 from .hypergradient import (
     AbstractHypergradient,
@@ -60,6 +61,7 @@ __all__ = [
     "Param",
     "Problem",
     "Softplus",
+    "SolveResult",
     "Space",
     "Truncated",
     "Unrolled",

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["OnFailure", "Diagnostics", "HypergradientNotConverged", "enforce"]
+__all__ = ["OnFailure", "Diagnostics", "HypergradientNotConverged", "SolveResult", "enforce"]
 
 
 class HypergradientNotConverged(RuntimeError):
@@ -47,6 +47,25 @@ class OnFailure(enum.Enum):
             ) from None
 
 
+class SolveResult(enum.IntEnum):
+    """Result code of an inner solve (``InnerSolution.result``, ``Diagnostics.inner_result``),
+    as an integer array so that it survives ``jit`` and ``vmap``: compare with
+    ``sol.result == SolveResult.DIVERGED``."""
+
+    SUCCESSFUL = 0
+    MAX_STEPS_REACHED = 1  # stopped at max_steps with a finite residual above tol
+    DIVERGED = 2  # the residual is NaN or inf: more steps will not help
+
+    @classmethod
+    def classify(cls, converged, residual) -> jax.Array:
+        finite = jnp.isfinite(residual)
+        return jnp.where(
+            converged & finite,
+            int(cls.SUCCESSFUL),
+            jnp.where(finite, int(cls.MAX_STEPS_REACHED), int(cls.DIVERGED)),
+        )
+
+
 class Diagnostics(eqx.Module):
     """Work and accuracy of one hypergradient.
 
@@ -65,6 +84,11 @@ class Diagnostics(eqx.Module):
     @property
     def converged(self):
         return self.inner_converged & self.linear_converged
+
+    @property
+    def inner_result(self) -> jax.Array:
+        """The inner solve's :class:`SolveResult` code."""
+        return SolveResult.classify(self.inner_converged, self.inner_residual)
 
     def as_dict(self) -> dict:
         return {

@@ -216,5 +216,20 @@ def test_a_diverging_inner_solve_is_reported_as_divergence():
         objective=objective,
         fixed_point=lambda x, th, d: x - 3.0 * jax.grad(objective)(x, th, d) / LIP,
     )
+    sol = ic.FixedPointIteration(max_steps=3000).solve(overshoot, overshoot.x0, THETA)
+    assert int(sol.result) == ic.SolveResult.DIVERGED
     with pytest.raises(ic.HypergradientNotConverged, match="inner solve diverged.*will not help"):
         ic.hypergradient(overshoot, THETA, solver=ic.FixedPointIteration(max_steps=3000), method=CG)
+
+
+def test_result_codes_of_inner_solves():
+    ok = GOOD.solve(PROBLEM, PROBLEM.x0, THETA)
+    short = SHORT.solve(PROBLEM, PROBLEM.x0, THETA)
+    assert int(ok.result) == ic.SolveResult.SUCCESSFUL
+    assert int(short.result) == ic.SolveResult.MAX_STEPS_REACHED
+    rec = _hg(SHORT, CG, on_failure="record")
+    assert int(rec.diagnostics.inner_result) == ic.SolveResult.MAX_STEPS_REACHED
+    # Under vmap the code is an array, one entry per θ.
+    lams = jnp.array([1.0, 2.0])
+    codes = jax.vmap(lambda lam: SHORT.solve(PROBLEM, PROBLEM.x0, {"lam": lam}).result)(lams)
+    assert codes.tolist() == [ic.SolveResult.MAX_STEPS_REACHED] * 2

@@ -37,6 +37,7 @@ PUBLIC = [
     "solve",
     "Diagnostics",
     "OnFailure",
+    "SolveResult",
     "HypergradientNotConverged",
     "check_hypergradient",
     # the outer loop

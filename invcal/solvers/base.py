@@ -13,6 +13,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..diagnostics import SolveResult
+
 __all__ = ["AbstractInnerSolver", "InnerSolution", "tree_norm", "as_iterate"]
 
 
@@ -55,6 +57,11 @@ class InnerSolution(eqx.Module):
     residual: jax.Array
     converged: jax.Array
     tol: jax.Array
+
+    @property
+    def result(self) -> jax.Array:
+        """:class:`invcal.SolveResult` code: successful, max_steps reached, or diverged."""
+        return SolveResult.classify(self.converged, self.residual)
 
 
 class AbstractInnerSolver(eqx.Module):
