@@ -25,7 +25,8 @@ so it plugs into :class:`invcal.Problem` and into every hypergradient method.
   estimators: for the Lasso the exact divergence is |S| (Zou, Hastie & Tibshirani 2007), a
   step function of λ whose derivative is zero, while the finite-difference divergence is
   continuous in λ and its hypergradient sees the degrees of freedom change.
-* **Truth** — :func:`mse_to_truth` and :func:`psnr` for synthetic studies.
+* **Truth** — :func:`mse_to_truth` for synthetic studies (PSNR of images in [0, 1]:
+  :func:`invcal.imaging.psnr`).
 
 Data conventions: a ``predict`` argument is either a key of ``data`` naming a matrix (or an
 operator with ``.mv``) applied to x, or a function ``predict(x, data)``; a ``target`` is a key or
@@ -52,7 +53,6 @@ __all__ = [
     "kfold_data",
     "monte_carlo_divergence",
     "mse_to_truth",
-    "psnr",
     "sure",
     "sure_pair",
     "sure_value",
@@ -351,10 +351,3 @@ def mse_to_truth(truth="x_true") -> MSEToTruth:
     """E = mean((x − x_true)²), with the truth under a data key or given as a function."""
     _target(truth)
     return MSEToTruth(truth=truth)
-
-
-def psnr(x, truth, *, data_range: float | None = None):
-    """Peak signal-to-noise ratio 10 log₁₀(range² / MSE) in dB (range: of the truth)."""
-    truth = jnp.asarray(truth)
-    rng = (jnp.max(truth) - jnp.min(truth)) if data_range is None else data_range
-    return 10.0 * jnp.log10(rng**2 / jnp.mean((jnp.asarray(x) - truth) ** 2))
