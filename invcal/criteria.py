@@ -56,6 +56,7 @@ __all__ = [
     "sure",
     "sure_pair",
     "sure_value",
+    "stein_risk",
 ]
 
 
@@ -284,8 +285,7 @@ class Sure(eqx.Module):
             dk = jax.tree_util.tree_map(lambda a, k=k: a[k], data)
             div = div + jnp.vdot(dk["sure_delta"], pred(x[k], dk) - f0)
         div = div / ((x.shape[0] - 1) * eps)
-        r = y - f0
-        value = jnp.vdot(r, r) - y.size * sigma**2 + 2.0 * sigma**2 * div
+        value = stein_risk(y - f0, div, sigma, y.size)
         return value / y.size if self.normalize else value
 
     @property
@@ -326,9 +326,16 @@ def sure_value(y, fit, divergence, sigma, *, normalize: bool = True):
     r"""‖y − fit‖² − mσ² + 2σ² div (divided by m if ``normalize``)."""
     sigma = _check_sigma(sigma)
     y, fit = jnp.asarray(y), jnp.asarray(fit)
-    r = y - fit
-    value = jnp.vdot(r, r) - y.size * sigma**2 + 2.0 * sigma**2 * divergence
+    value = stein_risk(y - fit, divergence, sigma, y.size)
     return value / y.size if normalize else value
+
+
+def stein_risk(residual, divergence, sigma, m):
+    r"""‖r‖² − mσ² + 2σ² div: Stein's unbiased estimate of ‖f(y) − μ‖² from the residual
+    r = y − f(y) of m measurements, the divergence of f and the noise σ (Stein 1981). The
+    one formula behind every SURE criterion here; complex residuals (Fourier measurements)
+    count |r|². Traceable (no checks): validate σ where it enters."""
+    return jnp.real(jnp.vdot(residual, residual)) - m * sigma**2 + 2.0 * sigma**2 * divergence
 
 
 # --------------------------------------------------------------------------------------

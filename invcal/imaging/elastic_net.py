@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..criteria import stein_risk
 from ..problem import Problem
 from ..prox import prox_elastic_net
 from ..solvers.fixed_point import FISTA
@@ -234,9 +235,8 @@ def _functions(kind: str):
             f1 = op.mv(transform.inverse(c[1]))
             y, delta = data["y"][0], data["sure_delta"]
             sigma, eps, m = data["sure_sigma"], data["sure_eps"], data["sure_m"]
-            r = y - f0
             div = jnp.real(jnp.vdot(delta, f1 - f0)) / eps
-            return (jnp.real(jnp.vdot(r, r)) - m * sigma**2 + 2.0 * sigma**2 * div) / m
+            return stein_risk(y - f0, div, sigma, m) / m
 
     else:
         value = _image_value(kind)
