@@ -250,8 +250,10 @@ def _previous_results(path: Path) -> dict | None:
     return load_results(path)
 
 
-def _landscape(setup, previous, *, show_progress: bool):
-    """E on the setup's grid: reused from the previous run when the grid is the same."""
+def _landscape(setup, previous, out: Path, *, show_progress: bool):
+    """E on the setup's grid: reused from the previous run when the grid is the same. The
+    points are recorded in ``out/landscape/results.json`` as they finish, so a run stopped
+    during the landscape resumes it where it stopped."""
     import numpy as np
 
     from .outer import grid_search
@@ -263,8 +265,19 @@ def _landscape(setup, previous, *, show_progress: bool):
     if isinstance(old, dict) and old.get("names") == list(grid) and old.get("axes") == axes:
         return old
     bar = ProgressBar(label="landscape") if show_progress else None
+    where = out / "landscape"
     try:
-        res = grid_search(setup.problem, solver=setup.solver, grid=grid, progress=bar)
+        try:
+            res = grid_search(
+                setup.problem, solver=setup.solver, grid=grid, progress=bar, out=where, resume=True
+            )
+        except ValueError as e:
+            if "cannot resume" not in str(e):
+                raise
+            # another grid was recorded there: start this one afresh
+            res = grid_search(
+                setup.problem, solver=setup.solver, grid=grid, progress=bar, out=where
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -357,7 +370,9 @@ def _cmd_run(args) -> int:
     space = setup.problem.space
     if not args.no_landscape and setup.grid and 1 <= len(space.names) <= 2:
         try:
-            results["landscape"] = _landscape(setup, previous, show_progress=not args.no_progress)
+            results["landscape"] = _landscape(
+                setup, previous, out, show_progress=not args.no_progress
+            )
         except Exception as e:  # the landscape is a picture, not the result: warn, go on
             _stderr_line(f"invcal: warning: landscape skipped: {type(e).__name__}: {e}")
     extra_figures = []

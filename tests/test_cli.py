@@ -116,6 +116,23 @@ def test_run_fake_writes_everything(fake, tmp_path, capsys):
     for png in ("trajectory.png", "criterion.png", "grad_norm.png", "landscape.png", "fit.png"):
         assert (out / png).exists()
         assert f"]({png})" in md
+    # The landscape's points are recorded as they finish; a run stopped during the landscape
+    # resumes it: the finished points are kept (same rows), the rest computed.
+    land_file = out / "landscape" / "results.json"
+    saved = json.loads(land_file.read_text())
+    assert len(saved["history"]) == 9
+    partial = dict(saved, history=saved["history"][:4])
+    land_file.write_text(json.dumps(partial))
+    results["landscape"] = None
+    (out / "results.json").write_text(json.dumps(results))
+    argv = ["run", "fake", "--steps", "3", "--out", str(out), "--no-progress", "--resume"]
+    assert cli.main(argv) == 0
+    again = json.loads(land_file.read_text())["history"]
+    assert again[:4] == saved["history"][:4] and len(again) == 9
+    # (equal up to rounding: point 5 now starts its inner solve cold instead of warm)
+    redone = json.loads((out / "results.json").read_text())["landscape"]
+    np.testing.assert_allclose(redone["values"], land["values"], rtol=1e-12)
+
     # `invcal report` rewrites the report from results.json, problem figures included.
     (out / "report.md").unlink()
     assert cli.main(["report", str(out)]) == 0
