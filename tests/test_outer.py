@@ -187,28 +187,12 @@ def test_resume_refuses_another_run(tmp_path):
             PROBLEM, solver=SOLVER, grid={"lam": grid["lam"][:3]}, out=tmp_path, resume=True
         )
     run = tmp_path / "adam"
-    ic.tune(PROBLEM, solver=SOLVER, optimizer="adam", learning_rate=0.1, steps=1, out=run)
+    adam = dict(solver=SOLVER, optimizer="adam", out=run)
+    ic.tune(PROBLEM, **adam, learning_rate=0.1, steps=1)
     with pytest.raises(ValueError, match="learning_rate=0.1"):
-        ic.tune(
-            PROBLEM,
-            solver=SOLVER,
-            optimizer="adam",
-            learning_rate=0.2,
-            steps=2,
-            out=run,
-            resume=True,
-        )
+        ic.tune(PROBLEM, **adam, learning_rate=0.2, steps=2, resume=True)
     with pytest.raises(ValueError, match="method="):
-        ic.tune(
-            PROBLEM,
-            solver=SOLVER,
-            optimizer="adam",
-            learning_rate=0.1,
-            steps=2,
-            out=run,
-            resume=True,
-            method=ic.Unrolled(50),
-        )
+        ic.tune(PROBLEM, **adam, learning_rate=0.1, steps=2, resume=True, method=ic.Unrolled(50))
     assert not list(run.glob(".results-*")), "a temporary file was left behind"
 
 
