@@ -81,12 +81,15 @@ class AbstractInnerSolver(eqx.Module):
         if isinstance(tol, jax.core.Tracer) or isinstance(steps, jax.core.Tracer):
             return  # rebuilt inside a transformation; checked when it was first made
         low = "a finite number >= 0" if self._zero_tol_ok else "a finite number > 0"
+        try:
+            value = float(tol) if not isinstance(tol, bool | str) and jnp.ndim(tol) == 0 else None
+        except (TypeError, ValueError):
+            value = None
         if (
-            isinstance(tol, bool | str)
-            or jnp.ndim(tol) != 0
-            or not math.isfinite(float(tol))
-            or float(tol) < 0
-            or (float(tol) == 0 and not self._zero_tol_ok)
+            value is None
+            or not math.isfinite(value)
+            or value < 0
+            or (value == 0 and not self._zero_tol_ok)
         ):
             raise ValueError(f"{name} tol must be {low} (a bound on the residual); got {tol!r}.")
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
