@@ -174,7 +174,8 @@ def run_operator(name, size, steps, lr, decay, oracle, cache=None) -> dict:
     )
     if oracle:
         t2 = time.perf_counter()
-        land = eni.landscape(data, l1s, l2s)
+        record = None if cache is None else cache / f"{name}_{size}_oracle.json"
+        land = eni.landscape(data, l1s, l2s, record=record)
         k, m = np.unravel_index(np.argmax(land), land.shape)
         out["grid"]["validation_landscape"] = land.tolist()
         out["grid"]["oracle"] = {

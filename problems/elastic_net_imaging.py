@@ -33,7 +33,9 @@ the hand-picked starting λ.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+from pathlib import Path
 
 import jax.numpy as jnp
 import lineax as lx
@@ -286,14 +288,28 @@ def observed_image(data, k=0, which="val"):
     return np.asarray(y)
 
 
-def landscape(data, l1s, l2s, *, wavelet="db4", levels=4, rms_tol=RMS_TOL):
+def landscape(data, l1s, l2s, *, wavelet="db4", levels=4, rms_tol=RMS_TOL, record=None):
     """Validation PSNR on the grid l1s × l2s (rows: λ₁), one warm-started solve per point
-    (the λ₂ axis is traversed back and forth so each start is a neighbour's solution)."""
+    (the λ₂ axis is traversed back and forth so each start is a neighbour's solution).
+
+    ``record``: a JSON file where each finished row of λ₁ is written as it finishes; a call
+    with the same axes and file resumes after the last finished row (its first solve then
+    starts cold)."""
+    from invcal.outer import atomic_write_json
+
     transform = _transform(wavelet, levels)
     out = np.zeros((len(l1s), len(l2s)))
+    axes = [np.asarray(l1s, float).tolist(), np.asarray(l2s, float).tolist()]
+    done = 0
+    if record is not None and Path(record).exists():
+        saved = json.loads(Path(record).read_text())
+        if saved.get("axes") == axes:
+            done = len(saved["rows"])
+            out[:done] = np.asarray(saved["rows"], float).reshape(done, len(l2s))
     x0 = None
     truth = jnp.asarray(data["truth_val"])
-    for i, a in enumerate(l1s):
+    for i in range(done, len(l1s)):
+        a = l1s[i]
         js = range(len(l2s)) if i % 2 == 0 else reversed(range(len(l2s)))
         for j in js:
             images, sol = en.reconstruct(
@@ -308,6 +324,8 @@ def landscape(data, l1s, l2s, *, wavelet="db4", levels=4, rms_tol=RMS_TOL):
             )
             x0 = sol.x
             out[i, j] = float(jnp.mean(psnr(images, truth)))
+        if record is not None:
+            atomic_write_json(Path(record), {"axes": axes, "rows": out[: i + 1].tolist()})
     return out
 
 

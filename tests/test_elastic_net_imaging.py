@@ -299,3 +299,23 @@ def test_command_line_run_writes_the_figures(registered, tmp_path, capsys):
     extra = json.loads((out / "results.json").read_text())["extra"]
     assert extra["validation_psnr_learned"] > 15 and len(extra["validation_landscape"]["psnr"]) == 3
     assert "theta: lam1=" in capsys.readouterr().out
+
+
+def test_validation_landscape_records_rows_and_resumes(tmp_path):
+    import json
+
+    from problems import elastic_net_imaging as eni
+
+    data = eni.load_data(operator="inpainting", size=16, train=["camera"], validation=["clock"])
+    l1s, l2s = np.geomspace(1e-3, 1e-1, 3), np.geomspace(1e-4, 1e-2, 2)
+    record = tmp_path / "oracle.json"
+    full = eni.landscape(data, l1s, l2s, levels=2, record=record)
+    saved = json.loads(record.read_text())
+    assert saved["rows"] == full.tolist()
+    # a run stopped after its first row (marked so that a recomputed row would show)
+    record.write_text(json.dumps({"axes": saved["axes"], "rows": [[-1.0, -2.0]]}))
+    resumed = eni.landscape(data, l1s, l2s, levels=2, record=record)
+    assert resumed[0].tolist() == [-1.0, -2.0]  # the finished row is read, not recomputed
+    np.testing.assert_allclose(resumed[1:], full[1:], atol=1e-3)  # cold vs warm starts
+    other = eni.landscape(data, l1s[:2], l2s, levels=2, record=record)  # other axes: afresh
+    np.testing.assert_allclose(other, full[:2], atol=1e-3)
