@@ -5,6 +5,7 @@ same problem, and failures that name the subject.
 One compiled program per (model, data shapes, method, error): ``population_objective`` and
 ``fit_population`` share it, so the FOCEI tests below compile once."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -101,10 +102,21 @@ def test_focei_hypergradient_matches_finite_differences(model, theoph):
 def test_fit_theoph_from_nlme_estimates(model, theoph):
     init = {k: v for k, v in NLME.items()}
     init["omega_lKe"] = 0.01
+    seen = []
     fit = ode.fit_population(
-        model, theoph, init=init, random=("lKe", "lKa", "lCl"), algorithm="lbfgs"
+        model,
+        theoph,
+        init=init,
+        random=("lKe", "lKa", "lCl"),
+        algorithm="lbfgs",
+        progress=lambda *row: seen.append(row),
     )
     assert fit.converged, fit.message
+    # progress: one report per accepted L-BFGS step, as the compiled loop runs
+    jax.effects_barrier()
+    assert [r[1] for r in seen] == list(range(fit.iterations + 1)), seen
+    assert {r[0] for r in seen} == {"lbfgs"}
+    np.testing.assert_allclose([r[2] for r in seen], fit.history, rtol=1e-12)
     # exact FOCEI maximum: at least as high as nlme's Lindstrom-Bates fixed point
     assert NLME_LOGLIK - 1e-3 <= fit.loglik <= NLME_LOGLIK + 0.5
     for p in ("lKe", "lKa", "lCl"):
@@ -181,12 +193,18 @@ def test_dose_into_missing_compartment_refused_before_fitting(theoph):
 # --------------------------------------------------------------------------------------
 # nlme's Lindstrom-Bates algorithm (one compilation)
 # --------------------------------------------------------------------------------------
-def test_lindstrom_bates_reproduces_nlme(theoph):
+def test_lindstrom_bates_reproduces_nlme(theoph, capsys):
     # the default algorithm for FOCEI with additive error
     model = theophylline_model(rtol=1e-7, atol=1e-9)
-    fit = ode.fit_population(model, theoph, init=INIT)
+    fit = ode.fit_population(model, theoph, init=INIT, progress=True)
     assert fit.algorithm == "lindstrom-bates"
     assert fit.converged, fit.message
+    jax.effects_barrier()
+    lines = capsys.readouterr().err.splitlines()
+    expected = [
+        f"fit_population [lindstrom-bates] iteration {k}:" for k in range(1, fit.iterations + 1)
+    ]
+    assert [line.split(" objective")[0] for line in lines] == expected, lines
     assert fit.loglik == pytest.approx(NLME_LOGLIK, abs=0.01)
     for p in ("lKe", "lKa", "lCl"):
         assert fit.fixed_effects[p] == pytest.approx(NLME[p], abs=1e-3)
@@ -199,6 +217,8 @@ def test_lindstrom_bates_reproduces_nlme(theoph):
         ode.fit_population(model, theoph, init=INIT, algorithm="lindstrom-bates", method="laplace")
     with pytest.raises(ValueError, match="algorithm must be"):
         ode.fit_population(model, theoph, init=INIT, algorithm="newton")
+    with pytest.raises(TypeError, match="progress must be None, True"):
+        ode.fit_population(model, theoph, init=INIT, progress="yes")
 
 
 # --------------------------------------------------------------------------------------

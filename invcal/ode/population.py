@@ -62,7 +62,9 @@ hypergradient.
 from __future__ import annotations
 
 import abc
+import functools
 import math
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -843,7 +845,9 @@ def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None)
         )
 
     info0 = _info0(pop, arrays, eta0.shape[1], z0.shape[0])
-    out = _lbfgs(evaluate, z0, eta0, info0, opts)
+    progress = opts.get("progress")
+    on_step = None if progress is None else functools.partial(progress, "lbfgs")
+    out = _lbfgs(evaluate, z0, eta0, info0, opts, on_step)
     out["n_history"] = out["iter"] + 1
     out["n_inner"] = out["evals"]
     return out
@@ -909,6 +913,9 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, c
         th_new = jnp.stack(list(space.to_theta(run["z"]).values()))
         change = jnp.max(jnp.abs(th_new - th_old) / (1.0 + jnp.abs(th_old)))
         k = c["k"]
+        if opts.get("progress") is not None:
+            step = functools.partial(opts["progress"], "lindstrom-bates")
+            _report(step, jnp.asarray(True), k + 1, run["f"])
         return {
             "z": run["z"],
             "eta": run["eta"],
@@ -956,11 +963,23 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, c
     }
 
 
-def _lbfgs(evaluate, z0, eta0, info0, opts):
+def _report(callback, accepted, iteration, objective):
+    """``callback(iteration, objective)`` on the host, from inside the compiled loop, when
+    ``accepted`` (progress of a long fit; the loop does not wait for it)."""
+
+    def host(acc, it, f):
+        if bool(acc):
+            callback(int(it), float(f))
+
+    jax.debug.callback(host, accepted, iteration, objective)
+
+
+def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None):
     """L-BFGS (memory 10) with backtracking (Armijo) line search, as one ``while_loop``
     with one call of ``evaluate(z_trial, z, eta, info) -> (f, g, eta, info)`` per pass (so
     the objective, and the ODE solves in it, are compiled once). The first pass evaluates
-    z0 itself; trial steps are capped at ``max_step`` in every coordinate."""
+    z0 itself; trial steps are capped at ``max_step`` in every coordinate. ``on_step``
+    (host callback): called with (iteration, objective) after each accepted step."""
     m = 10
     n = z0.shape[0]
     max_iter, gtol, ftol, max_step = (
@@ -1080,6 +1099,8 @@ def _lbfgs(evaluate, z0, eta0, info0, opts):
             status=status,
             done=status > 0,
         )
+        if on_step is not None:
+            _report(on_step, accept, new["iter"], new["f"])
         return new
 
     return jax.lax.while_loop(cond, body, state)
@@ -1134,7 +1155,18 @@ def _prepare(
     return pop, events, arrays, space
 
 
-def _options(max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, *, min_iter=1, xtol=1e-7):
+def _options(
+    max_iter,
+    gtol,
+    ftol,
+    inner_tol,
+    inner_max_steps,
+    max_step,
+    *,
+    min_iter=1,
+    xtol=1e-7,
+    progress=None,
+):
     for name, v, lo in (("max_iter", max_iter, min_iter), ("inner_max_steps", inner_max_steps, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}.")
@@ -1157,7 +1189,31 @@ def _options(max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, *, min_
         "max_step": jnp.asarray(float(max_step)),
         "xtol": jnp.asarray(float(xtol)),
         "history": 512,
+        "progress": _progress_callback(progress),
     }
+
+
+def _print_progress(algorithm, iteration, objective):
+    print(
+        f"fit_population [{algorithm}] iteration {iteration}: objective {objective:.10g}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _progress_callback(progress):
+    """``progress`` of :func:`fit_population` as a host callback, or None. A module-level
+    function for ``True``, so repeated fits reuse the compiled loop."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        return _print_progress
+    if not callable(progress):
+        raise TypeError(
+            "progress must be None, True (a line per iteration on stderr) or a callable "
+            f"progress(algorithm, iteration, objective); got {progress!r}."
+        )
+    return progress
 
 
 def subject_mesh(devices=None):
@@ -1287,6 +1343,7 @@ def fit_population(
     holdout=None,
     holdout_seed: int = 0,
     omega: str = "diagonal",
+    progress=None,
 ):
     """Fit a population ODE model by maximizing the FOCEI or Laplace likelihood.
 
@@ -1338,6 +1395,11 @@ def fit_population(
       chunk, chunks one after another), so one slow subject holds up only its chunk;
       ``None``: all at once.
 
+    - ``progress``: ``True`` prints a line per outer iteration (algorithm, iteration,
+      objective) to stderr as the compiled fit runs; a callable receives
+      ``(algorithm, iteration, objective)`` instead (pass the same function to later fits:
+      a new one compiles the fit again).
+
     Returns a :class:`PopulationFit`.
     """
     from .summary import PopulationFit
@@ -1345,7 +1407,9 @@ def fit_population(
     pop, events, arrays, space = _prepare(
         model, events, init, random, error, method, covariates, holdout, holdout_seed, omega
     )
-    opts = _options(max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, xtol=xtol)
+    opts = _options(
+        max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, xtol=xtol, progress=progress
+    )
     if algorithm not in ("auto", "lbfgs", "lindstrom-bates"):
         raise ValueError(
             f"algorithm must be 'auto', 'lbfgs' or 'lindstrom-bates'; got {algorithm!r}."
