@@ -1,5 +1,6 @@
 """invcal: tune the hyperparameters of inverse problems and ODE models by hypergradients."""
 
+from . import compilation_cache as _compilation_cache
 from .diagnostics import (
     Diagnostics,
     HypergradientNotConverged,
@@ -35,6 +36,10 @@ from .space import Bounded, Identity, Log, Param, Softplus, Space
 from .testing import check_hypergradient
 
 __version__ = "0.1.0"
+
+# JAX's persistent compilation cache in a per-user folder, unless the user chose otherwise
+# (JAX_COMPILATION_CACHE_DIR; INVCAL_COMPILATION_CACHE=0 turns it off): invcal.compilation_cache.
+_compilation_cache.enable_default_cache()
 
 __all__ = [
     "AbstractHypergradient",

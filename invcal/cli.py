@@ -149,10 +149,12 @@ def _add_options(p) -> None:
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
-def _enable_x64() -> None:
+def _float64():
+    """JAX's 64-bit mode for the command (the problems' tolerances assume float64), scoped
+    so that ``main()`` called from Python leaves the caller's configuration as it was."""
     import jax
 
-    jax.config.update("jax_enable_x64", True)
+    return jax.enable_x64(True)
 
 
 def _canonical(name: str) -> str:
@@ -546,9 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    _enable_x64()
     try:
-        return _COMMANDS[args.command](args)
+        with _float64():
+            return _COMMANDS[args.command](args)
     except CommandError as e:
         _stderr_line(f"invcal: error: {_message(e)}")
         return 2

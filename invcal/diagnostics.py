@@ -112,7 +112,18 @@ def no_linear_solve(inner_steps, inner_residual, inner_converged) -> Diagnostics
     )
 
 
-def _message(d: dict, where: str) -> str:
+def _single_hint(dtype) -> str:
+    if dtype is None or np.finfo(dtype).bits > 32:
+        return ""
+    return (
+        f"; the arrays are {np.dtype(dtype).name} (eps {float(np.finfo(dtype).eps):.2g}): a "
+        "residual that stalls there is float32's floor, not a lack of steps, so loosen the "
+        "tolerance or compute in float64 (jax.config.update('jax_enable_x64', True) at "
+        "start-up, or the call and the problem's arrays inside `with jax.enable_x64(True):`)"
+    )
+
+
+def _message(d: dict, where: str, dtype=None) -> str:
     parts = []
     if not d["inner_converged"] and not math.isfinite(d["inner_residual"]):
         parts.append(
@@ -125,7 +136,7 @@ def _message(d: dict, where: str) -> str:
         parts.append(
             f"the inner solve stopped after {d['inner_steps']} steps with residual "
             f"{d['inner_residual']:.3g} above its tolerance (raise the solver's max_steps or "
-            "loosen its tol)"
+            "loosen its tol" + _single_hint(dtype) + ")"
         )
     if not d["linear_converged"]:
         if math.isfinite(d["linear_residual"]):
@@ -142,7 +153,7 @@ def _message(d: dict, where: str) -> str:
             )
         parts.append(
             f"the implicit linear solve stopped after {d['linear_steps']} steps with relative "
-            f"residual {d['linear_residual']:.3g} ({hint})"
+            f"residual {d['linear_residual']:.3g} ({hint}{_single_hint(dtype)})"
         )
     return f"{where}: hypergradient is not reliable: " + "; ".join(parts) + "."
 
@@ -155,7 +166,7 @@ def enforce(diag: Diagnostics, on_failure: OnFailure, value, *, where: str = "in
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(diag))
     if not traced:
         if not bool(np.all(np.asarray(diag.converged))):
-            msg = _message(diag.as_dict(), where)
+            msg = _message(diag.as_dict(), where, jnp.result_type(diag.inner_residual))
             if on_failure is OnFailure.RAISE:
                 raise HypergradientNotConverged(msg)
             warnings.warn(msg, HypergradientNotConvergedWarning, stacklevel=3)

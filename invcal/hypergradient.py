@@ -34,6 +34,7 @@ from .implicit import (
     system_spec,
     tangent_solve,
 )
+from .precision import default_linear_rtol, float_dtype
 from .solvers.base import AbstractInnerSolver
 from .solvers.fixed_point import FixedSteps
 
@@ -132,14 +133,17 @@ class Implicit(AbstractHypergradient):
     def _spec(self, problem, lin):
         return system_spec(problem, lin, self.system, active_set=self.active_set)
 
-    def _linear(self, problem, linear_tol=None):
+    def _linear(self, problem, linear_tol=None, dtype=None):
         lin = self.linear_solver
         if lin is None:
-            sym = self._spec(problem, lx.GMRES(1e-10, 1e-12)).symmetric
+            # rtol 1e-10 in float64, 100·eps in float32 (1e-10 is out of its reach).
+            rtol = default_linear_rtol(float_dtype(problem.x0) if dtype is None else dtype)
+            atol = rtol * 1e-2
+            sym = self._spec(problem, lx.GMRES(rtol, atol)).symmetric
             lin = (
-                lx.CG(rtol=1e-10, atol=1e-12, max_steps=10_000)
+                lx.CG(rtol=rtol, atol=atol, max_steps=10_000)
                 if sym
-                else lx.GMRES(rtol=1e-10, atol=1e-12, restart=50, max_steps=10_000)
+                else lx.GMRES(rtol=rtol, atol=atol, restart=50, max_steps=10_000)
             )
         if linear_tol is not None:
             # lx.Normal wraps the iterative solver that owns the tolerance (HOAG's linear_tol
@@ -169,9 +173,9 @@ class Implicit(AbstractHypergradient):
         self._spec(problem, self._linear(problem))
 
     def solution(self, problem, theta, solver, x0):
-        lin = self._linear(problem)
-        spec = self._spec(problem, lin)
         sol = solver.solve(problem, x0, theta)
+        lin = self._linear(problem, dtype=float_dtype(sol.x))
+        spec = self._spec(problem, lin)
         x = eqx.error_if(
             sol.x,
             ~sol.converged,
@@ -186,10 +190,10 @@ class Implicit(AbstractHypergradient):
 
     def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
         data = problem.data
-        lin = self._linear(problem, linear_tol)
-        spec = self._spec(problem, lin)
         sol = solver.solve(problem, x0, theta, tol=tol)
         x = sol.x
+        lin = self._linear(problem, linear_tol, float_dtype(x))
+        spec = self._spec(problem, lin)
         mask = problem.support(x, theta, data) if self.active_set else None
         value, (gx, gth) = jax.value_and_grad(problem.criterion, argnums=(0, 1))(x, theta, data)
         if self.mode == "reverse":
@@ -265,7 +269,7 @@ def _unrolled_diag(solver, problem, x, theta, n_total, tol):
     if problem.fixed_steps or isinstance(solver, FixedSteps):
         conv = jnp.asarray(True)
     else:
-        conv = res <= (solver.tol if tol is None else tol)
+        conv = res <= (solver.tolerance(res.dtype) if tol is None else tol)
     return no_linear_solve(n_total, res, conv)
 
 
@@ -458,7 +462,11 @@ def hypergradient(
         adjoint0 = jax.tree_util.tree_map(
             lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a, float)), x0
         )
-    tol = jnp.asarray(solver.tol if tol is None else tol, dtype=float)
+    # The tolerance is an array, so neither its value nor default-vs-explicit recompiles;
+    # the default is the solver's for the dtype the iterates will have.
+    if tol is None:
+        tol = solver.tolerance(float_dtype((x0, problem.data)))
+    tol = jnp.asarray(tol, dtype=float)
     linear_tol = None if linear_tol is None else jnp.asarray(linear_tol, dtype=float)
     value, grad, x, diag, adjoint = _compute(
         method, problem, theta, solver, x0, adjoint0, tol, linear_tol

@@ -43,6 +43,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import criteria, sparse
 from .hypergradient import AbstractHypergradient, hypergradient
+from .precision import computes_in_float64
 from .space import Log, Param, Space
 
 __all__ = ["BilevelLassoCV", "BilevelWeightedLassoCV"]
@@ -287,8 +288,12 @@ class BilevelLassoCV(_BilevelLassoBase):
         self.inner_tol = inner_tol
         self.method = method
 
+    @computes_in_float64
     def fit(self, X, y):
-        """Tune α on the folds of (X, y), then refit on all of it. Returns self."""
+        """Tune α on the folds of (X, y), then refit on all of it. Returns self.
+
+        Computes in float64 whatever JAX's global ``jax_enable_x64`` (scoped to the call; see
+        :mod:`invcal.precision`): duality gaps of 1e-12 are out of float32's reach."""
         X, y, splits = self._prepare(X, y)
         alpha, value, history, n_iter, coef = self._tune_alpha(X, y, splits)
         self.alpha_ = float(alpha)
@@ -393,8 +398,10 @@ class BilevelWeightedLassoCV(_BilevelLassoBase):
         self.inner_tol = inner_tol
         self.method = method
 
+    @computes_in_float64
     def fit(self, X, y):
-        """Tune one α, then p αⱼ, on the folds of (X, y); refit on all of it. Returns self."""
+        """Tune one α, then p αⱼ, on the folds of (X, y); refit on all of it. Returns self.
+        Computes in float64 whatever JAX's global configuration (:mod:`invcal.precision`)."""
         X, y, splits = self._prepare(X, y)
         vector = self.alpha_init is not None and np.ndim(self.alpha_init) == 1
         init = np.asarray(self.alpha_init, dtype=float) if vector else None

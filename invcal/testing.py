@@ -16,8 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .hypergradient import AbstractHypergradient, Implicit, describe, hypergradient
+from .precision import computes_in_float64, to_float64
 
-__all__ = ["CheckResult", "check_hypergradient", "finite_difference", "grad_z"]
+__all__ = [
+    "CheckResult",
+    "CompileCount",
+    "check_hypergradient",
+    "count_compilations",
+    "finite_difference",
+    "grad_z",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ def grad_z(problem, theta, grad_theta) -> jax.Array:
     return problem.space.grad_to_z(theta, grad_theta)
 
 
+@computes_in_float64
 def check_hypergradient(
     problem,
     theta,
@@ -91,7 +100,11 @@ def check_hypergradient(
 
     Returns a :class:`CheckResult` whose ``relative_error`` is ‖g − g_fd‖ / ‖g_fd‖ (in z).
     In float64 with tight solves, exact methods reach 1e-7 or better.
+
+    Central differences need float64: the check runs with JAX's 64-bit mode on, whatever the
+    global flag (:mod:`invcal.precision`), on float64 copies of the problem's arrays.
     """
+    problem, x0 = to_float64((problem, x0))
     method = Implicit() if method is None else method
     theta = problem.space.validate(theta)
     t0 = time.perf_counter()
@@ -109,3 +122,54 @@ def check_hypergradient(
         seconds=seconds,
         diagnostics=hg.diagnostics.as_dict(),
     )
+
+
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@dataclass
+class CompileCount:
+    """What :func:`count_compilations` saw: ``traces`` (functions traced to a jaxpr),
+    ``compiles`` (XLA compilations, persistent-cache hits included) and their names."""
+
+    traces: int = 0
+    compiles: int = 0
+    names: list = None
+
+    def __post_init__(self):
+        self.names = [] if self.names is None else self.names
+
+    @property
+    def total(self) -> int:
+        return self.traces + self.compiles
+
+
+class count_compilations:  # noqa: N801 (used as a context manager, like a function)
+    """Count JAX's traces and XLA compilations inside a ``with`` block, through JAX's own
+    monitoring events (``jax.monitoring``), not by timing::
+
+        with ic.testing.count_compilations() as c:
+            fit()
+        assert c.total == 0, c.names   # a repeated call compiles nothing
+    """
+
+    def __enter__(self) -> CompileCount:
+        self.count = CompileCount()
+
+        def listener(event, duration, **kwargs):
+            if event == _TRACE_EVENT:
+                self.count.traces += 1
+            elif event == _COMPILE_EVENT:
+                self.count.compiles += 1
+            else:
+                return
+            self.count.names.append(kwargs.get("fun_name", "?"))
+
+        self._listener = listener
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return self.count
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+        return False

@@ -75,6 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..precision import computes_in_float64
 from ..problem import Problem
 from ..solvers.marquardt import PopulationLM, levenberg_marquardt
 from ..space import Identity, Log, Param, Space
@@ -1321,6 +1322,7 @@ def _warn_unconverged(where, events, info, inner_tol, inner_max_steps):
     return bad
 
 
+@computes_in_float64
 def fit_population(
     model,
     events,
@@ -1400,7 +1402,9 @@ def fit_population(
       ``(algorithm, iteration, objective)`` instead (pass the same function to later fits:
       a new one compiles the fit again).
 
-    Returns a :class:`PopulationFit`.
+    Returns a :class:`PopulationFit`. Computes in float64 whatever JAX's global
+    ``jax_enable_x64`` (scoped to the call, :mod:`invcal.precision`): FOCEI's second
+    derivatives through the ODE solves need it. Its estimates are NumPy float64 arrays.
     """
     from .summary import PopulationFit
 
@@ -1495,6 +1499,7 @@ class PopulationObjective:
         return -self.value
 
 
+@computes_in_float64
 def population_objective(
     model,
     events,

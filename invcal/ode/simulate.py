@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..precision import computes_in_float64
+
 __all__ = ["predict", "prediction_jets", "taylor", "simulate"]
 
 
@@ -132,6 +134,7 @@ def predict_at(model, subject, phi, times):
     return f, ok
 
 
+@computes_in_float64
 def simulate(model, events, params, *, times=None):
     """Predictions for every subject of ``events`` with parameters ``params``.
 

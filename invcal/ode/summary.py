@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..precision import computes_in_float64
+
 __all__ = ["PopulationFit"]
 
 
@@ -169,6 +171,7 @@ class PopulationFit:
         )
 
     # ------------------------------------------------------------------------------
+    @computes_in_float64
     def predictions(self, *, population: bool = False) -> dict:
         """``{ID: (time, DV, prediction)}`` at the observations: individual predictions
         (IPRED, φᵢ with ηᵢ*) or, with ``population=True``, population predictions (PRED,
@@ -206,6 +209,7 @@ class PopulationFit:
             **kwargs,
         )
 
+    @computes_in_float64
     def plot_goodness_of_fit(self):
         """DV vs PRED/IPRED and IWRES vs time (see
         :func:`invcal.ode.plots.plot_goodness_of_fit`)."""

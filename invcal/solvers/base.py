@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ..diagnostics import SolveResult
+from ..precision import default_tol, float_dtype
 
 __all__ = ["AbstractInnerSolver", "InnerSolution", "tree_norm", "as_iterate"]
 
@@ -67,13 +68,21 @@ class InnerSolution(eqx.Module):
 class AbstractInnerSolver(eqx.Module):
     """Base class: subclasses define ``init``, ``step``, ``current`` and ``residual``.
 
-    ``tol`` is an absolute bound on the residual norm; ``max_steps`` bounds the iteration.
+    ``tol`` is an absolute bound on the residual norm (``None``: derived from the iterate's
+    dtype, :func:`invcal.precision.default_tol`: 1e-10 in float64, 1e-5 in float32);
+    ``max_steps`` bounds the iteration.
     """
 
-    tol: float
+    tol: float | None
     max_steps: int
     # FixedSteps defines its solution by a step count, with tol = 0.
     _zero_tol_ok: ClassVar[bool] = False
+    # Generic solvers take tol=None: a default derived from the iterate's dtype.
+    _none_tol_ok: ClassVar[bool] = False
+
+    def tolerance(self, dtype) -> float:
+        """The residual tolerance in ``dtype``: ``tol``, or the dtype's default if None."""
+        return default_tol(dtype) if self.tol is None else self.tol
 
     def __check_init__(self):
         name = type(self).__name__
@@ -81,6 +90,8 @@ class AbstractInnerSolver(eqx.Module):
         if isinstance(tol, jax.core.Tracer) or isinstance(steps, jax.core.Tracer):
             return  # rebuilt inside a transformation; checked when it was first made
         low = "a finite number >= 0" if self._zero_tol_ok else "a finite number > 0"
+        if tol is None and self._none_tol_ok:
+            tol = 1.0  # the dtype's default, resolved at solve time
         try:
             value = float(tol) if not isinstance(tol, bool | str) and jnp.ndim(tol) == 0 else None
         except (TypeError, ValueError):
@@ -122,9 +133,11 @@ class AbstractInnerSolver(eqx.Module):
         """Iterate from ``x0`` until the residual is below ``tol`` or ``max_steps``."""
         self.check_problem(problem)
         data = problem.data if data is None else data
-        tol = jnp.asarray(self.tol if tol is None else tol)
         x0, theta, data = no_gradient((x0, theta, data))
         state0 = self.init(problem, x0, theta, data)
+        if tol is None:
+            tol = self.tolerance(float_dtype(self.current(state0)))
+        tol = jnp.asarray(tol)
 
         def cond(carry):
             k, _, res = carry

@@ -33,7 +33,8 @@ class _NeedsFixedPoint(AbstractInnerSolver):
 class FixedPointIteration(_NeedsFixedPoint):
     """x_{k+1} = T(x_k, θ) (gradient descent, ISTA, ... depending on T)."""
 
-    tol: float = 1e-10
+    tol: float | None = None
+    _none_tol_ok = True
     max_steps: int = 10_000
 
     def init(self, problem, x0, theta, data):
@@ -61,7 +62,8 @@ class FISTA(_NeedsFixedPoint):
     The stopping test uses ‖T(y_k) − y_k‖; the reported residual is recomputed at the result.
     """
 
-    tol: float = 1e-10
+    tol: float | None = None
+    _none_tol_ok = True
     max_steps: int = 10_000
     restart: bool = True
 

@@ -16,7 +16,8 @@ class Newton(AbstractInnerSolver):
     until ‖F‖ decreases. The Jacobian is materialised, so use it for x with up to a few
     thousand entries. Converges quadratically near a regular solution."""
 
-    tol: float = 1e-10
+    tol: float | None = None
+    _none_tol_ok = True
     max_steps: int = 50
     max_halvings: int = 20
 

@@ -1,0 +1,61 @@
+"""JAX's persistent compilation cache, on by default.
+
+A first call of each problem shape compiles it (seconds); JAX can keep the compiled
+programs on disk so that the next process loads them instead. ``import invcal`` turns that
+cache on in a per-user folder unless the user chose otherwise:
+
+- ``JAX_COMPILATION_CACHE_DIR`` (or ``jax.config.update("jax_compilation_cache_dir", ...)``
+  before ``import invcal``): that folder is used, as JAX itself would.
+- ``INVCAL_COMPILATION_CACHE=0`` (or ``off``/``false``/``no``): invcal leaves the cache off.
+- otherwise: ``$XDG_CACHE_HOME/invcal/jax`` (``~/.cache/invcal/jax``).
+
+invcal also lowers JAX's threshold for caching a program
+(``jax_persistent_cache_min_compile_time_secs``, 1 s by default) to 0.2 s, since a fit is
+made of many programs that each compile in under a second, unless that option was set
+through its environment variable. The cache is JAX's
+own; it is keyed by the program, the JAX version and the device, so a stale entry is never
+used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+__all__ = ["cache_dir", "enable_default_cache"]
+
+_OFF = ("0", "off", "false", "no")
+MIN_COMPILE_SECONDS = 0.2
+
+
+def _default_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "invcal" / "jax"
+
+
+def cache_dir() -> str | None:
+    """The folder JAX's persistent compilation cache writes to, or None when it is off."""
+    return jax.config.jax_compilation_cache_dir or None
+
+
+def enable_default_cache() -> str | None:
+    """Turn the persistent cache on as the module docstring says; returns its folder (None:
+    left off). Called once by ``import invcal``; a folder that cannot be made leaves the
+    cache off (never an error at import)."""
+    if os.environ.get("INVCAL_COMPILATION_CACHE", "").strip().lower() in _OFF:
+        return cache_dir()
+    if cache_dir() is not None:  # JAX_COMPILATION_CACHE_DIR or the user's own setting
+        return cache_dir()
+    path = _default_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    return str(path)
