@@ -109,6 +109,9 @@ def _parser() -> _Parser:
     run.add_argument("--learning-rate", type=_positive_float, help="outer step size in z")
     run.add_argument("--out", help="output directory (default: runs/PROBLEM)")
     run.add_argument("--resume", action="store_true", help="continue the run found in --out")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the previous run found in --out"
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.add_argument("--no-landscape", action="store_true", help="skip the criterion grid")
     _add_options(run)
@@ -289,13 +292,24 @@ def _landscape(setup, previous, out: Path, *, show_progress: bool):
 
 
 def _cmd_run(args) -> int:
+    from .runfolder import claim_run_folder
+
+    name = _canonical(args.problem)
+    out = Path(args.out if args.out else Path("runs") / name)
+    if args.resume and args.overwrite:
+        raise CommandError("--resume and --overwrite exclude each other; pass one.")
+    # The folder is checked and locked before any work: one run per folder, nothing
+    # overwritten that this command was not asked to replace.
+    with claim_run_folder(out, resume=args.resume, overwrite=args.overwrite):
+        return _run_in(args, name, out)
+
+
+def _run_in(args, name: str, out: Path) -> int:
     from .hypergradient import describe
     from .outer import atomic_write_json, tune
     from .progress import ProgressBar
     from .report import write_report
 
-    name = _canonical(args.problem)
-    out = Path(args.out if args.out else Path("runs") / name)
     results_path = out / RESULTS_FILE
     previous = None
     if args.resume:
@@ -307,8 +321,8 @@ def _cmd_run(args) -> int:
                 f"--resume: {results_path} holds a run of problem {previous.get('problem')!r}, "
                 f"not {name!r}; pass another --out or drop --resume."
             )
-    elif results_path.exists():
-        _stderr_line(f"invcal: overwriting the run in {out} (use --resume to continue it).")
+    elif results_path.exists():  # --overwrite (claim_run_folder refuses it otherwise)
+        _stderr_line(f"invcal: overwriting the run in {out} (--overwrite).")
 
     setup = _load(name, args.options)
     optimizer = args.optimizer or setup.optimizer

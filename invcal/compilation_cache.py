@@ -19,12 +19,13 @@ used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import jax
 
-__all__ = ["cache_dir", "enable_default_cache"]
+__all__ = ["cache_dir", "checks_without_callbacks", "enable_default_cache"]
 
 _OFF = ("0", "off", "false", "no")
 MIN_COMPILE_SECONDS = 0.2
@@ -46,16 +47,40 @@ def enable_default_cache() -> str | None:
     cache off (never an error at import)."""
     if os.environ.get("INVCAL_COMPILATION_CACHE", "").strip().lower() in _OFF:
         return cache_dir()
-    if cache_dir() is not None:  # JAX_COMPILATION_CACHE_DIR or the user's own setting
-        return cache_dir()
-    path = _default_dir()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    if not os.access(path, os.W_OK):
-        return None
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    if cache_dir() is None:  # else JAX_COMPILATION_CACHE_DIR or the user's own setting
+        path = _default_dir()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        if not os.access(path, os.W_OK):
+            return None
+        jax.config.update("jax_compilation_cache_dir", str(path))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-    return str(path)
+    return cache_dir()
+
+
+@contextlib.contextmanager
+def checks_without_callbacks():
+    """Inside this block equinox lowers its runtime checks (``eqx.error_if``; diffrax uses
+    them to check ``SaveAt(ts=...)`` inside every ODE solve) as NaN in the checked value
+    rather than as a host callback that raises. JAX's persistent cache refuses programs with
+    host callbacks, so without this a population fit, the largest program invcal compiles,
+    would compile again in every process. The caller must treat a non-finite result as the
+    failure (the population fits do: they raise naming the subjects). Applies to programs
+    traced inside the block; it changes equinox's module-level default for the block only."""
+    try:
+        from equinox import _errors
+    except ImportError:  # a future equinox: keep its behaviour, lose only the caching
+        yield
+        return
+    previous = getattr(_errors, "EQX_ON_ERROR", None)
+    if previous != "raise":  # the user chose another mode (EQX_ON_ERROR): respect it
+        yield
+        return
+    _errors.EQX_ON_ERROR = "nan"
+    try:
+        yield
+    finally:
+        _errors.EQX_ON_ERROR = previous

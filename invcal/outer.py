@@ -11,6 +11,7 @@ writes ``results.json`` atomically, so a killed run resumes from its last finish
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -36,6 +37,7 @@ from .hypergradient import (
     describe,
     hypergradient,
 )
+from .runfolder import claim_run_folder
 from .solvers.fixed_point import FixedSteps
 
 __all__ = ["HOAG", "RTHO", "Secant", "TuneResult", "tune", "grid_search", "random_search"]
@@ -149,17 +151,24 @@ class Secant(eqx.Module):
         return z + (expand if g < 0 else -expand), 2.0 * expand
 
 
+@functools.lru_cache(maxsize=32)
+def _optax_by_name(name: str, learning_rate: float):
+    """The optax transformation a name stands for, one object per (name, rate): the compiled
+    update steps are cached by it, so a second ``tune`` call compiles nothing."""
+    if name == "gd":
+        return optax.sgd(learning_rate)
+    if name == "adam":
+        return optax.adam(learning_rate)
+    return optax.lbfgs()
+
+
 def _make_optimizer(optimizer, learning_rate):
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer, _describe_opt(optimizer)
     if isinstance(optimizer, str):
         name = optimizer.lower()
-        if name == "gd":
-            return optax.sgd(learning_rate), "gd"
-        if name == "adam":
-            return optax.adam(learning_rate), "adam"
-        if name == "lbfgs":
-            return optax.lbfgs(), "lbfgs"
+        if name in ("gd", "adam", "lbfgs"):
+            return _optax_by_name(name, learning_rate), name
         if name == "hoag":
             return HOAG(), "hoag"
         if name == "rtho":
@@ -271,6 +280,19 @@ class _Recorder:
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot resume from {self.path}: {e}") from None
         # Everything that shapes the history must match (steps_requested may grow).
+        old_opts, new_opts = prev.get("options") or {}, self.results.get("options") or {}
+        if old_opts != new_opts:
+            differ = sorted(
+                k for k in set(old_opts) | set(new_opts) if old_opts.get(k) != new_opts.get(k)
+            )
+            shown = ", ".join(
+                f"{k}: {old_opts.get(k, '(default)')!r} -> {new_opts.get(k, '(default)')!r}"
+                for k in differ
+            )
+            raise ValueError(
+                f"cannot resume from {self.path}: its run had other problem options ({shown}); "
+                "resume with the same -o options, or use another --out directory."
+            )
         for key in ("problem", "names", "space", "optimizer", "method", "learning_rate"):
             if prev.get(key) != self.results.get(key):
                 raise ValueError(
@@ -385,6 +407,19 @@ def _tree_from_json(like, leaves):
 # --------------------------------------------------------------------------------------
 # tune
 # --------------------------------------------------------------------------------------
+@eqx.filter_jit
+def _optax_update(opt, gz, opt_state, z):
+    return opt.update(gz, opt_state, z)
+
+
+@eqx.filter_jit
+def _lbfgs_update(opt, problem, solver, method, gz, opt_state, z, value, x0):
+    # The zoom line search evaluates E (and its gradient, through invcal.solve) at trial
+    # points, warm-started from the last x*. Module level, so repeated runs reuse it.
+    value_fn = _value_fn_z(problem, solver, method)
+    return opt.update(gz, opt_state, z, value=value, grad=gz, value_fn=lambda zz: value_fn(zz, x0))
+
+
 def _value_fn_z(problem, solver, method):
     from .hypergradient import solve
 
@@ -456,6 +491,58 @@ def tune(
                 "Use 'lbfgs' or 'adam' for several."
             )
     policy = OnFailure.parse(on_failure)
+    if out is None:
+        return _tune_loop(
+            problem,
+            solver,
+            method,
+            opt,
+            opt_name,
+            learning_rate,
+            steps,
+            theta0,
+            out,
+            resume,
+            progress,
+            policy,
+            meta,
+            method_name,
+        )
+    with claim_run_folder(out, resume=resume, flag="out"):  # one run at a time per folder
+        return _tune_loop(
+            problem,
+            solver,
+            method,
+            opt,
+            opt_name,
+            learning_rate,
+            steps,
+            theta0,
+            out,
+            resume,
+            progress,
+            policy,
+            meta,
+            method_name,
+        )
+
+
+def _tune_loop(
+    problem,
+    solver,
+    method,
+    opt,
+    opt_name,
+    learning_rate,
+    steps,
+    theta0,
+    out,
+    resume,
+    progress,
+    policy,
+    meta,
+    method_name,
+):
     rec = _Recorder(
         problem,
         method=method_name,
@@ -488,18 +575,6 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
         z = jnp.asarray(saved["z"], dtype=z.dtype)
         opt_state = _tree_from_json(opt_state, saved["opt_state"])
     is_lbfgs = opt_name == "lbfgs"
-    if is_lbfgs:
-        # The zoom line search evaluates E (and its gradient, through invcal.solve) at trial
-        # points; compiled once per run, warm-started from the last x*.
-        value_fn = _value_fn_z(problem, solver, method)
-
-        @eqx.filter_jit
-        def update(gz, opt_state, z, value, x0):
-            return opt.update(
-                gz, opt_state, z, value=value, grad=gz, value_fn=lambda zz: value_fn(zz, x0)
-            )
-    else:
-        update = jax.jit(opt.update)
     hg = None
     for _ in range(len(rec.history), steps):
         t = time.perf_counter()
@@ -507,9 +582,12 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
         hg = hypergradient(problem, theta, solver=solver, method=method, warm=hg, on_failure=policy)
         gz = problem.space.grad_to_z(theta, hg.grad)
         if is_lbfgs:
-            updates, opt_state = update(gz, opt_state, z, hg.value, _warm_start(problem, hg.x))
+            x0 = _warm_start(problem, hg.x)
+            updates, opt_state = _lbfgs_update(
+                opt, problem, solver, method, gz, opt_state, z, hg.value, x0
+            )
         else:
-            updates, opt_state = update(gz, opt_state, z)
+            updates, opt_state = _optax_update(opt, gz, opt_state, z)
         z_next = optax.apply_updates(z, updates)
         row = rec.add(
             z=z,
@@ -656,14 +734,13 @@ def _tune_rtho(problem, solver, rtho, learning_rate, steps, theta0, rec, progres
         lambda a: jnp.zeros((p,) + jnp.shape(a), a.dtype),
         eqx.filter(state, eqx.is_inexact_array),
     )
-    update = jax.jit(opt.update)
     t_run = 0
     for _ in range(len(rec.history), steps):
         t = time.perf_counter()
         n = rtho.delta if run_length is None else min(rtho.delta, run_length - t_run)
         state, Z, value, gz, res = _rtho_chunk(problem, solver, state, Z, z, n)
         t_run += n
-        updates, opt_state = update(gz, opt_state, z)
+        updates, opt_state = _optax_update(opt, gz, opt_state, z)
         z_next = optax.apply_updates(z, updates)
         theta = space.to_theta(z)
         row = rec.add(

@@ -137,9 +137,14 @@ def test_run_fake_writes_everything(fake, tmp_path, capsys):
     (out / "report.md").unlink()
     assert cli.main(["report", str(out)]) == 0
     assert "](fit.png)" in (out / "report.md").read_text()
-    # A later run without a landscape leaves no stale landscape.png behind.
+    # A later run on the folder is refused unless it resumes or replaces the run ...
     argv = ["run", "fake", "--steps", "1", "--out", str(out), "--no-progress", "--no-landscape"]
-    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a previous run" in err and "--overwrite" in err
+    # ... and a replacing run without a landscape leaves no stale landscape.png behind.
+    assert cli.main([*argv, "--overwrite"]) == 0
     assert not (out / "landscape.png").exists()
     assert "overwriting the run" in capsys.readouterr().err
 

@@ -75,6 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..compilation_cache import checks_without_callbacks
 from ..precision import computes_in_float64
 from ..problem import Problem
 from ..solvers.marquardt import PopulationLM, levenberg_marquardt
@@ -1436,7 +1437,8 @@ def fit_population(
     fitter = _fit_lbfgs if algorithm == "lbfgs" else _fit_lindstrom_bates
     t0 = time.perf_counter()
     run_arrays, eta0, valid = _shard_subjects(arrays, eta0, mesh, chunk)
-    out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
+    with checks_without_callbacks():  # so that JAX's persistent cache keeps the fit
+        out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
     out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
     status = int(out["status"])
     if auto and algorithm == "lindstrom-bates" and status == 5:
@@ -1444,7 +1446,8 @@ def fit_population(
         algorithm = "lbfgs"
         _, eta0, _ = _shard_subjects(arrays, jnp.asarray(out["eta"]), mesh, chunk)
         z0 = jnp.asarray(out["z"])
-        out = _fit_lbfgs(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
+        with checks_without_callbacks():
+            out = _fit_lbfgs(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
         out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
         status = int(out["status"])
     seconds = time.perf_counter() - t0

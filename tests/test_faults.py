@@ -1,0 +1,168 @@
+"""Fault injection: what a user's mistakes and accidents do to a run, each case of issue 16
+that is fixed kept as a test (concurrent runs, folders that hold other files, resumes that
+would splice two problems, unusable output folders)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from test_cli import _error_line, _fake_setup
+
+from invcal import cli
+from invcal.runfolder import claim_run_folder
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setattr(cli, "_canonical", lambda name: name)
+    monkeypatch.setattr(cli, "_load", lambda name, options: _fake_setup(**dict(options)))
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the command gets as far as building the problem."""
+
+    def refuse(name, options):
+        raise AssertionError("the problem was built: the check came after work started")
+
+    monkeypatch.setattr(cli, "_canonical", lambda name: name)
+    monkeypatch.setattr(cli, "_load", refuse)
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
+    env.pop("JAX_ENABLE_X64", None)
+    return env
+
+
+# --------------------------------------------------------------------------------------
+# 1. two runs on one folder
+# --------------------------------------------------------------------------------------
+def test_a_folder_held_by_another_process_is_refused(no_work, tmp_path, capsys):
+    out = tmp_path / "c"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from invcal.runfolder import claim_run_folder
+                with claim_run_folder({str(out)!r}):
+                    print("held", flush=True)
+                    sys.stdin.readline()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli.main(["run", "fake", "--out", str(out)]) == 2
+        line = _error_line(capsys)
+        assert "in use by another run" in line and f"process {holder.pid}" in line
+    finally:
+        holder.communicate("\n", timeout=60)
+    # released when the holder ended: the folder (empty but for the lock) is free again
+    with claim_run_folder(out):
+        pass
+
+
+def test_concurrent_runs_one_refused(tmp_path):
+    """The issue's case: two `invcal run` on one folder at once. Exactly one runs; the other
+    is refused in one line before any work, and the folder holds the one run."""
+    out = tmp_path / "c"
+    base = [sys.executable, "-m", "invcal", "run", "logreg_l2", "--steps", "4", "--out", str(out)]
+    runs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        for cmd in (
+            [*base, "--no-progress", "--no-landscape"],
+            [*base, "--optimizer", "gd", "--no-progress", "--no-landscape"],
+        )
+    ]
+    done = [(p.wait(timeout=600), *p.communicate()) for p in runs]
+    codes = sorted(code for code, _, _ in done)
+    assert codes == [0, 2], done
+    refused = next(err for code, _, err in done if code == 2)
+    assert refused.count("\n") == 1 and "in use by another run" in refused, refused
+    winner = next(i for i, (code, _, _) in enumerate(done) if code == 0)
+    results = json.loads((out / "results.json").read_text())
+    assert results["optimizer"] == ("adam" if winner == 0 else "gd")
+    assert len(results["history"]) == 4
+
+
+# --------------------------------------------------------------------------------------
+# 2. a folder that holds other files; a previous run without --resume/--overwrite
+# --------------------------------------------------------------------------------------
+def test_folder_with_foreign_files_is_refused_untouched(no_work, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "report.md").write_text("mine")
+    (d / "landscape.png").write_text("mine")
+    (d / "notes.txt").write_text("mine")
+    assert cli.main(["run", "fake", "--out", str(d)]) == 2
+    assert "no invcal run wrote (notes.txt)" in _error_line(capsys)
+    assert (d / "report.md").read_text() == "mine"
+    assert (d / "landscape.png").read_text() == "mine"
+
+
+def test_previous_run_needs_resume_or_overwrite(fake, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["run", "fake", "--steps", "2", "--out", str(out), "--no-progress", "--no-landscape"]
+    assert cli.main(argv) == 0
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert "holds a previous run (problem 'fake', 2 steps)" in _error_line(capsys)
+    assert (out / "results.json").read_text() == before
+    assert cli.main([*argv, "--resume", "--overwrite"]) == 2
+    assert "exclude each other" in _error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------
+# 3. resuming with other problem options
+# --------------------------------------------------------------------------------------
+def test_resume_with_other_options_is_refused(fake, tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["run", "fake", "--out", str(out), "--no-progress", "--no-landscape"]
+    assert cli.main([*base, "--steps", "2", "-o", "lam0=2.0"]) == 0
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+    assert cli.main([*base, "--steps", "4", "--resume", "-o", "lam0=3.0"]) == 2
+    line = _error_line(capsys)
+    assert "other problem options" in line and "lam0: 2.0 -> 3.0" in line
+    assert cli.main([*base, "--steps", "4", "--resume"]) == 2
+    assert "lam0: 2.0 -> '(default)'" in _error_line(capsys)
+    assert (out / "results.json").read_text() == before
+    assert cli.main([*base, "--steps", "3", "--resume", "-o", "lam0=2.0"]) == 0
+    assert len(json.loads((out / "results.json").read_text())["history"]) == 3
+
+
+# --------------------------------------------------------------------------------------
+# 7. an unusable --out, before any work
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["file", "under-a-file", "unwritable"])
+def test_unusable_out_fails_before_work(no_work, tmp_path, capsys, case):
+    f = tmp_path / "f"
+    f.write_text("x")
+    if case == "file":
+        out, fragment = f, "is a file, not a folder"
+    elif case == "under-a-file":
+        out, fragment = f / "sub", "cannot be made"
+    else:
+        if os.geteuid() == 0:
+            # root writes through permission bits; /proc refuses everyone
+            out, fragment = "/proc/invcal-run", "cannot be made"
+        else:
+            ro = tmp_path / "ro"
+            ro.mkdir()
+            ro.chmod(0o500)
+            out, fragment = ro / "run", "cannot be made"
+    assert cli.main(["run", "fake", "--out", str(out)]) == 2
+    assert fragment in _error_line(capsys)
