@@ -80,10 +80,13 @@ class Diagnostics(eqx.Module):
     linear_steps: jax.Array
     linear_residual: jax.Array
     linear_converged: jax.Array
+    # The criterion value and the hypergradient are finite (set by invcal.hypergradient): a
+    # NaN or inf result is never reported as converged, whatever the solves said.
+    finite: jax.Array = eqx.field(default_factory=lambda: jnp.asarray(True))
 
     @property
     def converged(self):
-        return self.inner_converged & self.linear_converged
+        return self.inner_converged & self.linear_converged & self.finite
 
     @property
     def inner_result(self) -> jax.Array:
@@ -98,6 +101,7 @@ class Diagnostics(eqx.Module):
             "linear_steps": int(np.max(np.asarray(self.linear_steps))),
             "linear_residual": float(np.max(np.asarray(self.linear_residual))),
             "linear_converged": bool(np.all(np.asarray(self.linear_converged))),
+            "finite": bool(np.all(np.asarray(self.finite))),
         }
 
 
@@ -137,6 +141,12 @@ def _message(d: dict, where: str, dtype=None) -> str:
             f"the inner solve stopped after {d['inner_steps']} steps with residual "
             f"{d['inner_residual']:.3g} above its tolerance (raise the solver's max_steps or "
             "loosen its tol" + _single_hint(dtype) + ")"
+        )
+    if not d.get("finite", True) and not parts:
+        parts.append(
+            "the criterion value or its hypergradient is NaN or inf although the inner solve "
+            "finished (the criterion is not defined at x*(θ), e.g. the log of a negative "
+            "number; or a fixed number of steps overflowed: a step size above 2/L)"
         )
     if not d["linear_converged"]:
         if math.isfinite(d["linear_residual"]):

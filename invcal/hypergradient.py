@@ -416,7 +416,17 @@ def _solution(method, problem, theta, solver, x0):
 
 @eqx.filter_jit
 def _compute(method, problem, theta, solver, x0, adjoint0, tol, linear_tol):
-    return method.compute(problem, theta, solver, x0, adjoint0, tol, linear_tol)
+    value, grad, x, diag, adjoint = method.compute(
+        problem, theta, solver, x0, adjoint0, tol, linear_tol
+    )
+    finite = jnp.all(jnp.isfinite(value)) & _all_finite(grad)
+    diag = eqx.tree_at(lambda d: d.finite, diag, finite)
+    return value, grad, x, diag, adjoint
+
+
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def hypergradient(

@@ -207,6 +207,16 @@ def _space_json(space) -> dict:
     }
 
 
+def _strict_json(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``, so a
     reader (or a resumed run) never sees half a file; the temporary file is removed if the
@@ -215,7 +225,9 @@ def atomic_write_json(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
+            # strict JSON (readers such as JavaScript's or jq reject NaN/Infinity tokens): a
+            # non-finite number is written as null, which NumPy reads back as NaN.
+            json.dump(_strict_json(obj), f, indent=1, allow_nan=False)
         # mkstemp creates the file private (0600); give it the usual permissions.
         umask = os.umask(0)
         os.umask(umask)
@@ -335,7 +347,7 @@ class _Recorder:
                 inner_residual=d["inner_residual"],
                 linear_steps=d["linear_steps"],
                 linear_residual=d["linear_residual"],
-                converged=d["inner_converged"] and d["linear_converged"],
+                converged=d["inner_converged"] and d["linear_converged"] and d["finite"],
             )
         row.update(extra)
         self.history.append(row)

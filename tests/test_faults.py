@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from test_cli import _error_line, _fake_setup
 
@@ -166,3 +167,76 @@ def test_unusable_out_fails_before_work(no_work, tmp_path, capsys, case):
             out, fragment = ro / "run", "cannot be made"
     assert cli.main(["run", "fake", "--out", str(out)]) == 2
     assert fragment in _error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------
+# 8-10. NaN and inf are never converged, and results.json stays strict JSON
+# --------------------------------------------------------------------------------------
+def _ridge_problem(criterion):
+    import jax.numpy as jnp
+
+    import invcal as ic
+
+    A = jnp.asarray(np.random.default_rng(0).normal(size=(20, 4)))
+    b = A @ jnp.ones(4)
+
+    def objective(x, th, data):
+        return 0.5 * jnp.sum((data[0] @ x - data[1]) ** 2) + 0.5 * th["lam"] * jnp.sum(x**2)
+
+    return ic.Problem(
+        space=ic.Space(lam=ic.Param(1.0, ic.Log())),
+        objective=objective,
+        criterion=criterion,
+        x0=jnp.zeros(4),
+        data=(A, b),
+    )
+
+
+def test_nan_criterion_is_not_converged():
+    import jax.numpy as jnp
+
+    import invcal as ic
+
+    problem = _ridge_problem(lambda x, th, data: jnp.log(-jnp.mean(x**2)))
+    hg = ic.hypergradient(
+        problem, {"lam": 1.0}, solver=ic.Newton(), method=ic.Implicit(), on_failure="record"
+    )
+    assert not bool(hg.diagnostics.converged) and not bool(hg.diagnostics.finite)
+    with pytest.raises(ic.HypergradientNotConverged, match="NaN or inf although the inner"):
+        ic.hypergradient(problem, {"lam": 1.0}, solver=ic.Newton(), method=ic.Implicit())
+    # the outer loop stops at the first step, not after running every step
+    with pytest.raises(ic.HypergradientNotConverged, match="NaN or inf"):
+        ic.tune(problem, solver=ic.Newton(), optimizer="adam", steps=50)
+
+
+def test_fixed_steps_overflow_is_not_converged():
+    import jax.numpy as jnp
+
+    import invcal as ic
+
+    problem = ic.Problem(
+        space=ic.Space(lam=ic.Param(1.0, ic.Log())),
+        fixed_point=lambda x, th, data: 2.0 * x + th["lam"],
+        criterion=lambda x, th, data: jnp.sum(x**2),
+        x0=jnp.zeros(3),
+        data=None,
+        fixed_steps=True,
+    )
+    hg = ic.hypergradient(
+        problem,
+        {"lam": 1.0},
+        solver=ic.FixedSteps(2000),
+        method=ic.Unrolled(),
+        on_failure="record",
+    )
+    assert not bool(hg.diagnostics.converged)
+    assert int(hg.diagnostics.inner_result) == int(ic.SolveResult.DIVERGED)
+
+
+def test_results_json_is_strict(tmp_path):
+    from invcal.outer import atomic_write_json
+
+    atomic_write_json(tmp_path / "r.json", {"v": float("inf"), "h": [{"value": float("nan")}]})
+    text = (tmp_path / "r.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"v": None, "h": [{"value": None}]}
