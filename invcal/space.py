@@ -55,11 +55,18 @@ class Identity(AbstractTransform):
         return theta
 
 
+def _positive_finite(theta):
+    info = jnp.finfo(theta.dtype)
+    return jnp.clip(theta, info.tiny, info.max)
+
+
 class Log(AbstractTransform):
     """θ = exp(z): a positive hyperparameter optimized on the log scale."""
 
     def forward(self, z):
-        return jnp.exp(z)
+        # exp under- and overflows to 0 and inf for |z| ≳ 709 (float64), 88 (float32): keep
+        # θ positive and finite, as Bounded keeps it inside its bounds.
+        return _positive_finite(jnp.exp(z))
 
     def inverse(self, theta):
         return jnp.log(theta)
@@ -76,7 +83,7 @@ class Softplus(AbstractTransform):
     """θ = log(1 + exp(z)): positive, linear for large values."""
 
     def forward(self, z):
-        return jax.nn.softplus(z)
+        return _positive_finite(jax.nn.softplus(z))
 
     def inverse(self, theta):
         return theta + jnp.log(-jnp.expm1(-theta))
@@ -235,6 +242,9 @@ class Space(eqx.Module):
                 f"theta must be a dict with names {list(self.names)}; got "
                 f"{sorted(theta) if isinstance(theta, Mapping) else type(theta).__name__}."
             )
+        for k, p in self.params.items():
+            if not isinstance(theta[k], jax.core.Tracer):
+                p.transform.check(k, theta[k])  # e.g. log of a negative value: say so
         parts = [
             jnp.ravel(p.transform.inverse(jnp.asarray(theta[k]))) for k, p in self.params.items()
         ]

@@ -240,3 +240,21 @@ def test_results_json_is_strict(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text) == {"v": None, "h": [{"value": None}]}
+
+
+# --------------------------------------------------------------------------------------
+# 19. Log and Softplus keep θ positive and finite; to_z refuses values outside the domain
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transform", ["Log", "Softplus"])
+def test_positive_transforms_are_guarded(transform):
+    import jax.numpy as jnp
+
+    import invcal as ic
+
+    space = ic.Space(lam=ic.Param(1.0, getattr(ic, transform)()))
+    for z in (-800.0, -1e4, 710.0, 1e6):
+        lam = float(space.to_theta(jnp.asarray([z]))["lam"])
+        assert np.isfinite(lam) and lam > 0, (z, lam)
+        space.validate({"lam": lam})  # accepted by the space, not rejected mid-run
+    with pytest.raises(ValueError, match=f"'lam' has transform {transform} and must be > 0"):
+        space.to_z({"lam": -1.0})
