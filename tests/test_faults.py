@@ -258,3 +258,39 @@ def test_positive_transforms_are_guarded(transform):
         space.validate({"lam": lam})  # accepted by the space, not rejected mid-run
     with pytest.raises(ValueError, match=f"'lam' has transform {transform} and must be > 0"):
         space.to_z({"lam": -1.0})
+
+
+# --------------------------------------------------------------------------------------
+# 16-18. denoise_tv: scale-relative stopping, no silent unconverged result, masked arrays
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def noisy():
+    from skimage import data, img_as_float
+
+    img = img_as_float(data.camera()[::8, ::8])
+    return img + 0.1 * np.random.default_rng(0).standard_normal(img.shape)
+
+
+@pytest.mark.parametrize("c", [1e-4, 1e-2, 1e2])
+def test_denoise_tv_commutes_with_scaling(noisy, c):
+    from invcal.imaging import denoise_tv
+
+    u = denoise_tv(noisy, weight=0.08)
+    uc, info = denoise_tv(c * noisy, weight=0.08 * c, return_info=True)
+    assert info.converged and info.num_steps > 5, info
+    np.testing.assert_allclose(uc / c, u, atol=1e-6 * np.ptp(noisy))
+
+
+def test_denoise_tv_unconverged_warns(noisy):
+    from invcal.imaging import denoise_tv
+
+    with pytest.warns(RuntimeWarning, match="not converged. Raise max_steps"):
+        denoise_tv(noisy, weight=10.0, max_steps=20)
+
+
+def test_denoise_tv_refuses_masked_arrays(noisy):
+    from invcal.imaging import denoise_tv
+
+    masked = np.ma.masked_array(noisy, mask=noisy > 0.9)
+    with pytest.raises(TypeError, match="masked array"):
+        denoise_tv(masked, weight=0.1)

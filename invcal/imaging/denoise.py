@@ -43,6 +43,7 @@ there is no exact match for it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from numbers import Real
 
@@ -81,6 +82,12 @@ class DenoiseInfo:
 
 
 def _check_image(image) -> np.ndarray:
+    if isinstance(image, np.ma.MaskedArray):
+        raise TypeError(
+            "denoise_tv: image is a masked array; TV denoising uses every pixel and would "
+            "ignore the mask. Fill the masked pixels first (image.filled(...)), or inpaint "
+            "them (invcal.imaging's inpainting operator)."
+        )
     if isinstance(image, (list, tuple)):
         image = np.asarray(image)
     if not hasattr(image, "dtype") or not hasattr(image, "shape"):
@@ -155,7 +162,9 @@ def denoise_tv(
       (:func:`~invcal.imaging.noise.estimate_sigma`). Ignored for a numeric ``weight``.
     - ``isotropic``: ``True`` (default) for Σ‖∇u‖₂ per pixel, ``False`` for Σ|∂₀u| + |∂₁u|.
     - ``return_info``: also return a :class:`DenoiseInfo` (weight used, σ, SURE, diagnostics).
-    - ``tol`` / ``max_steps``: the final solve stops when the RMS change of u is below ``tol``.
+    - ``tol`` / ``max_steps``: the final solve stops when the RMS change of u is below ``tol``
+      times the image's range (max − min), so that a scaled image gives the scaled result;
+      a solve that reaches ``max_steps`` first warns (``RuntimeWarning``).
     - ``num_steps``: Split Bregman iterations of the estimator whose SURE is minimized;
       ``seed``: the seed of SURE's Monte-Carlo probes, ``probes`` their number.
 
@@ -201,8 +210,19 @@ def denoise_tv(
         w, sure_value, search = _sure_weight(
             fj, sigma, method, int(num_steps), int(seed), int(probes)
         )
-    sol = split_bregman(fj, w, method, tol=tol, max_steps=int(max_steps))
+    # The stopping rule is relative to the image's range: TV denoising commutes with scaling
+    # (denoise_tv(c·f, c·w) = c·denoise_tv(f, w)), and so must the point where it stops.
+    scale = float(np.ptp(f)) or 1.0
+    sol = split_bregman(fj, w, method, tol=tol * scale, max_steps=int(max_steps))
     out = np.asarray(sol.u).astype(f.dtype, copy=False)
+    if not bool(sol.converged):
+        warnings.warn(
+            f"denoise_tv: the solve stopped at max_steps={max_steps} with an RMS change of "
+            f"{float(sol.change) / scale:.3g} of the image's range, above tol={tol:g}; the "
+            "result is not converged. Raise max_steps (a large weight converges slowly).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if not return_info:
         return out
     info = DenoiseInfo(
