@@ -29,12 +29,11 @@ median of ``--repeats`` (3) runs; the peers' runs are interleaved with invcal's.
    ``benchmarks/theoph_vs_nlme.py``).
 
 The cache folder reaches the subprocesses through ``JAX_COMPILATION_CACHE_DIR``
-(``--cache-env jax``, the default). invcal honours that folder but then keeps JAX's own
-threshold for caching a program (``jax_persistent_cache_min_compile_time_secs``, 1 s)
-rather than lowering it to 0.2 s as it does for its default folder; ``--cache-env xdg``
-instead points ``XDG_CACHE_HOME`` at the new folder, which measures the configuration of a
-user who sets nothing. Each child records the cache folder and threshold it ran with, and the
-JSON the number of files and bytes in the folder after each process. "First process ever"
+(``--cache-env jax``, the default), or with ``--cache-env xdg`` through ``XDG_CACHE_HOME``
+(the folder invcal picks for a user who sets nothing); either way invcal lowers JAX's
+threshold for caching a program (``jax_persistent_cache_min_compile_time_secs``) from 1 s to
+0.2 s. Each child records the cache folder and threshold it ran with, and the JSON the number
+of files and bytes in the folder after each process. "First process ever"
 means an empty compilation cache; the operating system's file cache is warm from the earlier
 runs.
 

@@ -298,13 +298,15 @@ def _cmd_run(args) -> int:
     out = Path(args.out if args.out else Path("runs") / name)
     if args.resume and args.overwrite:
         raise CommandError("--resume and --overwrite exclude each other; pass one.")
-    # The folder is checked and locked before any work: one run per folder, nothing
-    # overwritten that this command was not asked to replace.
+    # The options are checked by building the problem (cheap: no compilation), then the
+    # folder is checked and locked before any work: one run per folder, nothing overwritten
+    # that this command was not asked to replace, and no folder made for a bad command.
+    setup = _load(name, args.options)
     with claim_run_folder(out, resume=args.resume, overwrite=args.overwrite):
-        return _run_in(args, name, out)
+        return _run_in(args, name, out, setup)
 
 
-def _run_in(args, name: str, out: Path) -> int:
+def _run_in(args, name: str, out: Path, setup) -> int:
     from .hypergradient import describe
     from .outer import atomic_write_json, tune
     from .progress import ProgressBar
@@ -324,7 +326,6 @@ def _run_in(args, name: str, out: Path) -> int:
     elif results_path.exists():  # --overwrite (claim_run_folder refuses it otherwise)
         _stderr_line(f"invcal: overwriting the run in {out} (--overwrite).")
 
-    setup = _load(name, args.options)
     optimizer = args.optimizer or setup.optimizer
     if isinstance(optimizer, str) and optimizer.lower() == "rtho":
         # RTHO advances the inner iteration with its own forward-mode tangents.

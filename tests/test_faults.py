@@ -24,13 +24,16 @@ def fake(monkeypatch):
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """Fails the test if the command gets as far as building the problem."""
+    """The fake problem, but the test fails if the command gets as far as tuning (compiling
+    and running steps): the folder checks must come first."""
+    import invcal.outer
 
-    def refuse(name, options):
-        raise AssertionError("the problem was built: the check came after work started")
+    def refuse(*args, **kwargs):
+        raise AssertionError("tune was called: the check came after work started")
 
     monkeypatch.setattr(cli, "_canonical", lambda name: name)
-    monkeypatch.setattr(cli, "_load", refuse)
+    monkeypatch.setattr(cli, "_load", lambda name, options: _fake_setup(**dict(options)))
+    monkeypatch.setattr(invcal.outer, "tune", refuse)
 
 
 def _env():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import invcal as ic
-from invcal.implicit import SystemSpec, adjoint_solve, system_spec
+from invcal.implicit import SystemSpec, _lin_diag, adjoint_solve, system_operator, system_spec
 
 N, P, M = 20, 8, 15
 LAM = 5.0
@@ -241,22 +241,41 @@ def test_krylov_solvers_with_zero_atol_are_refused(linear_solver):
 
 
 def test_a_reported_success_is_checked_against_the_recomputed_residual():
-    # lineax's CG with atol=0 on the active-set system: b is 0 off the support, its scaled
-    # stopping test reads 0/0 = NaN as converged after one step. The recomputed residual
-    # must overrule that reported success (the refusal above keeps users away from it).
+    # A lineax result "successful" is not trusted alone: the residual of the returned value,
+    # recomputed, must be within the solver's tolerance (a wrong value here: zero).
     spec = SystemSpec(use_fixed_point=True, symmetric=True)
     mask = support(_X_STAR, THETA, PROBLEM.data)
     grad_x = jax.grad(criterion)(_X_STAR, THETA, PROBLEM.data)
-
-    def adjoint(lin):
-        return adjoint_solve(
-            PROBLEM, spec, _X_STAR, THETA, PROBLEM.data, grad_x, linear_solver=lin, mask=mask
-        )
-
-    _, _, steps, rel, ok = adjoint(lx.CG(rtol=1e-10, atol=0.0, max_steps=1000))
-    assert int(steps) <= 2 and float(rel) > 1e-3 and not bool(ok)
-    _, _, _, rel, ok = adjoint(lx.CG(rtol=1e-10, atol=1e-14, max_steps=1000))
+    op = system_operator(PROBLEM, spec, _X_STAR, THETA, PROBLEM.data, mask).transpose()
+    b = jnp.where(mask, grad_x, 0.0)
+    lin = lx.CG(rtol=1e-10, atol=1e-14, max_steps=1000)
+    sol = lx.linear_solve(op, b, lin)
+    _, rel, ok = _lin_diag(op, sol.value, b, sol, lin)
     assert float(rel) < 1e-9 and bool(ok)
+    _, rel, ok = _lin_diag(op, jnp.zeros_like(b), b, sol, lin)
+    assert float(rel) > 1e-3 and not bool(ok)
+
+
+@pytest.mark.parametrize("atol", [0.0, 1e-14, 1e-300])
+def test_the_absolute_tolerance_is_floored_at_rtol_times_the_rms_of_b(atol):
+    # b is 0 off the support: with lineax's elementwise test |r_i| <= atol + rtol·|b_i|, an
+    # atol of 0 read 0/0 as converged after one step, and a tiny atol asks an absolute
+    # residual below the rounding floor (CG then breaks down). adjoint_solve and
+    # tangent_solve floor atol at rtol·‖b‖/√n, so every atol gives a true solution.
+    spec = SystemSpec(use_fixed_point=True, symmetric=True)
+    mask = support(_X_STAR, THETA, PROBLEM.data)
+    grad_x = jax.grad(criterion)(_X_STAR, THETA, PROBLEM.data)
+    _, _, steps, rel, ok = adjoint_solve(
+        PROBLEM,
+        spec,
+        _X_STAR,
+        THETA,
+        PROBLEM.data,
+        grad_x,
+        linear_solver=lx.CG(rtol=1e-10, atol=atol, max_steps=1000),
+        mask=mask,
+    )
+    assert float(rel) < 1e-9 and bool(ok) and int(steps) <= int(mask.sum()) + 2
 
 
 def test_implicit_refuses_fixed_step_solutions():
