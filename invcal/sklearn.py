@@ -235,6 +235,28 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
         return tags
 
 
+def _data_scales(X, y, fit_intercept):
+    """(c_X, c_y): the RMS of the (centered) design and response. The tuning runs on X/c_X
+    and y/c_y, where α is α/(c_X·c_y) and the CV error is divided by c_y²; the answers
+    are mapped back. The Lasso's solutions scale exactly so, and the solvers' tolerances
+    and the path's bounds then hold at any feature scale (X·1e-8 failed with a NaN linear
+    residual before)."""
+    Xc = X - X.mean(0) if fit_intercept else X
+    yc = y - y.mean() if fit_intercept else y
+    cx = float(np.sqrt(np.mean(Xc**2)))
+    cy = float(np.sqrt(np.mean(yc**2)))
+    ok = lambda c: math.isfinite(c) and c > 0  # noqa: E731
+    return (cx if ok(cx) else 1.0), (cy if ok(cy) else 1.0)
+
+
+def _unscale_history(history, a_scale, v_scale):
+    for row in history:
+        a = np.asarray(row["alpha"]) * a_scale
+        row["alpha"] = float(a) if a.ndim == 0 else a.tolist()
+        row["cv_mse"] = row["cv_mse"] * v_scale
+    return history
+
+
 def _to_list(a):
     a = np.asarray(a)
     return float(a) if a.ndim == 0 else a.tolist()
@@ -295,20 +317,28 @@ class BilevelLassoCV(_BilevelLassoBase):
         Computes in float64 whatever JAX's global ``jax_enable_x64`` (scoped to the call; see
         :mod:`invcal.precision`): duality gaps of 1e-12 are out of float32's reach."""
         X, y, splits = self._prepare(X, y)
-        alpha, value, history, n_iter, coef = self._tune_alpha(X, y, splits)
-        self.alpha_ = float(alpha)
-        self.cv_mse_ = value
-        self.history_ = history
+        cx, cy = _data_scales(X, y, self.fit_intercept)
+        alpha, value, history, n_iter, coef = self._tune_alpha(
+            X / cx, y / cy, splits, alpha_scale=cx * cy
+        )
+        self.alpha_ = float(alpha) * cx * cy
+        self.cv_mse_ = value * cy**2
+        self.history_ = _unscale_history(history, cx * cy, cy**2)
         self.n_iter_ = n_iter
-        self._refit(X, y, self.alpha_, coef)
+        self._refit(X, y, self.alpha_, None if coef is None else coef * (cy / cx))
         return self
 
-    def _tune_alpha(self, X, y, splits):
+    def _tune_alpha(self, X, y, splits, alpha_scale=1.0):
+        """α (in the units of the X, y given: ``alpha_init`` is divided by ``alpha_scale``),
+        the CV error, the history, the descent's evaluations and the mean fold solution."""
         alpha_max = self._alpha_max(X, y)
         history = []
         if alpha_max <= _RESOLUTION:  # y is orthogonal to X (e.g. constant): β = 0 for all α
             return _RESOLUTION, float(np.mean((y - y.mean()) ** 2)), history, 0, None
-        alpha0 = alpha_max / 10 if self.alpha_init is None else float(self.alpha_init)
+        if self.alpha_init is None:
+            alpha0 = alpha_max / 10
+        else:
+            alpha0 = float(self.alpha_init) / alpha_scale
         problem = self._cv_problem(X, y, splits, alpha0)
         solver, method = self._solver(), self._method()
         x0, start = problem.x0, None
@@ -318,6 +348,12 @@ class BilevelLassoCV(_BilevelLassoBase):
             best = (math.inf, alpha0, x0, None)
             path = alpha_max * np.geomspace(1.0, 1e-3, self.n_init)
             prev = None  # (z, CV, dCV/dz) at the previous path point
+            # A stop rule that fires is confirmed by one more path point: the CV curve of a
+            # wide, small sample can have a shallow local minimum near α_max and its real
+            # basin a decade lower (make_regression(30, 200): a minimum at α ≈ 20 with CV
+            # 5792, the best grid point at α ≈ 2.6 with 4813; the path stopped at the first).
+            # Two rules firing in a row end the path.
+            pending = False
             for i, a in enumerate(path):
                 h = hypergradient(
                     problem,
@@ -333,8 +369,12 @@ class BilevelLassoCV(_BilevelLassoBase):
                 x0, v = h.x, float(h.value)
                 history.append({"alpha": float(a), "cv_mse": v})
                 if v >= best[0]:  # past the minimum: the rest (large supports) is not needed
-                    break
+                    if pending:
+                        break
+                    pending = True
+                    continue
                 best = (v, float(a), x0, h)
+                pending = False
                 # The hypergradient comes with the value. dCV/dz < 0: the minimum lies at a
                 # larger α. (At α_max no fold may have a nonzero coefficient: a zero gradient
                 # says nothing.) In the basin (CV fell by less than 80% since the previous
@@ -342,11 +382,10 @@ class BilevelLassoCV(_BilevelLassoBase):
                 # point: the small-α end of the path holds the largest, costliest supports.
                 z, g = math.log(a), float(self._grad_z(problem, {"alpha": a}, h.grad)[0])
                 if g < 0:
-                    break
-                if prev is not None and i + 1 < len(path) and v > 0.2 * prev[1] and prev[2] > g:
+                    pending = True
+                elif prev is not None and i + 1 < len(path) and v > 0.2 * prev[1] and prev[2] > g:
                     z_min = z - g * (z - prev[0]) / (g - prev[2])
-                    if z_min > math.log(path[i + 1]):
-                        break
+                    pending = z_min > math.log(path[i + 1])
                 prev = (z, v, g)
             alpha0, x0, start = best[1], best[2], best[3]
         theta = {"alpha": jnp.asarray(alpha0)}
@@ -406,30 +445,34 @@ class BilevelWeightedLassoCV(_BilevelLassoBase):
         vector = self.alpha_init is not None and np.ndim(self.alpha_init) == 1
         init = np.asarray(self.alpha_init, dtype=float) if vector else None
         p = X.shape[1]
+        cx, cy = _data_scales(X, y, self.fit_intercept)
+        Xs, ys = X / cx, y / cy  # tuned in scaled units (see _data_scales)
         history = []
         if init is None:  # stage 1: one α (alpha_init, if given, is a scalar start)
             stage = BilevelLassoCV(**self.get_params())
-            alpha, value, history, _, _ = stage._tune_alpha(X, y, splits)
+            alpha, value, history, _, _ = stage._tune_alpha(Xs, ys, splits, alpha_scale=cx * cy)
             init = np.full(p, alpha)
         elif init.shape != (p,) or not np.all(np.isfinite(init)) or np.any(init <= 0):
             raise ValueError(
                 f"alpha_init must be a positive scalar or one positive value per feature "
                 f"(shape ({p},)); got shape {init.shape}."
             )
-        self.alpha_single_ = float(np.exp(np.mean(np.log(init))))
-        if self._alpha_max(X, y) <= _RESOLUTION:
-            self.alpha_ = init
+        else:
+            init = init / (cx * cy)
+        self.alpha_single_ = float(np.exp(np.mean(np.log(init)))) * cx * cy
+        if self._alpha_max(Xs, ys) <= _RESOLUTION:
+            self.alpha_ = init * cx * cy
             self.cv_mse_ = float(np.mean((y - y.mean()) ** 2))
-            self.history_, self.n_iter_ = history, 0
+            self.history_, self.n_iter_ = _unscale_history(history, cx * cy, cy**2), 0
             self._refit(X, y, self.alpha_)
             return self
-        problem = self._cv_problem(X, y, splits, init)
+        problem = self._cv_problem(Xs, ys, splits, init)
         solver, method = self._solver(), self._method()
         theta = {"alpha": jnp.asarray(init)}
         theta, value, x, n_iter = self._descend(problem, theta, solver, method, problem.x0, history)
-        self.alpha_ = np.asarray(theta["alpha"])
-        self.cv_mse_ = value
-        self.history_ = history
+        self.alpha_ = np.asarray(theta["alpha"]) * cx * cy
+        self.cv_mse_ = value * cy**2
+        self.history_ = _unscale_history(history, cx * cy, cy**2)
         self.n_iter_ = n_iter
-        self._refit(X, y, self.alpha_, np.asarray(x).mean(0))
+        self._refit(X, y, self.alpha_, np.asarray(x).mean(0) * (cy / cx))
         return self

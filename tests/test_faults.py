@@ -297,3 +297,49 @@ def test_denoise_tv_refuses_masked_arrays(noisy):
     masked = np.ma.masked_array(noisy, mask=noisy > 0.9)
     with pytest.raises(TypeError, match="masked array"):
         denoise_tv(masked, weight=0.1)
+
+
+# --------------------------------------------------------------------------------------
+# 13-14. BilevelLassoCV: as good as LassoCV's own grid, at any feature scale
+# --------------------------------------------------------------------------------------
+def _grid_cv(X, y, splits, alphas):
+    from sklearn.linear_model import Lasso
+
+    out = []
+    for a in alphas:
+        errs = []
+        for tr, va in splits:
+            m = Lasso(alpha=a, tol=1e-10, max_iter=100_000).fit(X[tr], y[tr])
+            errs.append(np.mean((m.predict(X[va]) - y[va]) ** 2))
+        out.append(np.mean(errs))
+    return np.asarray(out)
+
+
+def test_lasso_cv_no_worse_than_lassocv_grid_on_a_wide_small_sample():
+    from sklearn.datasets import make_regression
+    from sklearn.linear_model import LassoCV
+    from sklearn.model_selection import KFold
+
+    from invcal.sklearn import BilevelLassoCV
+
+    X, y = make_regression(30, 200, n_informative=5, noise=1, random_state=1)
+    splits = list(KFold(5).split(X))
+    ref = LassoCV(cv=KFold(5), tol=1e-10, max_iter=100_000).fit(X, y)
+    grid_best = float(np.min(_grid_cv(X, y, splits, ref.alphas_)))
+    est = BilevelLassoCV(cv=KFold(5)).fit(X, y)
+    assert est.cv_mse_ <= 1.01 * grid_best, (est.alpha_, est.cv_mse_, ref.alpha_, grid_best)
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1e6])
+def test_lasso_cv_at_any_feature_scale(scale):
+    from sklearn.datasets import load_diabetes
+
+    from invcal.sklearn import BilevelLassoCV
+
+    X, y = load_diabetes(return_X_y=True)
+    base = BilevelLassoCV().fit(X, y)
+    scaled = BilevelLassoCV().fit(X * scale, y)
+    # the same problem in other units: α scales by the factor, coefficients by its inverse
+    assert scaled.alpha_ == pytest.approx(base.alpha_ * scale, rel=1e-3)
+    np.testing.assert_allclose(scaled.coef_ * scale, base.coef_, rtol=1e-3, atol=1e-6)
+    assert scaled.cv_mse_ == pytest.approx(base.cv_mse_, rel=1e-6)
