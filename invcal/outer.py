@@ -419,6 +419,27 @@ def _tree_from_json(like, leaves):
 # --------------------------------------------------------------------------------------
 # tune
 # --------------------------------------------------------------------------------------
+_LINESEARCH_STATES = tuple(
+    getattr(optax, n)
+    for n in ("ScaleByZoomLinesearchState", "ScaleByBacktrackingLinesearchState")
+    if hasattr(optax, n)
+)
+
+
+def _needs_value_fn(opt_state) -> bool:
+    """Whether an optax state belongs to a transformation with a line search, whose
+    ``update`` needs ``value``, ``grad`` and ``value_fn``."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, _LINESEARCH_STATES):
+            found.append(node)
+        return isinstance(node, _LINESEARCH_STATES)
+
+    jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
+    return bool(found)
+
+
 @eqx.filter_jit
 def _optax_update(opt, gz, opt_state, z):
     return opt.update(gz, opt_state, z)
@@ -586,7 +607,9 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
     if saved is not None and rec.history:
         z = jnp.asarray(saved["z"], dtype=z.dtype)
         opt_state = _tree_from_json(opt_state, saved["opt_state"])
-    is_lbfgs = opt_name == "lbfgs"
+    # optax's line searches (optax.lbfgs(), scale_by_zoom_linesearch, ...) need the value,
+    # gradient and value_fn at every update, by name or passed as a transformation.
+    is_lbfgs = opt_name == "lbfgs" or _needs_value_fn(opt_state)
     hg = None
     for _ in range(len(rec.history), steps):
         t = time.perf_counter()

@@ -332,3 +332,19 @@ def test_a_failed_results_write_keeps_the_old_file_and_no_temporary(tmp_path):
         atomic_write_json(path, {"history": [object()]})
     assert json.loads(path.read_text()) == {"history": [1]}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_tune_accepts_optax_lbfgs_as_a_transformation():
+    """optax.lbfgs() passed as an object reaches what optimizer="lbfgs" reaches (it failed
+    with optax's raw "update_fn() missing 'value_fn'")."""
+    import optax
+
+    from test_default_config import _readme_code
+
+    scope: dict = {}
+    exec(compile(_readme_code().split("hg = ic.hypergradient")[0], "README", "exec"), scope)
+    problem = scope["problem"]
+    by_name = ic.tune(problem, solver=ic.Newton(), optimizer="lbfgs", steps=15)
+    as_object = ic.tune(problem, solver=ic.Newton(), optimizer=optax.lbfgs(), steps=15)
+    assert float(as_object.theta["lam"]) == pytest.approx(float(by_name.theta["lam"]), rel=1e-6)
+    assert as_object.value == pytest.approx(by_name.value, rel=1e-10)
