@@ -169,6 +169,9 @@ def denoise_tv(
       ``seed``: the seed of SURE's Monte-Carlo probes, ``probes`` their number.
 
     Returns the denoised image as a NumPy array of the input's dtype (and the info).
+    Computes in JAX's current precision (float32 in its default configuration, enough for
+    images: the stopping rule is relative to the image's range; float64 with
+    ``jax_enable_x64``); see :mod:`invcal.precision`.
     Neumann boundaries, penalty ρ = 2, one Gauss–Seidel sweep per iteration.
     """
     f = _check_image(image)
