@@ -376,9 +376,12 @@ def _run_in(args, name: str, out: Path, setup) -> int:
             meta=meta,
         )
     except RuntimeError as e:
-        raise _RunFailed(
-            f"{e} (the steps done so far are in {results_path}; continue with --resume)"
-        ) from None
+        where = (
+            f"the steps done so far are in {results_path}; continue with --resume"
+            if results_path.exists()
+            else "no step finished, nothing was recorded"
+        )
+        raise _RunFailed(f"{e} ({where})") from None
     finally:
         if bar is not None:
             bar.close()

@@ -343,3 +343,16 @@ def test_lasso_cv_at_any_feature_scale(scale):
     assert scaled.alpha_ == pytest.approx(base.alpha_ * scale, rel=1e-3)
     np.testing.assert_allclose(scaled.coef_ * scale, base.coef_, rtol=1e-3, atol=1e-6)
     assert scaled.cv_mse_ == pytest.approx(base.cv_mse_, rel=1e-6)
+
+
+def test_diverging_run_stops_at_once_saying_why(tmp_path, capsys):
+    """Issue 16's case 8: a step size that makes the unrolled training overflow. The run
+    stops at its first step with one line naming the overflow, not after recording E = inf
+    as converged."""
+    out = tmp_path / "g"
+    argv = ["run", "gdm_schedule", "-o", "eta0=5", "--steps", "5", "--out", str(out)]
+    assert cli.main([*argv, "--no-progress", "--no-landscape"]) == 1
+    line = _error_line(capsys)
+    assert "NaN or inf" in line and "step size above 2/L" in line
+    assert "no step finished" in line
+    assert not (out / "results.json").exists()

@@ -338,7 +338,6 @@ def test_tune_accepts_optax_lbfgs_as_a_transformation():
     """optax.lbfgs() passed as an object reaches what optimizer="lbfgs" reaches (it failed
     with optax's raw "update_fn() missing 'value_fn'")."""
     import optax
-
     from test_default_config import _readme_code
 
     scope: dict = {}
