@@ -64,6 +64,11 @@ class HOAG(eqx.Module):
     decrease up to the tolerances) L shrinks by ``shrink``; if E merely does not increase by
     more than C(ε_k + ε_{k−1}) L is kept; otherwise the step is rejected (θ returns to the
     last accepted point, so the criterion never creeps up) and L doubles.
+
+    ``max_step`` bounds ‖Δz‖ (a trust region; 2 is a factor e² in a log-scaled θ). Without
+    it one accepted step took the README's ridge example from z = −3.76 to −27.5, into the
+    flat tail λ → 0 where dE/dz = λ·dE/dλ vanishes, and HOAG stayed there (E = 26,895 for
+    the optimum's 26,405).
     """
 
     tol0: float = 1e-3
@@ -72,12 +77,15 @@ class HOAG(eqx.Module):
     shrink: float = 0.95
     min_tol: float = 1e-12
     step0: float | None = None
+    max_step: float = 2.0
 
     def __check_init__(self):
         if self.decrease not in _DECREASE:
             raise ValueError(f"HOAG decrease must be one of {_DECREASE}; got {self.decrease!r}.")
         if not self.tol0 > 0:
             raise ValueError(f"HOAG tol0 must be > 0; got {self.tol0!r}.")
+        if not (isinstance(self.max_step, (int, float)) and self.max_step > 0):
+            raise ValueError(f"HOAG max_step must be a positive number; got {self.max_step!r}.")
 
     def tolerance(self, k: int) -> float:
         k = max(int(k), 1)
@@ -258,6 +266,80 @@ class TuneResult:
     evaluations: int = field(default=0)
 
 
+def _is_number(v, none_ok=False) -> bool:
+    if v is None:
+        return none_ok
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_saved_run(prev, path, size: int, optimizer: str) -> None:
+    """The whole saved run, checked before any work: one line naming the first field that
+    is not what a run writes (a hand-edited or damaged file must not splice a wrong state
+    into the history, or fail after compilation)."""
+
+    def bad(field, value, expected):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(
+            f"cannot resume from {path}: {field} is {shown}, expected {expected}. Restore or "
+            "delete the file, or use another --out directory."
+        )
+
+    def z_list(field, v):
+        if not (isinstance(v, list) and len(v) == size and all(_is_number(x) for x in v)):
+            bad(field, v, f"a list of {size} numbers")
+
+    if not isinstance(prev, dict):
+        bad("the file", prev, "a JSON object")
+    history = prev.get("history")
+    if not isinstance(history, list):
+        bad("history", history, "a list of rows")
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            bad(f"history[{i}]", row, "an object")
+        if row.get("step") != i:
+            bad(f"history[{i}].step", row.get("step"), str(i))
+        z_list(f"history[{i}].z", row.get("z"))
+        if not _is_number(row.get("value"), none_ok=True):
+            bad(f"history[{i}].value", row.get("value"), "a number (or null)")
+        if not isinstance(row.get("theta"), dict):
+            bad(f"history[{i}].theta", row.get("theta"), "an object {name: value}")
+    best = prev.get("best")
+    if best is not None:
+        if not isinstance(best, dict):
+            bad("best", best, "an object (or null)")
+        if not _is_number(best.get("value")):
+            bad("best.value", best.get("value"), "a number")
+        z_list("best.z", best.get("z"))
+        if not isinstance(best.get("theta"), dict):
+            bad("best.theta", best.get("theta"), "an object {name: value}")
+    if optimizer in ("grid", "random") or not history:
+        return
+    state = prev.get("state")
+    if not isinstance(state, dict):
+        bad("state", state, f"the {optimizer} state of the last step (an object)")
+    if optimizer == "secant":
+        if not _is_number(state.get("z"), none_ok=True):
+            bad("state.z", state.get("z"), "a number (or null once converged)")
+        if not _is_number(state.get("expand")):
+            bad("state.expand", state.get("expand"), "a number")
+        for key in ("lo", "hi"):
+            v = state.get(key)
+            if v is not None and not (
+                isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)
+            ):
+                bad(f"state.{key}", v, "null or [z, dE/dz]")
+        return
+    z_list("state.z", state.get("z"))
+    if optimizer == "hoag":
+        if not _is_number(state.get("L"), none_ok=True):
+            bad("state.L", state.get("L"), "a number (or null)")
+        if not (isinstance(state.get("k"), int) and state.get("k") >= 1):
+            bad("state.k", state.get("k"), "an integer >= 1")
+    elif not isinstance(state.get("opt_state"), list):
+        bad("state.opt_state", state.get("opt_state"), "the optimizer's state (a list)")
+
+
 class _Recorder:
     """Accumulates rows and writes results.json after each one."""
 
@@ -312,6 +394,7 @@ class _Recorder:
                     f"{prev.get(key)!r}, this run has {key}={self.results.get(key)!r}. "
                     "Use another --out directory, or drop --resume to start over."
                 )
+        _check_saved_run(prev, self.path, self.problem.space.size, self.results["optimizer"])
         self.results["history"] = prev.get("history", [])
         self.results["state"] = prev.get("state")
         self.results["best"] = prev.get("best")
@@ -684,11 +767,16 @@ def _tune_hoag(problem, solver, method, hoag, steps, theta0, rec, progress):
     z = space.to_z(theta0)
     L = None if hoag.step0 is None else 1.0 / hoag.step0
     k = 1
+    cur = None  # (z, value, grad_z, eps) of the last accepted point
     if saved is not None and rec.history:
         z = jnp.asarray(saved["z"], dtype=z.dtype)
         L, k = saved["L"], int(saved["k"])
+        if saved.get("grad_z") is not None:
+            # The accepted point itself is saved: resuming does not evaluate it again (that
+            # recorded a duplicate θ and shifted every later step by one).
+            gz0 = jnp.asarray(saved["grad_z"], dtype=z.dtype)
+            cur = (z, float(saved["value"]), gz0, float(saved["eps"]))
     hg = None
-    cur = None  # (z, value, grad_z, eps) of the last accepted point
 
     def evaluate(z, eps, warm):
         theta = space.to_theta(z)
@@ -715,7 +803,11 @@ def _tune_hoag(problem, solver, method, hoag, steps, theta0, rec, progress):
                 gnorm = float(jnp.linalg.norm(gz))
                 L = gnorm * gz.shape[0] if gnorm > 1e-3 else 1.0
         else:
-            z_row = cur[0] - cur[2] / L
+            step = cur[2] / L
+            size = float(jnp.linalg.norm(step))
+            if size > hoag.max_step:  # trust region on ‖Δz‖
+                step = step * (hoag.max_step / size)
+            z_row = cur[0] - step
             theta, h_row, gz = evaluate(z_row, eps, hg)
             incr = float(jnp.linalg.norm(z_row - cur[0]))
             e_new, e_old, eps_old = float(h_row.value), cur[1], cur[3]
@@ -737,7 +829,14 @@ def _tune_hoag(problem, solver, method, hoag, steps, theta0, rec, progress):
             diag=h_row.diagnostics,
             accepted=accepted,
             wall=time.perf_counter() - t,
-            state={"z": _to_json(cur[0]), "L": L, "k": k},
+            state={
+                "z": _to_json(cur[0]),
+                "L": L,
+                "k": k,
+                "value": cur[1],
+                "grad_z": _to_json(cur[2]),
+                "eps": cur[3],
+            },
             tol=eps,
             L=L,
         )

@@ -98,7 +98,10 @@ def check_hypergradient(
 ) -> CheckResult:
     """Compare ``method``'s hypergradient with central finite differences at θ.
 
-    Returns a :class:`CheckResult` whose ``relative_error`` is ‖g − g_fd‖ / ‖g_fd‖ (in z).
+    Returns a :class:`CheckResult` whose ``relative_error`` is ‖g − g_fd‖ / s (in z), with
+    s = max(‖g_fd‖, ‖g‖, |E|·ε_mach/eps): the larger gradient, or the finite difference's
+    own resolution when both are below it (a gradient that is 0 to rounding on both sides is
+    an agreement, not an error of 1e284).
     In float64 with tight solves, exact methods reach 1e-7 or better.
 
     Central differences need float64: the check runs with JAX's 64-bit mode on, whatever the
@@ -112,7 +115,8 @@ def check_hypergradient(
     g = np.asarray(grad_z(problem, theta, hg.grad))
     seconds = time.perf_counter() - t0
     fd = finite_difference(problem, theta, solver=solver, eps=eps, x0=x0)
-    denom = max(float(np.linalg.norm(fd)), 1e-300)
+    resolution = abs(float(hg.value)) * float(np.finfo(np.float64).eps) / eps
+    denom = max(float(np.linalg.norm(fd)), float(np.linalg.norm(g)), resolution, 1e-300)
     return CheckResult(
         method=describe(method),
         relative_error=float(np.linalg.norm(g - fd) / denom),

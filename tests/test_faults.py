@@ -356,3 +356,117 @@ def test_diverging_run_stops_at_once_saying_why(tmp_path, capsys):
     assert "NaN or inf" in line and "step size above 2/L" in line
     assert "no step finished" in line
     assert not (out / "results.json").exists()
+
+
+# --------------------------------------------------------------------------------------
+# 4. a damaged or hand-edited results.json: one line naming the field, before any work
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (lambda r: r.update(state=None), "state is None"),
+        (lambda r: r["state"].update(z="abc"), "state.z is 'abc'"),
+        (lambda r: r.update(best="abc"), "best is 'abc'"),
+        (lambda r: r["history"][1].update(step=5), "history[1].step is 5"),
+        (lambda r: r["history"][0].update(z=[1.0, 2.0]), "history[0].z is [1.0, 2.0]"),
+        (lambda r: r["history"][0].update(value="x"), "history[0].value is 'x'"),
+        (lambda r: r.update(history={}), "has no 'history' list"),
+        (lambda r: r["state"].update(opt_state=None), "state.opt_state is None"),
+    ],
+)
+def test_tampered_results_are_refused_naming_the_field(fake, tmp_path, capsys, edit, field):
+    import invcal.outer
+
+    out = tmp_path / "r"
+    base = ["run", "fake", "--out", str(out), "--no-progress", "--no-landscape"]
+    assert cli.main([*base, "--steps", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    edit(results)
+    (out / "results.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    calls = []
+    real = invcal.outer.hypergradient
+    invcal.outer.hypergradient = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        assert cli.main([*base, "--steps", "4", "--resume"]) == 2
+    finally:
+        invcal.outer.hypergradient = real
+    line = _error_line(capsys)
+    assert str(out / "results.json") in line and field in line, line
+    assert not calls  # refused before any hypergradient
+
+
+# --------------------------------------------------------------------------------------
+# 5. HOAG resumes without evaluating its last accepted point again
+# --------------------------------------------------------------------------------------
+def test_hoag_resume_matches_an_uninterrupted_run(tmp_path):
+    import invcal as ic
+
+    problem = _ridge_problem(lambda x, th, data: jnp_sum_sq(x - 0.5))
+    hoag = ic.HOAG(tol0=1e-6)
+    straight = ic.tune(problem, solver=ic.Newton(), optimizer=hoag, steps=8)
+    ic.tune(problem, solver=ic.Newton(), optimizer=hoag, steps=4, out=tmp_path)
+    resumed = ic.tune(
+        problem, solver=ic.Newton(), optimizer=hoag, steps=8, out=tmp_path, resume=True
+    )
+    z_straight = [r["z"][0] for r in straight.history]
+    z_resumed = [r["z"][0] for r in resumed.history]
+    assert len(z_resumed) == 8
+    # no duplicate of step 3's θ at step 4; the same trajectory (cold vs warm inner starts:
+    # equal to the solves' tolerance)
+    np.testing.assert_allclose(z_resumed, z_straight, rtol=1e-6, atol=1e-8)
+    assert [r["accepted"] for r in resumed.history] == [r["accepted"] for r in straight.history]
+
+
+def jnp_sum_sq(v):
+    import jax.numpy as jnp
+
+    return jnp.sum(v**2)
+
+
+# --------------------------------------------------------------------------------------
+# 12. check_hypergradient's relative error is meaningful when the gradient is 0
+# --------------------------------------------------------------------------------------
+def test_relative_error_when_the_finite_difference_is_zero():
+    import jax.numpy as jnp
+
+    import invcal as ic
+
+    # E does not depend on x* (nor θ): dE/dθ is 0, the finite difference exactly 0, and the
+    # implicit gradient 0 to rounding; that is an agreement (it read 5.6e284 before).
+    problem = _ridge_problem(lambda x, th, data: 3.0 + 0.0 * jnp.sum(x))
+    res = ic.check_hypergradient(problem, {"lam": 1.0}, ic.Implicit(), solver=ic.Newton())
+    assert np.all(res.finite_difference == 0.0)
+    assert res.relative_error < 1e-6, res
+    # a nonzero gradient is still compared with its own size
+    shifted = _ridge_problem(lambda x, th, data: jnp.sum(x) + 1e-3 * th["lam"])
+    good = ic.check_hypergradient(shifted, {"lam": 1.0}, ic.Implicit(), solver=ic.Newton())
+    assert good.relative_error < 1e-6
+    assert np.linalg.norm(good.finite_difference) > 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# 15. HOAG reaches the optimum on the README's ridge example and on logreg_l2
+# --------------------------------------------------------------------------------------
+def test_hoag_reaches_the_optimum_of_the_readme_example():
+    from test_default_config import _readme_code
+
+    import invcal as ic
+
+    scope: dict = {}
+    exec(compile(_readme_code().split("hg = ic.hypergradient")[0], "README", "exec"), scope)
+    problem = scope["problem"]
+    best = ic.tune(problem, solver=ic.Newton(), optimizer="lbfgs", steps=15)
+    hoag = ic.tune(problem, solver=ic.Newton(), optimizer="hoag", steps=30)
+    assert hoag.value <= 1.01 * best.value, (hoag.theta, hoag.value, best.value)
+    assert min(r["z"][0] for r in hoag.history) > -20  # no step into the flat tail λ → 0
+
+
+def test_hoag_reaches_the_optimum_on_logreg_l2():
+    import invcal as ic
+    from invcal.catalog import load
+
+    setup = load("logreg_l2")
+    best = ic.tune(setup.problem, solver=setup.solver, optimizer="lbfgs", steps=20)
+    hoag = ic.tune(setup.problem, solver=setup.solver, optimizer="hoag", steps=40)
+    assert hoag.value <= best.value + 0.01 * abs(best.value), (hoag.value, best.value)
