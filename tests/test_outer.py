@@ -86,7 +86,8 @@ def test_tune_reaches_grid_optimum(optimizer, lr, steps, optimum):
 
 
 def test_hoag_rejects_too_long_steps_and_recovers(optimum):
-    # From below the optimum, a step of 1/L = 100 in log λ overshoots far past it: rejected.
+    # From below the optimum, a step of 1/L = 100 (capped by max_step at 2 in log λ)
+    # overshoots past it: rejected.
     res = ic.tune(
         PROBLEM,
         solver=SOLVER,
