@@ -1,7 +1,5 @@
 """``python -m invcal``: the same command line as the ``invcal`` script."""
 
-import sys
+from .cli import console
 
-from .cli import main
-
-sys.exit(main())
+console()

@@ -470,3 +470,41 @@ def test_hoag_reaches_the_optimum_on_logreg_l2():
     best = ic.tune(setup.problem, solver=setup.solver, optimizer="lbfgs", steps=20)
     hoag = ic.tune(setup.problem, solver=setup.solver, optimizer="hoag", steps=40)
     assert hoag.value <= best.value + 0.01 * abs(best.value), (hoag.value, best.value)
+
+
+# --------------------------------------------------------------------------------------
+# 6. Ctrl-C and SIGTERM during a run: one line, exit 130 / 143, results.json whole
+# --------------------------------------------------------------------------------------
+def test_interrupts_exit_with_one_line_and_whole_results(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "invcal", "run", "logreg_l2", "--steps", "400", "--out", str(out)]
+    rng = np.random.default_rng(0)
+    for i, sig in enumerate([signal.SIGINT, signal.SIGINT, signal.SIGTERM]):
+        proc = subprocess.Popen(
+            [*cmd, "--no-progress", "--no-landscape", *(["--resume"] if i else [])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        # after start-up (the handler is installed once `import invcal` is done): during
+        # compilation or the steps, at a random point
+        lock = out / ".invcal.lock"  # holds the pid of the run that claimed the folder
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if lock.exists() and lock.read_text().strip() == str(proc.pid):
+                break
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.0, 3.0)))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:  # finished before the signal: nothing to check
+            continue
+        assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "continues from its last step with --resume" in lines[0], err
+        if (out / "results.json").exists():
+            json.loads((out / "results.json").read_text())  # whole, strict JSON
