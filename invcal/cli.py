@@ -2,7 +2,7 @@
 
     invcal list
     invcal run PROBLEM [--method NAME] [--optimizer adam|gd|lbfgs|hoag|rtho|secant] [--steps N]
-                       [--learning-rate LR] [--out DIR] [--resume] [--no-progress]
+                       [--learning-rate LR] [--out DIR] [--resume | --overwrite] [--no-progress]
                        [--no-landscape] [-o KEY=VALUE ...]
     invcal check PROBLEM [--json] [--methods a,b,...] [-o KEY=VALUE ...]
     invcal report RUN_DIR
