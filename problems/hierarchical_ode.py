@@ -45,7 +45,7 @@ import invcal as ic
 from invcal import ode
 from invcal.catalog import Setup
 
-from ._options import choice
+from ._options import choice, integer
 
 __all__ = [
     "THEOPH_CSV",
@@ -142,9 +142,7 @@ def load_theoph(path=THEOPH_CSV, *, subjects: int | None = None) -> ode.Events:
     events = ode.read_events(path)
     if subjects is None:
         return events
-    n = int(subjects)
-    if not 1 <= n <= events.n_subjects:
-        raise ValueError(f"subjects must be in 1..{events.n_subjects}; got {subjects!r}.")
+    n = integer("subjects", subjects, 1, events.n_subjects)
     keep = np.isin(events.id, list(events.subjects[:n]))
     cols = {
         "ID": events.id[keep],

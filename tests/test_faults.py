@@ -508,3 +508,20 @@ def test_interrupts_exit_with_one_line_and_whole_results(tmp_path):
         assert len(lines) == 1 and "continues from its last step with --resume" in lines[0], err
         if (out / "results.json").exists():
             json.loads((out / "results.json").read_text())  # whole, strict JSON
+
+
+# --------------------------------------------------------------------------------------
+# 22. a table that is not UTF-8; an option that is not a number
+# --------------------------------------------------------------------------------------
+def test_non_utf8_table_names_the_file(tmp_path):
+    from invcal import ode
+
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("ID,TIME,DV,AMT\n1,0,.,320\n1,1,7.4,0\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9"):
+        ode.read_events(path)
+
+
+def test_non_numeric_option_is_named(tmp_path, capsys):
+    assert cli.main(["run", "theophylline", "-o", "subjects=abc", "--out", str(tmp_path)]) == 2
+    assert "subjects must be an integer >= 1 and <= 12; got 'abc'" in _error_line(capsys)

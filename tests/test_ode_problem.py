@@ -28,7 +28,7 @@ def test_setup_contract():
     [
         ({"solver": 1}, r"unknown option\(s\) \['solver'\]"),
         ({"method": "foce"}, "method must be 'focei' or 'laplace'"),
-        ({"subjects": 13}, r"subjects must be in 1..12"),
+        ({"subjects": 13}, r"subjects must be an integer >= 1 and <= 12; got 13"),
         ({"omega": "pdSymm"}, r"omega must be one of \['diagonal', 'full'\]; got 'pdSymm'"),
         ({"omega": 1}, r"omega must be one of \['diagonal', 'full'\]; got 1"),
     ],

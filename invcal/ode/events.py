@@ -134,7 +134,18 @@ def _num(v) -> str:
 
 
 def _read_csv(path) -> tuple[list[str], dict[str, list[str]]]:
-    with open(path, newline="") as f:
+    try:
+        return _read_csv_utf8(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "save the table as UTF-8 CSV (e.g. from a spreadsheet: 'CSV UTF-8'), or read it "
+            "with pandas and pass the DataFrame."
+        ) from None
+
+
+def _read_csv_utf8(path) -> tuple[list[str], dict[str, list[str]]]:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)
