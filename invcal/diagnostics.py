@@ -83,6 +83,9 @@ class Diagnostics(eqx.Module):
     # The criterion value and the hypergradient are finite (set by invcal.hypergradient): a
     # NaN or inf result is never reported as converged, whatever the solves said.
     finite: jax.Array = eqx.field(default_factory=lambda: jnp.asarray(True))
+    # The inner solution's smallest relative Hessian eigenvalue (Newton on an objective;
+    # NaN elsewhere): negative means a saddle or maximum, reported as not converged.
+    inner_curvature: jax.Array = eqx.field(default_factory=lambda: jnp.asarray(jnp.nan))
 
     @property
     def converged(self):
@@ -102,6 +105,9 @@ class Diagnostics(eqx.Module):
             "linear_residual": float(np.max(np.asarray(self.linear_residual))),
             "linear_converged": bool(np.all(np.asarray(self.linear_converged))),
             "finite": bool(np.all(np.asarray(self.finite))),
+            "inner_curvature": float(np.nanmin(np.asarray(self.inner_curvature)))
+            if np.any(np.isfinite(np.asarray(self.inner_curvature)))
+            else None,
         }
 
 
@@ -135,6 +141,13 @@ def _message(d: dict, where: str, dtype=None) -> str:
             f"{d['inner_steps']} steps (more steps will not help: look for a step size above "
             "2/L in a fixed-point map, a θ at which the inner problem is not well posed, e.g. "
             "a zero or negative regularization weight, or NaN in the data)"
+        )
+    elif not d["inner_converged"] and (d.get("inner_curvature") or 0.0) < 0:
+        parts.append(
+            f"the inner solve reached a stationary point that is not a minimum (the Hessian's "
+            f"smallest eigenvalue is {d['inner_curvature']:.3g} of its largest): the inner "
+            "objective is not convex at this θ (a negative regularization weight, say; use a "
+            "transform such as Log() that keeps it positive)"
         )
     elif not d["inner_converged"]:
         parts.append(

@@ -221,6 +221,7 @@ class Implicit(AbstractHypergradient):
             linear_steps=steps,
             linear_residual=rel,
             linear_converged=ok,
+            inner_curvature=sol.curvature,
         )
         return value, grad, x, diag, v
 

@@ -525,3 +525,30 @@ def test_non_utf8_table_names_the_file(tmp_path):
 def test_non_numeric_option_is_named(tmp_path, capsys):
     assert cli.main(["run", "theophylline", "-o", "subjects=abc", "--out", str(tmp_path)]) == 2
     assert "subjects must be an integer >= 1 and <= 12; got 'abc'" in _error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------
+# 11. Newton on an indefinite inner problem: a maximum is not a solution
+# --------------------------------------------------------------------------------------
+def test_newton_at_a_maximum_is_not_converged():
+    import jax.numpy as jnp
+
+    import invcal as ic
+
+    A = jnp.asarray(np.random.default_rng(0).normal(size=(20, 4)))
+    b = A @ jnp.ones(4)
+
+    def ridge(x, th, data):  # λ < 0 beyond the smallest eigenvalue of AᵀA: concave
+        return 0.5 * jnp.mean((data[0] @ x - data[1]) ** 2) + 0.5 * th["lam"] * jnp.sum(x**2)
+
+    problem = ic.Problem(
+        space=ic.Space(lam=ic.Param(1.0, ic.Identity())),
+        objective=ridge,
+        criterion=lambda x, th, data: jnp.sum(x**2),
+        x0=jnp.zeros(4),
+        data=(A, b),
+    )
+    with pytest.raises(ic.HypergradientNotConverged, match="stationary point that is not a min"):
+        ic.hypergradient(problem, {"lam": -5.0}, solver=ic.Newton(), method=ic.Implicit())
+    good = ic.hypergradient(problem, {"lam": 1.0}, solver=ic.Newton(), method=ic.Implicit())
+    assert bool(good.diagnostics.converged) and float(good.diagnostics.inner_curvature) > 0

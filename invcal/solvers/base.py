@@ -58,6 +58,10 @@ class InnerSolution(eqx.Module):
     residual: jax.Array
     converged: jax.Array
     tol: jax.Array
+    # Newton on an objective: the smallest eigenvalue of the Hessian at x, relative to the
+    # largest (NaN where not computed). A stationary point with a negative one is a saddle
+    # or a maximum, not the minimizer the problem asks for, and is reported unconverged.
+    curvature: jax.Array = eqx.field(default_factory=lambda: jnp.asarray(jnp.nan))
 
     @property
     def result(self) -> jax.Array:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -33,6 +34,24 @@ class Newton(AbstractInnerSolver):
 
     def current(self, state):
         return state
+
+    def solve(self, problem, x0, theta, data=None, *, tol=None):
+        sol = super().solve(problem, x0, theta, data, tol=tol)
+        if problem.objective is None or problem.optimality is not None:
+            return sol  # a root of F, not a minimization: no curvature to ask for
+        # The minimizer of f has a positive semi-definite Hessian; Newton's iteration finds
+        # any stationary point (an indefinite ridge at λ = −5 converged to the maximum).
+        data = problem.data if data is None else data
+        flat, unravel = ravel_pytree(jax.lax.stop_gradient(sol.x))
+        th, dt = jax.lax.stop_gradient((theta, data))
+        H = jax.hessian(lambda v: problem.objective(unravel(v), th, dt))(flat)
+        eig = jnp.linalg.eigvalsh(0.5 * (H + H.T))
+        scale = jnp.maximum(jnp.max(jnp.abs(eig)), jnp.finfo(eig.dtype).tiny)
+        curvature = eig[0] / scale
+        minimum = curvature > -jnp.sqrt(jnp.finfo(eig.dtype).eps)
+        return eqx.tree_at(
+            lambda s: (s.converged, s.curvature), sol, (sol.converged & minimum, curvature)
+        )
 
     def step(self, problem, x, theta, data):
         flat, unravel = ravel_pytree(x)
