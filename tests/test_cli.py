@@ -180,7 +180,18 @@ def test_run_failure_is_one_line(fake, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("invcal.outer.tune", failing_tune)
     assert cli.main(["run", "fake", "--out", str(tmp_path), "--no-progress"]) == 1
     line = _error_line(capsys)
-    assert "boom" in line and "--resume" in line
+    # nothing was recorded: the message does not point to a results.json that is not there
+    assert "boom" in line and "no step finished" in line and "--resume" not in line
+
+    def failing_after_a_step(*args, out, **kwargs):
+        (out / "results.json").write_text(json.dumps({"history": [], "problem": "fake"}))
+        raise ic.HypergradientNotConverged("invcal: hypergradient is not reliable: boom.")
+
+    monkeypatch.setattr("invcal.outer.tune", failing_after_a_step)
+    out = tmp_path / "second"
+    assert cli.main(["run", "fake", "--out", str(out), "--no-progress"]) == 1
+    line = _error_line(capsys)
+    assert "boom" in line and "--resume" in line and str(out / "results.json") in line
 
 
 def test_check_unknown_methods(fake, capsys):
