@@ -441,13 +441,42 @@ def _plot_landscape(results, land: dict, path: Path) -> str:
 # --------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------
+def _html_escape(text) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_MD_SPECIAL = "\\`*_{}[]()#+!|~"
+
+
+def _plain(text) -> str:
+    """Text from results.json as literal text in the report: HTML and every Markdown
+    character escaped, newlines flattened (a results.json from elsewhere may carry markup,
+    script tags or links in its strings)."""
+    out = _html_escape(" ".join(str(text).split()))
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in out)
+
+
+def _code(text) -> str:
+    """Text shown as inline code: backticks cannot close the span, HTML is escaped."""
+    return "`" + _html_escape(" ".join(str(text).split())).replace("`", "'") + "`"
+
+
 def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    return _plain(text)
 
 
 def _md_text(text: str) -> str:
-    """Escape Markdown emphasis characters in free text (x* would open an italic span)."""
-    return str(text).replace("*", "\\*").replace("_", "\\_")
+    """Escape Markdown (and HTML) in free text (x* would open an italic span)."""
+    return _plain(text)
+
+
+def _figure_name(outdir: Path, filename: str) -> str | None:
+    """``filename`` if it names a file directly inside ``outdir`` (no folders, no ``..``,
+    not absolute), else None: a report links and probes only its own run folder."""
+    name = str(filename)
+    if not name or name != Path(name).name or name in (".", "..") or "\\" in name:
+        return None
+    return name
 
 
 def _table(results) -> list[str]:
@@ -556,9 +585,12 @@ def _settings_line(results) -> str:
     method = results.get("method")
     if method is not None:
         detail = results.get("method_detail")
-        parts.append(f"method `{method}`" + (f" ({detail})" if detail and detail != method else ""))
+        parts.append(
+            f"method {_code(method)}"
+            + (f" ({_plain(detail)})" if detail and detail != method else "")
+        )
     if results.get("optimizer") is not None:
-        opt = f"optimizer `{results['optimizer']}`"
+        opt = f"optimizer {_code(results['optimizer'])}"
         lr = results.get("learning_rate")
         if isinstance(lr, (int, float)) and lr > 0:
             opt += f" (learning rate {_fmt(lr, 4)})"
@@ -568,7 +600,7 @@ def _settings_line(results) -> str:
             "finished" if results.get("finished") else "**not finished** (resume with --resume)"
         )
     if results.get("invcal_version"):
-        parts.append(f"invcal {results['invcal_version']}")
+        parts.append(f"invcal {_plain(results['invcal_version'])}")
     return " · ".join(parts)
 
 
@@ -617,7 +649,7 @@ def write_report(results: Mapping, outdir, *, extra_figures: Iterable = ()) -> P
     outdir.mkdir(parents=True, exist_ok=True)
     history = results["history"]
     problem = results.get("problem") or "problem"
-    md = [f"# invcal report — {problem}", ""]
+    md = [f"# invcal report — {_plain(problem)}", ""]
     settings = _settings_line(results)
     if settings:
         md += [settings, ""]
@@ -666,10 +698,20 @@ def write_report(results: Mapping, outdir, *, extra_figures: Iterable = ()) -> P
     if extras:
         md += ["## Problem-specific figures", ""]
         for caption, filename in extras:
-            if (outdir / filename).exists():
-                md += [f"![{caption}]({filename})", "", f"*{_md_text(caption)}*", ""]
+            name = _figure_name(outdir, filename)
+            if name is None:
+                md += [
+                    f"*{_md_text(caption)}* — not shown: its path {_code(filename)} is not a "
+                    "file in the run folder.",
+                    "",
+                ]
+            elif (outdir / name).is_file():
+                md += [f"![{_plain(caption)}]({name})", "", f"*{_md_text(caption)}*", ""]
             else:
-                md += [f"*{_md_text(caption)}* — figure `{filename}` is missing from {outdir}.", ""]
+                md += [
+                    f"*{_md_text(caption)}* — figure {_code(name)} is missing from the run folder.",
+                    "",
+                ]
     path = outdir / REPORT_FILE
     path.write_text("\n".join(md).rstrip() + "\n")
     return path

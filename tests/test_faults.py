@@ -552,3 +552,28 @@ def test_newton_at_a_maximum_is_not_converged():
         ic.hypergradient(problem, {"lam": -5.0}, solver=ic.Newton(), method=ic.Implicit())
     good = ic.hypergradient(problem, {"lam": 1.0}, solver=ic.Newton(), method=ic.Implicit())
     assert bool(good.diagnostics.converged) and float(good.diagnostics.inner_curvature) > 0
+
+
+# --------------------------------------------------------------------------------------
+# 23. invcal report on a results.json from elsewhere: text escaped, figures only from the
+# run folder (a link to /etc/shadow would reveal whether the file exists)
+# --------------------------------------------------------------------------------------
+def test_report_escapes_text_and_keeps_figures_inside_the_run(fake, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["run", "fake", "--steps", "2", "--out", str(out), "--no-progress", "--no-landscape"]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    results["problem"] = "<script>alert(1)</script> [x](http://evil) *bold*"
+    results["method"] = "a`b<i>"
+    results["extra"] = {
+        "note": "<img src=x onerror=alert(1)>",
+        "figures": [["shadow", "/etc/shadow"], ["up", "../secret.png"], ["ok", "fit.png"]],
+    }
+    (out / "results.json").write_text(json.dumps(results))
+    assert cli.main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "<script>" not in md and "<img" not in md and "<i>" not in md
+    assert "&lt;script&gt;" in md and "\\[x\\]\\(http://evil\\)" in md
+    assert "](/etc/shadow)" not in md and "](../secret.png)" not in md
+    assert md.count("is not a file in the run folder") == 2
+    assert "](fit.png)" in md
