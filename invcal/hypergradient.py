@@ -397,6 +397,58 @@ def _check_args(problem, theta, solver, method, argument="theta"):
     return problem.space.validate(theta, argument=argument)
 
 
+def _check_x0(problem, x0) -> None:
+    """An explicit x0 must have the problem's x0 structure and shapes (checked without
+    tracing, so that a repeated call stays free)."""
+    if x0 is None:
+        return
+    want = jax.tree_util.tree_structure(problem.x0)
+    got = jax.tree_util.tree_structure(x0)
+    if want != got:
+        raise ValueError(f"x0 has the structure {got}; the problem's x0 has {want}.")
+    for a, b in zip(
+        jax.tree_util.tree_leaves(x0), jax.tree_util.tree_leaves(problem.x0), strict=True
+    ):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"x0 has shape {jnp.shape(a)}; the problem's x0 (what its maps take) has shape "
+                f"{jnp.shape(b)}."
+            )
+
+
+def _explain(problem, theta, x0, error) -> None:
+    """After a failure while tracing, find the argument at fault and raise one clear line
+    naming it (called only on failure, so a working call pays nothing)."""
+    data = problem.data
+    fn = problem.fixed_point if problem.fixed_point is not None else problem.residual
+    which = "fixed_point" if problem.fixed_point is not None else "the optimality map"
+    try:
+        out = jax.eval_shape(lambda x: fn(x, theta, data), x0)
+    except Exception as e:  # the map itself does not accept x0
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"the problem's {which} fails on x0 (shapes "
+            f"{[jnp.shape(a) for a in jax.tree_util.tree_leaves(x0)]}): {first}. Check that "
+            "x0 has the shape the maps expect (the number of unknowns)."
+        ) from error
+    shapes_in = [jnp.shape(a) for a in jax.tree_util.tree_leaves(x0)]
+    shapes_out = [a.shape for a in jax.tree_util.tree_leaves(out)]
+    if shapes_in != shapes_out:
+        raise ValueError(
+            f"the problem's {which} maps x0 of shapes {shapes_in} to shapes {shapes_out}; a "
+            "fixed point or optimality map must return arrays shaped like x."
+        ) from error
+    try:
+        e = jax.eval_shape(lambda x: problem.criterion(x, theta, data), x0)
+    except Exception:
+        return
+    if jnp.shape(e) != ():
+        raise ValueError(
+            f"the criterion must return a scalar; it returned shape {jnp.shape(e)} "
+            "(reduce it, e.g. with jnp.mean)."
+        ) from error
+
+
 def solve(problem, theta, *, solver, method=None, x0=None):
     """x*(θ), differentiable in θ (and in ``problem.data``) by ``method``.
 
@@ -406,8 +458,15 @@ def solve(problem, theta, *, solver, method=None, x0=None):
     """
     method = Implicit() if method is None else method
     theta = _check_args(problem, theta, solver, method)
+    _check_x0(problem, x0)
     x0 = problem.x0 if x0 is None else x0
-    return _solution(method, problem, theta, solver, x0)
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves((theta, x0))):
+        return _solution(method, problem, theta, solver, x0)
+    try:
+        return _solution(method, problem, theta, solver, x0)
+    except (TypeError, ValueError) as e:
+        _explain(problem, theta, x0, e)
+        raise
 
 
 @eqx.filter_jit
@@ -457,6 +516,7 @@ def hypergradient(
     method = Implicit() if method is None else method
     policy = OnFailure.parse(on_failure)
     theta = _check_args(problem, theta, solver, method)
+    _check_x0(problem, x0)
     if warm is not None:
         # A fixed-step solution is defined by its start: warm-starting it would change
         # what x_T(θ) means (T more steps of training), so only the adjoint is reused.
@@ -479,8 +539,12 @@ def hypergradient(
         tol = solver.tolerance(float_dtype((x0, problem.data)))
     tol = jnp.asarray(tol, dtype=float)
     linear_tol = None if linear_tol is None else jnp.asarray(linear_tol, dtype=float)
-    value, grad, x, diag, adjoint = _compute(
-        method, problem, theta, solver, x0, adjoint0, tol, linear_tol
-    )
+    try:
+        value, grad, x, diag, adjoint = _compute(
+            method, problem, theta, solver, x0, adjoint0, tol, linear_tol
+        )
+    except (TypeError, ValueError) as e:
+        _explain(problem, theta, x0, e)
+        raise
     out = Hypergradient(value=value, grad=grad, x=x, diagnostics=diag, adjoint=adjoint)
     return enforce(diag, policy, out, where=f"invcal.hypergradient({type(method).__name__})")

@@ -223,7 +223,13 @@ class Space(eqx.Module):
         out = {}
         for name, p in self.params.items():
             v = theta[name]
-            arr = jnp.asarray(v, dtype=p.init.dtype)
+            try:
+                arr = jnp.asarray(v, dtype=p.init.dtype)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{argument}[{name!r}] must be a number (or an array of numbers of shape "
+                    f"{p.init.shape}); got {v!r}."
+                ) from None
             if arr.shape != p.init.shape:
                 raise ValueError(
                     f"{argument}[{name!r}] has shape {arr.shape}, expected {p.init.shape}."

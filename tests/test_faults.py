@@ -577,3 +577,31 @@ def test_report_escapes_text_and_keeps_figures_inside_the_run(fake, tmp_path, ca
     assert "](/etc/shadow)" not in md and "](../secret.png)" not in md
     assert md.count("is not a file in the run folder") == 2
     assert "](fit.png)" in md
+
+
+# --------------------------------------------------------------------------------------
+# 20. wrong shapes, a vector criterion, a string θ: one line naming the argument
+# --------------------------------------------------------------------------------------
+def test_bad_arguments_are_named():
+    import jax.numpy as jnp
+
+    import invcal as ic
+
+    problem = _ridge_problem(lambda x, th, data: jnp.sum(x**2))
+    kw = dict(solver=ic.Newton(), method=ic.Implicit())
+    with pytest.raises(ValueError, match=r"x0 has shape \(3,\); the problem's x0 .* \(4,\)"):
+        ic.hypergradient(problem, {"lam": 1.0}, x0=jnp.zeros(3), **kw)
+    with pytest.raises(ValueError, match=r"theta\['lam'\] must be a number .* got 'abc'"):
+        ic.hypergradient(problem, {"lam": "abc"}, **kw)
+    wrong_x0 = eqx_replace(problem, x0=jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"optimality map fails on x0 \(shapes \[\(3,\)\]\)"):
+        ic.hypergradient(wrong_x0, {"lam": 1.0}, **kw)
+    vector = _ridge_problem(lambda x, th, data: x**2)
+    with pytest.raises(ValueError, match=r"criterion must return a scalar; .* shape \(4,\)"):
+        ic.hypergradient(vector, {"lam": 1.0}, **kw)
+
+
+def eqx_replace(problem, **changes):
+    import equinox as eqx
+
+    return eqx.tree_at(lambda p: [getattr(p, k) for k in changes], problem, list(changes.values()))
