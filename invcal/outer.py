@@ -11,6 +11,7 @@ writes ``results.json`` atomically, so a killed run resumes from its last finish
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -607,24 +608,13 @@ def tune(
                 "Use 'lbfgs' or 'adam' for several."
             )
     policy = OnFailure.parse(on_failure)
-    if out is None:
-        return _tune_loop(
-            problem,
-            solver,
-            method,
-            opt,
-            opt_name,
-            learning_rate,
-            steps,
-            theta0,
-            out,
-            resume,
-            progress,
-            policy,
-            meta,
-            method_name,
-        )
-    with claim_run_folder(out, resume=resume, flag="out"):  # one run at a time per folder
+    # one run at a time per folder: the folder is locked for the whole run
+    folder = (
+        contextlib.nullcontext()
+        if out is None
+        else claim_run_folder(out, resume=resume, flag="out")
+    )
+    with folder:
         return _tune_loop(
             problem,
             solver,

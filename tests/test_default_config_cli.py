@@ -7,27 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import pytest
 
+# the leg's autouse fixture (x64 off around each test) and the README's code block
+from test_default_config import _readme_code, default_config  # noqa: F401
+
 from invcal import cli
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def default_config():
-    with jax.enable_x64(False):
-        assert not jax.config.read("jax_enable_x64")
-        yield
-
-
-def _readme_code() -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split("```python\n", 1)[1].split("```", 1)[0]
-
 
 # --------------------------------------------------------------------------------------
 # The command line (float64, scoped) at small sizes

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 from test_cli import _error_line, _fake_setup
+from test_default_config import _cv_mse_grid
 
 from invcal import cli
 from invcal.runfolder import claim_run_folder
@@ -302,19 +303,6 @@ def test_denoise_tv_refuses_masked_arrays(noisy):
 # --------------------------------------------------------------------------------------
 # 13-14. BilevelLassoCV: as good as LassoCV's own grid, at any feature scale
 # --------------------------------------------------------------------------------------
-def _grid_cv(X, y, splits, alphas):
-    from sklearn.linear_model import Lasso
-
-    out = []
-    for a in alphas:
-        errs = []
-        for tr, va in splits:
-            m = Lasso(alpha=a, tol=1e-10, max_iter=100_000).fit(X[tr], y[tr])
-            errs.append(np.mean((m.predict(X[va]) - y[va]) ** 2))
-        out.append(np.mean(errs))
-    return np.asarray(out)
-
-
 def test_lasso_cv_no_worse_than_lassocv_grid_on_a_wide_small_sample():
     from sklearn.datasets import make_regression
     from sklearn.linear_model import LassoCV
@@ -325,7 +313,7 @@ def test_lasso_cv_no_worse_than_lassocv_grid_on_a_wide_small_sample():
     X, y = make_regression(30, 200, n_informative=5, noise=1, random_state=1)
     splits = list(KFold(5).split(X))
     ref = LassoCV(cv=KFold(5), tol=1e-10, max_iter=100_000).fit(X, y)
-    grid_best = float(np.min(_grid_cv(X, y, splits, ref.alphas_)))
+    grid_best = float(np.min(_cv_mse_grid(X, y, ref.alphas_, splits)))
     est = BilevelLassoCV(cv=KFold(5)).fit(X, y)
     assert est.cv_mse_ <= 1.01 * grid_best, (est.alpha_, est.cv_mse_, ref.alpha_, grid_best)
 
