@@ -31,10 +31,11 @@ import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from .runfolder import RESULTS_FILE
+
 __all__ = ["main", "console"]
 
 OPTIMIZERS = ("adam", "gd", "lbfgs", "hoag", "rtho", "secant")
-RESULTS_FILE = "results.json"
 USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
 
 

@@ -12,9 +12,8 @@ cache on in a per-user folder unless the user chose otherwise:
 invcal also lowers JAX's threshold for caching a program
 (``jax_persistent_cache_min_compile_time_secs``, 1 s by default) to 0.2 s, since a fit is
 made of many programs that each compile in under a second, unless that option was set
-through its environment variable. The cache is JAX's
-own; it is keyed by the program, the JAX version and the device, so a stale entry is never
-used.
+through its environment variable. The cache is JAX's own; it is keyed by the program, the
+JAX version and the device, so a stale entry is never used.
 """
 
 from __future__ import annotations

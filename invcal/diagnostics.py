@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .precision import float32_hint
+
 __all__ = ["OnFailure", "Diagnostics", "HypergradientNotConverged", "SolveResult", "enforce"]
 
 
@@ -122,17 +124,6 @@ def no_linear_solve(inner_steps, inner_residual, inner_converged) -> Diagnostics
     )
 
 
-def _single_hint(dtype) -> str:
-    if dtype is None or np.finfo(dtype).bits > 32:
-        return ""
-    return (
-        f"; the arrays are {np.dtype(dtype).name} (eps {float(np.finfo(dtype).eps):.2g}): a "
-        "residual that stalls there is float32's floor, not a lack of steps, so loosen the "
-        "tolerance or compute in float64 (jax.config.update('jax_enable_x64', True) at "
-        "start-up, or the call and the problem's arrays inside `with jax.enable_x64(True):`)"
-    )
-
-
 def _message(d: dict, where: str, dtype=None) -> str:
     parts = []
     if not d["inner_converged"] and not math.isfinite(d["inner_residual"]):
@@ -153,7 +144,7 @@ def _message(d: dict, where: str, dtype=None) -> str:
         parts.append(
             f"the inner solve stopped after {d['inner_steps']} steps with residual "
             f"{d['inner_residual']:.3g} above its tolerance (raise the solver's max_steps or "
-            "loosen its tol" + _single_hint(dtype) + ")"
+            "loosen its tol" + float32_hint(dtype) + ")"
         )
     if not d.get("finite", True) and not parts:
         parts.append(
@@ -176,7 +167,7 @@ def _message(d: dict, where: str, dtype=None) -> str:
             )
         parts.append(
             f"the implicit linear solve stopped after {d['linear_steps']} steps with relative "
-            f"residual {d['linear_residual']:.3g} ({hint}{_single_hint(dtype)})"
+            f"residual {d['linear_residual']:.3g} ({hint}{float32_hint(dtype)})"
         )
     return f"{where}: hypergradient is not reliable: " + "; ".join(parts) + "."
 

@@ -38,12 +38,10 @@ from .hypergradient import (
     describe,
     hypergradient,
 )
-from .runfolder import claim_run_folder
+from .runfolder import RESULTS_FILE, claim_run_folder
 from .solvers.fixed_point import FixedSteps
 
 __all__ = ["HOAG", "RTHO", "Secant", "TuneResult", "tune", "grid_search", "random_search"]
-
-RESULTS_FILE = "results.json"
 
 
 # --------------------------------------------------------------------------------------
@@ -513,15 +511,11 @@ _LINESEARCH_STATES = tuple(
 def _needs_value_fn(opt_state) -> bool:
     """Whether an optax state belongs to a transformation with a line search, whose
     ``update`` needs ``value``, ``grad`` and ``value_fn``."""
-    found = []
 
-    def visit(node):
-        if isinstance(node, _LINESEARCH_STATES):
-            found.append(node)
+    def is_search(node):
         return isinstance(node, _LINESEARCH_STATES)
 
-    jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
-    return bool(found)
+    return any(map(is_search, jax.tree_util.tree_leaves(opt_state, is_leaf=is_search)))
 
 
 @eqx.filter_jit
@@ -615,64 +609,29 @@ def tune(
         else claim_run_folder(out, resume=resume, flag="out")
     )
     with folder:
-        return _tune_loop(
+        rec = _Recorder(
             problem,
-            solver,
-            method,
-            opt,
-            opt_name,
-            learning_rate,
-            steps,
-            theta0,
-            out,
-            resume,
-            progress,
-            policy,
-            meta,
-            method_name,
+            method=method_name,
+            optimizer_name=opt_name,
+            learning_rate=float(learning_rate),
+            steps=int(steps),
+            out=out,
+            resume=resume,
+            meta=meta,
         )
+        steps = int(steps)
+        if isinstance(opt, HOAG):
+            return _tune_hoag(problem, solver, method, opt, steps, theta0, rec, progress)
+        if isinstance(opt, Secant):
+            return _tune_secant(problem, solver, method, opt, steps, theta0, rec, progress, policy)
+        if isinstance(opt, RTHO):
+            return _tune_rtho(
+                problem, solver, opt, float(learning_rate), steps, theta0, rec, progress
+            )
+        return _tune_optax(problem, solver, method, opt, steps, theta0, rec, progress, policy)
 
 
-def _tune_loop(
-    problem,
-    solver,
-    method,
-    opt,
-    opt_name,
-    learning_rate,
-    steps,
-    theta0,
-    out,
-    resume,
-    progress,
-    policy,
-    meta,
-    method_name,
-):
-    rec = _Recorder(
-        problem,
-        method=method_name,
-        optimizer_name=opt_name,
-        learning_rate=float(learning_rate),
-        steps=int(steps),
-        out=out,
-        resume=resume,
-        meta=meta,
-    )
-    if isinstance(opt, HOAG):
-        return _tune_hoag(problem, solver, method, opt, int(steps), theta0, rec, progress)
-    if isinstance(opt, Secant):
-        return _tune_secant(problem, solver, method, opt, int(steps), theta0, rec, progress, policy)
-    if isinstance(opt, RTHO):
-        return _tune_rtho(
-            problem, solver, opt, float(learning_rate), int(steps), theta0, rec, progress
-        )
-    return _tune_optax(
-        problem, solver, method, opt, opt_name, int(steps), theta0, rec, progress, policy
-    )
-
-
-def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, progress, policy):
+def _tune_optax(problem, solver, method, opt, steps, theta0, rec, progress, policy):
     space = problem.space
     z = space.to_z(theta0)
     opt_state = opt.init(z)
@@ -682,7 +641,7 @@ def _tune_optax(problem, solver, method, opt, opt_name, steps, theta0, rec, prog
         opt_state = _tree_from_json(opt_state, saved["opt_state"])
     # optax's line searches (optax.lbfgs(), scale_by_zoom_linesearch, ...) need the value,
     # gradient and value_fn at every update, by name or passed as a transformation.
-    is_lbfgs = opt_name == "lbfgs" or _needs_value_fn(opt_state)
+    is_lbfgs = _needs_value_fn(opt_state)
     hg = None
     for _ in range(len(rec.history), steps):
         t = time.perf_counter()

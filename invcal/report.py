@@ -28,10 +28,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .runfolder import RESULTS_FILE
+
 __all__ = ["load_results", "write_report", "REPORT_FILE"]
 
 REPORT_FILE = "report.md"
-RESULTS_FILE = "results.json"
 
 # Array-valued entries with more components than this are drawn as a band + a few lines.
 _MAX_LINES = 5
@@ -461,18 +462,9 @@ def _code(text) -> str:
     return "`" + _html_escape(" ".join(str(text).split())).replace("`", "'") + "`"
 
 
-def _md_escape(text: str) -> str:
-    return _plain(text)
-
-
-def _md_text(text: str) -> str:
-    """Escape Markdown (and HTML) in free text (x* would open an italic span)."""
-    return _plain(text)
-
-
-def _figure_name(outdir: Path, filename: str) -> str | None:
-    """``filename`` if it names a file directly inside ``outdir`` (no folders, no ``..``,
-    not absolute), else None: a report links and probes only its own run folder."""
+def _figure_name(filename: str) -> str | None:
+    """``filename`` if it names a file directly inside the run folder (no folders, no
+    ``..``, not absolute), else None: a report links and probes only its own run folder."""
     name = str(filename)
     if not name or name != Path(name).name or name in (".", "..") or "\\" in name:
         return None
@@ -482,11 +474,11 @@ def _figure_name(outdir: Path, filename: str) -> str | None:
 def _table(results) -> list[str]:
     history = results["history"]
     names = _entry_names(results)
-    header = "| | step | " + " | ".join(f"{_md_escape(n)}" for n in names) + " | criterion E |"
+    header = "| | step | " + " | ".join(f"{_plain(n)}" for n in names) + " | criterion E |"
     lines = [header, "|---|---:|" + "---:|" * len(names) + "---:|"]
 
     def row_line(label, row, bold=False):
-        cells = [_md_escape(_fmt_theta(row["theta"].get(n))) for n in names]
+        cells = [_plain(_fmt_theta(row["theta"].get(n))) for n in names]
         value = _fmt(row.get("value"))
         if bold:
             value = f"**{value}**"
@@ -613,7 +605,7 @@ def _extras_lines(results) -> list[str]:
         if k == "figures":
             continue
         if isinstance(v, (int, float, str, bool)) or v is None:
-            lines.append(f"- {_md_escape(k)}: {_fmt(v) if isinstance(v, float) else _md_escape(v)}")
+            lines.append(f"- {_plain(k)}: {_fmt(v) if isinstance(v, float) else _plain(v)}")
     return lines
 
 
@@ -694,22 +686,22 @@ def write_report(results: Mapping, outdir, *, extra_figures: Iterable = ()) -> P
     if figures:
         md += ["## Figures", ""]
         for title, filename, caption in figures:
-            md += [f"### {title}", "", f"![{title}]({filename})", "", f"*{_md_text(caption)}*", ""]
+            md += [f"### {title}", "", f"![{title}]({filename})", "", f"*{_plain(caption)}*", ""]
     if extras:
         md += ["## Problem-specific figures", ""]
         for caption, filename in extras:
-            name = _figure_name(outdir, filename)
+            name = _figure_name(filename)
             if name is None:
                 md += [
-                    f"*{_md_text(caption)}* — not shown: its path {_code(filename)} is not a "
+                    f"*{_plain(caption)}* — not shown: its path {_code(filename)} is not a "
                     "file in the run folder.",
                     "",
                 ]
             elif (outdir / name).is_file():
-                md += [f"![{_plain(caption)}]({name})", "", f"*{_md_text(caption)}*", ""]
+                md += [f"![{_plain(caption)}]({name})", "", f"*{_plain(caption)}*", ""]
             else:
                 md += [
-                    f"*{_md_text(caption)}* — figure {_code(name)} is missing from the run folder.",
+                    f"*{_plain(caption)}* — figure {_code(name)} is missing from the run folder.",
                     "",
                 ]
     path = outdir / REPORT_FILE

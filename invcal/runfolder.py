@@ -26,7 +26,7 @@ _RUN_NAMES = {RESULTS_FILE, "report.md", "landscape", LOCK_FILE}
 
 # Paths this process holds locks on (flock conflicts between two opens in one process too):
 # the command line claims the folder, then tune() inside it claims it again.
-_held: dict[str, int] = {}
+_held: set[str] = set()
 
 
 class RunFolderError(ValueError):
@@ -94,11 +94,11 @@ def claim_run_folder(out, *, resume: bool = False, overwrite: bool = True, flag:
             )
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        _held[key] = fd
+        _held.add(key)
         try:
             yield out
         finally:
-            _held.pop(key, None)
+            _held.discard(key)
     finally:
         os.close(fd)  # releases the lock
 

@@ -8,7 +8,7 @@ mapped to dE/dz by the chain rule before comparison.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import equinox as eqx
 import jax
@@ -139,10 +139,7 @@ class CompileCount:
 
     traces: int = 0
     compiles: int = 0
-    names: list = None
-
-    def __post_init__(self):
-        self.names = [] if self.names is None else self.names
+    names: list = field(default_factory=list)
 
     @property
     def total(self) -> int:

@@ -8,11 +8,13 @@ import subprocess
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_cli import _error_line, _fake_setup
 from test_default_config import _cv_mse_grid
 
+import invcal as ic
 from invcal import cli
 from invcal.runfolder import claim_run_folder
 
@@ -177,10 +179,6 @@ def test_unusable_out_fails_before_work(no_work, tmp_path, capsys, case):
 # 8-10. NaN and inf are never converged, and results.json stays strict JSON
 # --------------------------------------------------------------------------------------
 def _ridge_problem(criterion):
-    import jax.numpy as jnp
-
-    import invcal as ic
-
     A = jnp.asarray(np.random.default_rng(0).normal(size=(20, 4)))
     b = A @ jnp.ones(4)
 
@@ -197,10 +195,6 @@ def _ridge_problem(criterion):
 
 
 def test_nan_criterion_is_not_converged():
-    import jax.numpy as jnp
-
-    import invcal as ic
-
     problem = _ridge_problem(lambda x, th, data: jnp.log(-jnp.mean(x**2)))
     hg = ic.hypergradient(
         problem, {"lam": 1.0}, solver=ic.Newton(), method=ic.Implicit(), on_failure="record"
@@ -214,10 +208,6 @@ def test_nan_criterion_is_not_converged():
 
 
 def test_fixed_steps_overflow_is_not_converged():
-    import jax.numpy as jnp
-
-    import invcal as ic
-
     problem = ic.Problem(
         space=ic.Space(lam=ic.Param(1.0, ic.Log())),
         fixed_point=lambda x, th, data: 2.0 * x + th["lam"],
@@ -251,10 +241,6 @@ def test_results_json_is_strict(tmp_path):
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("transform", ["Log", "Softplus"])
 def test_positive_transforms_are_guarded(transform):
-    import jax.numpy as jnp
-
-    import invcal as ic
-
     space = ic.Space(lam=ic.Param(1.0, getattr(ic, transform)()))
     for z in (-800.0, -1e4, 710.0, 1e6):
         lam = float(space.to_theta(jnp.asarray([z]))["lam"])
@@ -388,9 +374,7 @@ def test_tampered_results_are_refused_naming_the_field(fake, tmp_path, capsys, e
 # 5. HOAG resumes without evaluating its last accepted point again
 # --------------------------------------------------------------------------------------
 def test_hoag_resume_matches_an_uninterrupted_run(tmp_path):
-    import invcal as ic
-
-    problem = _ridge_problem(lambda x, th, data: jnp_sum_sq(x - 0.5))
+    problem = _ridge_problem(lambda x, th, data: jnp.sum((x - 0.5) ** 2))
     hoag = ic.HOAG(tol0=1e-6)
     straight = ic.tune(problem, solver=ic.Newton(), optimizer=hoag, steps=8)
     ic.tune(problem, solver=ic.Newton(), optimizer=hoag, steps=4, out=tmp_path)
@@ -406,20 +390,10 @@ def test_hoag_resume_matches_an_uninterrupted_run(tmp_path):
     assert [r["accepted"] for r in resumed.history] == [r["accepted"] for r in straight.history]
 
 
-def jnp_sum_sq(v):
-    import jax.numpy as jnp
-
-    return jnp.sum(v**2)
-
-
 # --------------------------------------------------------------------------------------
 # 12. check_hypergradient's relative error is meaningful when the gradient is 0
 # --------------------------------------------------------------------------------------
 def test_relative_error_when_the_finite_difference_is_zero():
-    import jax.numpy as jnp
-
-    import invcal as ic
-
     # E does not depend on x* (nor θ): dE/dθ is 0, the finite difference exactly 0, and the
     # implicit gradient 0 to rounding; that is an agreement (it read 5.6e284 before).
     problem = _ridge_problem(lambda x, th, data: 3.0 + 0.0 * jnp.sum(x))
@@ -439,8 +413,6 @@ def test_relative_error_when_the_finite_difference_is_zero():
 def test_hoag_reaches_the_optimum_of_the_readme_example():
     from test_default_config import _readme_code
 
-    import invcal as ic
-
     scope: dict = {}
     exec(compile(_readme_code().split("hg = ic.hypergradient")[0], "README", "exec"), scope)
     problem = scope["problem"]
@@ -451,7 +423,6 @@ def test_hoag_reaches_the_optimum_of_the_readme_example():
 
 
 def test_hoag_reaches_the_optimum_on_logreg_l2():
-    import invcal as ic
     from invcal.catalog import load
 
     setup = load("logreg_l2")
@@ -519,10 +490,6 @@ def test_non_numeric_option_is_named(tmp_path, capsys):
 # 11. Newton on an indefinite inner problem: a maximum is not a solution
 # --------------------------------------------------------------------------------------
 def test_newton_at_a_maximum_is_not_converged():
-    import jax.numpy as jnp
-
-    import invcal as ic
-
     A = jnp.asarray(np.random.default_rng(0).normal(size=(20, 4)))
     b = A @ jnp.ones(4)
 
@@ -571,10 +538,6 @@ def test_report_escapes_text_and_keeps_figures_inside_the_run(fake, tmp_path, ca
 # 20. wrong shapes, a vector criterion, a string θ: one line naming the argument
 # --------------------------------------------------------------------------------------
 def test_bad_arguments_are_named():
-    import jax.numpy as jnp
-
-    import invcal as ic
-
     problem = _ridge_problem(lambda x, th, data: jnp.sum(x**2))
     kw = dict(solver=ic.Newton(), method=ic.Implicit())
     with pytest.raises(ValueError, match=r"x0 has shape \(3,\); the problem's x0 .* \(4,\)"):
