@@ -135,7 +135,22 @@ def _parser() -> _Parser:
         description="Rewrite report.md and its figures from RUN_DIR/results.json.",
     )
     report.add_argument("run_dir", help="a directory written by `invcal run`")
+    for name, module in DOMAIN_COMMANDS.items():
+        _domain_command(module).add_parser(sub, name)
     return p
+
+
+# Commands that live with their domain (the domain's own data, options and report): each
+# module has ``add_parser(sub, name)`` (argparse only, no heavy import at module level) and
+# ``run(args) -> int``, and raises the errors ``main`` maps to one line (USER_ERRORS,
+# CommandError). The command line is the application layer: it may import every domain.
+DOMAIN_COMMANDS: dict[str, str] = {}
+
+
+def _domain_command(module: str):
+    import importlib
+
+    return importlib.import_module(module)
 
 
 def _add_options(p) -> None:
@@ -591,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with _float64():
+            if args.command in DOMAIN_COMMANDS:
+                return _domain_command(DOMAIN_COMMANDS[args.command]).run(args)
             return _COMMANDS[args.command](args)
     except CommandError as e:
         _stderr_line(f"invcal: error: {_message(e)}")
