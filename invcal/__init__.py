@@ -1,6 +1,7 @@
 """invcal: tune the hyperparameters of inverse problems and ODE models by hypergradients."""
 
 from . import compilation_cache as _compilation_cache
+from ._version import __version__ as __version__
 from .diagnostics import (
     Diagnostics,
     HypergradientNotConverged,
@@ -30,12 +31,22 @@ from .solvers import (
     Newton,
     PopulationLM,
     SplitBregman,
-    WorkingSetFISTA,
 )
 from .space import Bounded, Identity, Log, Param, Softplus, Space
 from .testing import check_hypergradient
 
-__version__ = "0.1.0"
+# Solvers that live with their domain (the core imports no domain), importable from the top
+# level as before; the domain package is imported on first use, so `import invcal` stays light.
+_DOMAIN_NAMES = {"WorkingSetFISTA": "invcal.sparse"}
+
+
+def __getattr__(name):
+    if name in _DOMAIN_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_DOMAIN_NAMES[name]), name)
+    raise AttributeError(f"module 'invcal' has no attribute {name!r}")
+
 
 # JAX's persistent compilation cache in a per-user folder, unless the user chose otherwise
 # (JAX_COMPILATION_CACHE_DIR; INVCAL_COMPILATION_CACHE=0 turns it off): invcal.compilation_cache.

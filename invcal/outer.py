@@ -475,7 +475,7 @@ def _warm_start(problem, x):
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

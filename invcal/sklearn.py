@@ -114,7 +114,7 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
         data["lam_scale"] = data["n_train"]
         # Each fold's (centered) training rows are a projection of rows of X, so ‖X‖₂²
         # bounds every fold's Lipschitz constant: one computation instead of K.
-        lip = sparse._lipschitz(X)
+        lip = sparse.problem._lipschitz(X)
         data["lipschitz"] = jnp.full(data["n_train"].shape, lip)
         space = Space(alpha=Param(alpha0, Log()))
         return sparse.lasso_problem(

@@ -279,13 +279,13 @@ def build(
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}.")
     sparse.check_design(A, y, where="bpdn.build")
-    n, p = sparse._shape(A)
+    n, p = sparse.problem._shape(A)
     if criterion == "held_out":
         if A_val is None or y_val is None:
             raise ValueError("criterion='held_out' needs held-out data A_val and y_val.")
         sparse.check_design(A_val, y_val, where="bpdn.build (held-out data)")
-        if sparse._shape(A_val)[1] != p:
-            raise ValueError(f"A_val has {sparse._shape(A_val)[1]} columns, A has {p}.")
+        if sparse.problem._shape(A_val)[1] != p:
+            raise ValueError(f"A_val has {sparse.problem._shape(A_val)[1]} columns, A has {p}.")
     if criterion == "sure":
         sigma = criteria._check_sigma(sigma)
     c = None if l1_weights is None else _check_l1_weights(l1_weights, p, criterion, sure_probes)

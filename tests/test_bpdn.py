@@ -58,7 +58,7 @@ def test_solver_matches_sklearn(held_out, working_set):
 def test_working_set_grows_to_the_support():
     # K = min(n, p) = 70 >= 64: from x = 0 the first pass takes 17 columns and the working
     # set grows through 35 and 52 as the support needs; the solution is scikit-learn's.
-    from invcal.solvers.working_set import _working_set_sizes
+    from invcal.sparse.working_set import _working_set_sizes
 
     assert _working_set_sizes(70) == (17, 35, 52, 70)
     assert _working_set_sizes(63) == (63,)
@@ -89,7 +89,7 @@ def test_lipschitz_is_the_squared_spectral_norm_from_above(shape):
     # Small Grams take the full eigendecomposition, larger ones Lanczos: both to ~1e-10.
     A = np.random.default_rng(1).standard_normal(shape)
     exact = np.linalg.norm(A, 2) ** 2
-    L = sparse._lipschitz(A)
+    L = sparse.problem._lipschitz(A)
     assert exact <= L <= exact * (1 + 1e-9)
 
 
@@ -119,7 +119,7 @@ def test_support_slot_branches_agree_with_finite_differences():
     # min(n, p) = 70 >= 64: the hypergradient compiles 8, 35 and 70 support slots and takes
     # the smallest that holds the support; it must match the single 70-slot branch and FD.
     # (p < 2n: the inner solver uses all columns, one compiled pass.)
-    assert sparse._slot_sizes(70) == (8, 35, 70)
+    assert sparse.support._slot_sizes(70) == (8, 35, 70)
     raw = bpdn.compressed_sensing(n=70, p=120, k=12, n_val=30, seed=5)
     lam = sparse.lambda_max(raw["A"], raw["y"]) / 8
     prob = bpdn.build(raw["A"], raw["y"], A_val=raw["A_val"], y_val=raw["y_val"], lam=lam)

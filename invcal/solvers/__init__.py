@@ -1,7 +1,8 @@
 """Inner solvers (see :class:`AbstractInnerSolver`).
 
 Solvers only iterate; the problems they solve (energies, criteria, data) live with their
-domains: :mod:`.bregman` (Split Bregman) serves the total-variation problems of
+domains, and so do the solvers of one domain: working-set FISTA in :mod:`invcal.sparse`;
+:mod:`.bregman` (Split Bregman) serves the total-variation problems of
 :mod:`invcal.imaging`, :mod:`.marquardt` (Levenberg–Marquardt, :class:`PopulationLM`) the
 per-subject fits of :mod:`invcal.ode.population`.
 """
@@ -22,7 +23,6 @@ from .bregman import (
 from .fixed_point import FISTA, FixedPointIteration, FixedSteps
 from .marquardt import LMSolution, PopulationLM, levenberg_marquardt
 from .newton import Newton
-from .working_set import WorkingSetFISTA
 
 __all__ = [
     "AbstractInnerSolver",
@@ -32,7 +32,6 @@ __all__ = [
     "FISTA",
     "FixedSteps",
     "Newton",
-    "WorkingSetFISTA",
     "AbstractTVNorm",
     "AbstractUStep",
     "Anisotropic",

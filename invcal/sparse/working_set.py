@@ -13,7 +13,17 @@ import jax
 import jax.numpy as jnp
 
 from ..prox import prox_l1, prox_l1_nonneg
-from .base import AbstractInnerSolver, InnerSolution
+from ..solvers.base import AbstractInnerSolver, InnerSolution
+from .problem import (
+    AbstractLinearMap,
+    _gap_from_residual,
+    _require_lasso,
+    _safe_sq,
+    _shape,
+    duality_gap,
+    matvec,
+    rmatvec,
+)
 
 __all__ = ["WorkingSetFISTA"]
 
@@ -84,7 +94,6 @@ class WorkingSetFISTA(AbstractInnerSolver):
     polish_from: float = 1e-3
 
     def check_problem(self, problem):
-        from ..sparse import _require_lasso
 
         _require_lasso(problem, "WorkingSetFISTA")
 
@@ -102,7 +111,6 @@ class WorkingSetFISTA(AbstractInnerSolver):
         return state[0]
 
     def residual(self, problem, x, theta, data):
-        from ..sparse import _require_lasso, _safe_sq, duality_gap
 
         fb, batched = _require_lasso(problem, "WorkingSetFISTA")
 
@@ -115,7 +123,6 @@ class WorkingSetFISTA(AbstractInnerSolver):
 
     # -- the fast solve ----------------------------------------------------------------------
     def solve(self, problem, x0, theta, data=None, *, tol=None) -> InnerSolution:
-        from ..sparse import _require_lasso
 
         fb, batched = _require_lasso(problem, "WorkingSetFISTA")
         data = problem.data if data is None else data
@@ -135,14 +142,6 @@ class WorkingSetFISTA(AbstractInnerSolver):
         return InnerSolution(x=x, num_steps=steps, residual=rel, converged=rel <= tol, tol=tol)
 
     def _solve_one(self, fb, x0, theta, data, tol):
-        from ..sparse import (
-            AbstractLinearMap,
-            _gap_from_residual,
-            _safe_sq,
-            _shape,
-            matvec,
-            rmatvec,
-        )
 
         A, y, L = data["A"], data["y"], data["lipschitz"]
         n, p = _shape(A)
