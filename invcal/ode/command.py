@@ -1,0 +1,267 @@
+"""``invcal calibrate``: population calibration of a user's NONMEM-style table.
+
+    invcal calibrate DATA.csv --model NAME|path/to/file.py:NAME [--random P,...]
+        [--error additive|proportional|combined] [--omega diagonal|full]
+        [--approximation focei|laplace] [--covariance sandwich|R|S|lme] [--init P=V,...]
+        [--covariate "lCl~WT" ...] [--input U] [--t0 0] [--interpolation constant|linear]
+        [--simulations N] [--seed S] [--pcvpc] [--out DIR] [--resume | --overwrite]
+        [--no-progress]
+    invcal calibrate --list-models
+
+A thin layer on :func:`invcal.ode.calibrate.calibrate`: every check (table, model, names)
+runs before the output folder is claimed and before anything is compiled; mistakes are one
+``invcal: error:`` line and exit status 2. ``DIR/results.json`` is written at the start
+(status ``running``), rewritten after every outer iteration with the objective's history
+(unless ``--no-progress``: the fit then has no host callback, and JAX's persistent cache can
+keep its compilation) and at the end with every result; ``--resume`` starts the fit from
+the estimates a previous run recorded there.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub, name: str):
+    p = sub.add_parser(
+        name,
+        help="fit a population ODE model to your NONMEM-style table and write a report",
+        description="Fit a population (mixed-effects) ODE model to a NONMEM-style table by "
+        "FOCEI or Laplace; write results.json, estimates.csv, diagnostics.csv and report.md "
+        "with figures.",
+    )
+    p.add_argument("data", nargs="?", help="the table (CSV: ID, TIME, DV, AMT, EVID, CMT, ...)")
+    p.add_argument("--model", help="a built-in model (--list-models) or path/to/file.py:NAME")
+    p.add_argument("--list-models", action="store_true", help="list the built-in models")
+    p.add_argument("--random", help="parameters with random effects, P,Q,... (default: all)")
+    p.add_argument("--error", default="additive", help="additive|proportional|combined")
+    p.add_argument("--omega", default="diagonal", help="diagonal|full random-effect covariance")
+    p.add_argument("--approximation", default="focei", help="focei|laplace")
+    p.add_argument("--covariance", default="sandwich", help="sandwich (default)|R|S|lme (nlme's)")
+    p.add_argument("--init", help="initial values P=V,... (fixed effects, omega_P, sigma_*)")
+    p.add_argument(
+        "--covariate",
+        action="append",
+        default=[],
+        metavar="P~COL",
+        help="power covariate model on the log scale centred at the median (repeatable)",
+    )
+    p.add_argument("--input", help="seed model: the column of u(t) (default U)")
+    p.add_argument("--t0", type=float, help="seed model: the initial time (default 0)")
+    p.add_argument("--interpolation", help="seed model: u(t) 'constant' (default) or 'linear'")
+    p.add_argument(
+        "--simulations", type=int, default=500, help="simulations for NPDE and the VPC (0: none)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the simulations")
+    p.add_argument("--pcvpc", action="store_true", help="prediction-corrected VPC")
+    p.add_argument("--max-iter", type=int, default=200, help="most outer iterations")
+    p.add_argument("--out", help="output folder (default: runs/calibrate-<data name>)")
+    p.add_argument("--resume", action="store_true", help="start from the run found in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run found in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+# The fit's progress callback: one module-level function (a new function would compile the
+# fit again), dispatching to the current command's sink.
+_SINK: list = [None]
+
+
+def _progress(algorithm, iteration, objective):
+    sink = _SINK[0]
+    if sink is not None:
+        sink(algorithm, iteration, objective)
+
+
+def _parse_list(flag: str, text: str | None):
+    if text is None:
+        return None
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise ValueError(f"{flag}: expected a comma-separated list of names, got {text!r}.")
+    return items
+
+
+def _parse_init(text: str | None) -> dict:
+    out = {}
+    for item in _parse_list("--init", text) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--init: expected P=VALUE, got {item!r}.")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"--init {key.strip()}: {raw!r} is not a number.") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--init {key.strip()}: {raw!r} is not finite.")
+        out[key.strip()] = value
+    return out
+
+
+def _resume_init(previous: dict, prep: dict) -> dict:
+    """Initial values from a previous run's estimates (the names the fit accepts)."""
+    theta = dict(previous.get("theta") or {})
+    init = {k: v for k, v in theta.items() if not k.startswith("omega_chol_")}
+    for p, sd in (previous.get("random_sd") or {}).items():
+        if p in prep["random"] and sd and sd > 0:
+            init[f"omega_{p}"] = sd
+    allowed = set(prep["init"]) | {f"omega_{p}" for p in prep["random"]}
+    allowed |= {"additive": {"sigma_add"}, "proportional": {"sigma_prop"}}.get(
+        prep["error"], {"sigma_add", "sigma_prop"}
+    )
+    allowed |= {f"beta_{p}_{c}" for p, cs in prep["covariates"].items() for c in cs}
+    return {k: float(v) for k, v in init.items() if k in allowed and v is not None}
+
+
+def run(args) -> int:
+    from .models import describe_models
+
+    if args.list_models:
+        print(describe_models())
+        return 0
+    if not args.data:
+        raise ValueError("calibrate needs a table: invcal calibrate DATA.csv --model NAME.")
+    if str(args.data).endswith((".yaml", ".yml")):
+        # dispatch point: a PEtab problem goes to invcal.ode.petab once it has a calibration
+        raise ValueError(
+            f"{args.data}: a PEtab problem (.yaml); PEtab calibration is not available in "
+            "this command yet. Pass a NONMEM-style CSV table."
+        )
+    if not args.model:
+        raise ValueError(
+            "calibrate needs --model: a built-in model (invcal calibrate --list-models) or "
+            "path/to/file.py:NAME."
+        )
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other; pass one.")
+    if args.simulations < 0:
+        raise ValueError(f"--simulations must be >= 0; got {args.simulations}.")
+    if args.max_iter < 1:
+        raise ValueError(f"--max-iter must be >= 1; got {args.max_iter}.")
+    from .calibrate import prepare
+
+    model_options = {
+        k: v
+        for k, v in (("input", args.input), ("t0", args.t0), ("interpolation", args.interpolation))
+        if v is not None
+    }
+    kwargs = dict(
+        random=_parse_list("--random", args.random),
+        error=args.error,
+        omega=args.omega,
+        approximation=args.approximation,
+        covariance=args.covariance,
+        init=_parse_init(args.init),
+        covariates=args.covariate or None,
+        model_options=model_options,
+    )
+    prep = prepare(args.data, args.model, **kwargs)  # every check, nothing compiled
+    out = Path(args.out) if args.out else Path("runs") / f"calibrate-{Path(args.data).stem}"
+    from ..runfolder import RESULTS_FILE, claim_run_folder
+
+    with claim_run_folder(out, resume=args.resume, overwrite=args.overwrite):
+        return _run_in(args, out / RESULTS_FILE, out, prep, kwargs)
+
+
+def _run_in(args, results_path: Path, out: Path, prep: dict, kwargs: dict) -> int:
+    import time
+
+    import jax
+
+    from ..outer import atomic_write_json
+    from .calibrate import calibrate, read_results
+    from .calibration_report import write_calibration
+
+    previous = read_results(results_path) if results_path.exists() else None
+    if args.resume:
+        if previous is None:
+            _line(f"invcal: no {results_path} to resume from; starting a new run.")
+        elif previous.get("kind") != "calibration" or previous.get("model") != prep["name"]:
+            raise ValueError(
+                f"--resume: {results_path} holds a run of "
+                f"{previous.get('model') or previous.get('problem')!r}, not a calibration of "
+                f"model {prep['name']!r}; pass another --out or drop --resume."
+            )
+        elif previous.get("theta"):
+            given = kwargs["init"]
+            kwargs["init"] = {**_resume_init(previous, prep), **given}
+            _line(f"invcal: resuming from the estimates recorded in {results_path}.")
+    elif previous is not None:
+        _line(f"invcal: overwriting the run in {out} (--overwrite).")
+    state = {
+        "kind": "calibration",
+        "problem": f"calibrate {prep['name']}",
+        "status": "running",
+        "model": prep["name"],
+        "data": str(args.data),
+        "history": [],
+    }
+    if args.resume and previous and previous.get("theta"):
+        state["theta"] = previous["theta"]
+        state["random_sd"] = previous.get("random_sd")
+    atomic_write_json(results_path, state)
+    t_start = time.perf_counter()
+    show = not args.no_progress
+    tty = sys.stderr.isatty()
+
+    def sink(algorithm, iteration, objective):
+        state["history"].append(float(objective))
+        state["iterations"] = int(iteration)
+        state["algorithm"] = algorithm
+        atomic_write_json(results_path, state)
+        if show:
+            text = (
+                f"calibrate [{algorithm}] iteration {iteration}: -2LL {2 * objective:.8g}, "
+                f"elapsed {time.perf_counter() - t_start:.0f} s"
+            )
+            sys.stderr.write(("\r" + text + "\x1b[K") if tty else text + "\n")
+            sys.stderr.flush()
+
+    _SINK[0] = sink
+    if show:
+        _line(f"invcal: calibrating {prep['name']} on {args.data} (compiling the fit first)...")
+    try:
+        cal = calibrate(
+            args.data,
+            args.model,
+            n_simulations=args.simulations,
+            seed=args.seed,
+            prediction_corrected=args.pcvpc,
+            max_iter=args.max_iter,
+            # JAX's persistent cache refuses programs with host callbacks: without progress
+            # the fit's compilation is cached across processes
+            progress=None if args.no_progress else _progress,
+            **kwargs,
+        )
+        jax.effects_barrier()
+    except RuntimeError as e:
+        jax.effects_barrier()
+        _SINK[0] = None
+        if show and tty:
+            sys.stderr.write("\n")
+        _line(f"invcal: error: {' '.join(str(e).split())} (estimates so far: {results_path})")
+        return 1
+    finally:
+        _SINK[0] = None
+    if show and tty:
+        sys.stderr.write("\n")
+    report = write_calibration(cal, out)
+    fit = cal.fit
+    print(f"report: {report}")
+    print(
+        f"-2LL {-2 * fit.loglik:.6g}, AIC {fit.aic:.6g}, BIC {fit.bic:.6g}; {fit.message}; "
+        f"covariance: {cal.covariance}"
+        + (f" ({cal.covariance_note})" if cal.covariance_note else "")
+    )
+    for r in cal.estimates:
+        print(f"  {r['name']:<16s} {r['value']:12.6g}  SE {r['se']:10.4g}  RSE {r['rse']:8.3g}%")
+    return 0
+
+
+def _line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
