@@ -14,6 +14,10 @@ Two entry points share the linear operator built here:
   forward (one solve per hyperparameter) computations explicitly, warm-startable and
   returning the linear-solve diagnostics that ``custom_jvp`` cannot carry out.
 
+Both, and the support-restricted system of :mod:`invcal.sparse`, solve their linear system
+in one place, :func:`solve_system`, which also computes the statistics every hypergradient
+reports (steps, the recomputed relative residual, success).
+
 For non-smooth inner problems the Jacobian lives on the active set: with a mask m the
 system becomes m⊙A(m⊙v) + (1−m)⊙v = m⊙b, which pins the inactive entries to zero and, for
 proximal-gradient fixed points (A_SS = ηH_SS), is symmetric positive definite.
@@ -32,7 +36,15 @@ from lineax import RESULTS
 
 from .solvers.base import tree_norm
 
-__all__ = ["Neumann", "implicit_solution", "adjoint_solve", "tangent_solve", "system_operator"]
+__all__ = [
+    "LinearSolve",
+    "Neumann",
+    "adjoint_solve",
+    "implicit_solution",
+    "solve_system",
+    "system_operator",
+    "tangent_solve",
+]
 
 
 def _tmap(f, *trees):
@@ -302,8 +314,7 @@ def _implicit_jvp(primals, tangents, *, problem, spec, linear_solver, use_mask):
     _, rhs = eqx.filter_jvp(lambda th, d: F(x_star, th, d), (theta, data), (t_theta, t_data))
     mask = problem.support(x_star, theta, data) if use_mask else None
     op = system_operator(problem, spec, x_star, theta, data, mask)
-    sol = lx.linear_solve(op, _tmap(jnp.negative, _masked(mask, rhs)), linear_solver, throw=True)
-    return x_star, sol.value
+    return x_star, solve_system_in_rule(op, _tmap(jnp.negative, _masked(mask, rhs)), linear_solver)
 
 
 def implicit_solution(problem, x_star, theta, data, *, spec, linear_solver, use_mask=False):
@@ -320,15 +331,51 @@ def implicit_solution(problem, x_star, theta, data, *, spec, linear_solver, use_
     )
 
 
-def _lin_diag(op, v, b, sol, linear_solver):
-    r = tree_norm(_tmap(jnp.subtract, op.mv(v), b))
+class LinearSolve(eqx.Module):
+    """The solution v of an implicit system and what the solve reports: lineax's step
+    count, the relative residual ‖Av − b‖/‖b‖ recomputed at v, and ``ok`` (lineax reported
+    success AND the recomputed residual is finite and within the solver's promise)."""
+
+    value: Any
+    steps: jax.Array
+    residual: jax.Array
+    ok: jax.Array
+
+
+def solve_system(
+    operator: lx.AbstractLinearOperator, b, linear_solver, *, y0: Any = None
+) -> LinearSolve:
+    """Solve ``operator`` v = b: the one place where the implicit function theorem's linear
+    system is solved, for every system (the optimality or fixed-point Jacobian, restricted to
+    an active set or not, and :mod:`invcal.sparse`'s support system) and both modes.
+
+    The solver's absolute tolerance is floored at rtol·RMS(b) (:func:`_floored_tolerance`);
+    ``y0`` warm-starts an iterative solver. A reported success is checked against the
+    residual recomputed here: never trusted alone."""
+    options = {} if y0 is None else {"y0": y0}
+    sol = lx.linear_solve(
+        operator, b, _floored_tolerance(linear_solver, b), options=options, throw=False
+    )
+    return _checked(operator, sol.value, b, sol, linear_solver)
+
+
+def _checked(operator, v, b, sol: lx.Solution, linear_solver) -> LinearSolve:
+    """v with the statistics of the lineax solution ``sol``: its success is accepted only if
+    the residual recomputed at v is finite and within the solver's promise."""
+    r = tree_norm(_tmap(jnp.subtract, operator.mv(v), b))
     bn = tree_norm(b)
     rel = jnp.where(bn > 0, r / jnp.where(bn > 0, bn, 1.0), r)
-    # A reported success is checked against the residual recomputed here: never trust it alone.
     bound = _residual_bound(linear_solver, b, bn)
     ok = (sol.result == RESULTS.successful) & jnp.isfinite(rel) & (rel <= bound)
-    steps = sol.stats.get("num_steps", jnp.asarray(1))
-    return jnp.asarray(steps), rel, ok
+    steps = jnp.asarray(sol.stats.get("num_steps", jnp.asarray(1)))
+    return LinearSolve(value=v, steps=steps, residual=rel, ok=ok)
+
+
+def solve_system_in_rule(operator: lx.AbstractLinearOperator, b, linear_solver):
+    """:func:`solve_system` inside a ``custom_jvp`` rule, where the solve must stay linear in
+    the tangent b (reverse mode transposes it): no tolerance floor and no recomputed
+    residual (both are functions of b); lineax raises on a failed solve instead."""
+    return lx.linear_solve(operator, b, linear_solver, throw=True).value
 
 
 def adjoint_solve(
@@ -339,14 +386,11 @@ def adjoint_solve(
     Returns (v, −(∂F/∂θ)ᵀ v, steps, relative residual, ok)."""
     op = system_operator(problem, spec, x_star, theta, data, mask).transpose()
     b = _masked(mask, grad_x)
-    options = {} if y0 is None else {"y0": _masked(mask, y0)}
-    sol = lx.linear_solve(op, b, _floored_tolerance(linear_solver, b), options=options, throw=False)
-    v = sol.value
-    steps, rel, ok = _lin_diag(op, v, b, sol, linear_solver)
+    sol = solve_system(op, b, linear_solver, y0=None if y0 is None else _masked(mask, y0))
     F = _residual_fn(problem, spec)
     _, vjp_theta = jax.vjp(lambda th: F(x_star, th, data), theta)
-    (g,) = vjp_theta(v)
-    return v, _tmap(jnp.negative, g), steps, rel, ok
+    (g,) = vjp_theta(sol.value)
+    return sol.value, _tmap(jnp.negative, g), sol.steps, sol.residual, sol.ok
 
 
 def tangent_solve(problem, spec, x_star, theta_flat, unravel, data, *, linear_solver, mask=None):
@@ -360,10 +404,8 @@ def tangent_solve(problem, spec, x_star, theta_flat, unravel, data, *, linear_so
 
     def one(e):
         _, b = jax.jvp(lambda t: F(x_star, unravel(t), data), (theta_flat,), (e,))
-        b = _tmap(jnp.negative, _masked(mask, b))
-        sol = lx.linear_solve(op, b, _floored_tolerance(linear_solver, b), throw=False)
-        steps, rel, ok = _lin_diag(op, sol.value, b, sol, linear_solver)
-        return sol.value, steps, rel, ok
+        sol = solve_system(op, _tmap(jnp.negative, _masked(mask, b)), linear_solver)
+        return sol.value, sol.steps, sol.residual, sol.ok
 
     Z, steps, rel, ok = jax.vmap(one)(jnp.eye(p, dtype=theta_flat.dtype))
     return Z, jnp.max(steps), jnp.max(rel), jnp.all(ok)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import invcal as ic
-from invcal.implicit import SystemSpec, _lin_diag, adjoint_solve, system_operator, system_spec
+from invcal.implicit import SystemSpec, _checked, adjoint_solve, system_operator, system_spec
 
 N, P, M = 20, 8, 15
 LAM = 5.0
@@ -250,10 +250,10 @@ def test_a_reported_success_is_checked_against_the_recomputed_residual():
     b = jnp.where(mask, grad_x, 0.0)
     lin = lx.CG(rtol=1e-10, atol=1e-14, max_steps=1000)
     sol = lx.linear_solve(op, b, lin)
-    _, rel, ok = _lin_diag(op, sol.value, b, sol, lin)
-    assert float(rel) < 1e-9 and bool(ok)
-    _, rel, ok = _lin_diag(op, jnp.zeros_like(b), b, sol, lin)
-    assert float(rel) > 1e-3 and not bool(ok)
+    checked = _checked(op, sol.value, b, sol, lin)
+    assert float(checked.residual) < 1e-9 and bool(checked.ok)
+    checked = _checked(op, jnp.zeros_like(b), b, sol, lin)
+    assert float(checked.residual) > 1e-3 and not bool(checked.ok)
 
 
 @pytest.mark.parametrize("atol", [0.0, 1e-14, 1e-300])

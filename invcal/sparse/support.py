@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..diagnostics import Diagnostics
 from ..hypergradient import AbstractHypergradient
-from ..implicit import _check_scaled_tolerance, _lin_diag
+from ..implicit import _check_scaled_tolerance, solve_system, solve_system_in_rule
 from .problem import AbstractLinearMap, _require_lasso, _shape, matvec, rmatvec
 
 __all__ = ["SupportImplicit"]
@@ -102,9 +102,9 @@ def _support_solution_jvp(primals, tangents, *, fb, K, linear_solver):
         return sys.gather(full + w * _signs(x, fb.nonneg))
 
     _, rhs = eqx.filter_jvp(residual_S, (theta, data), (t_theta, t_data))
-    sol = lx.linear_solve(sys.operator(rhs), -rhs, linear_solver, throw=True)
+    v = solve_system_in_rule(sys.operator(rhs), -rhs, linear_solver)
     tangent = eqx.error_if(
-        sys.scatter(sol.value),
+        sys.scatter(v),
         overflow,
         "SupportImplicit: the support of x* is larger than max_support; raise max_support.",
     )
@@ -212,11 +212,9 @@ class SupportImplicit(AbstractHypergradient):
                 def adjoint(x, g, d, v0):
                     sys, overflow = _Restricted.build(d["A"], x, K)
                     b = sys.gather(g)
-                    options = {} if v0 is None else {"y0": sys.gather(v0)}
-                    op = sys.operator(b)
-                    s = lx.linear_solve(op, b, lin, options=options, throw=False)
-                    steps, rel, ok = _lin_diag(op, s.value, b, s, lin)
-                    return s.value, sys, steps, rel, ok & ~overflow
+                    y0 = None if v0 is None else sys.gather(v0)
+                    s = solve_system(sys.operator(b), b, lin, y0=y0)
+                    return s.value, sys, s.steps, s.residual, s.ok & ~overflow
 
                 def run():
                     if batched:
@@ -257,9 +255,8 @@ class SupportImplicit(AbstractHypergradient):
                         _, b = jax.jvp(
                             lambda t: signed_weights(unravel(t), d, sys, x), (flat,), (e,)
                         )
-                        s = lx.linear_solve(op, -b, lin, throw=False)
-                        st, rl, k = _lin_diag(op, s.value, -b, s, lin)
-                        return jnp.vdot(sys.gather(g), s.value), st, rl, k
+                        s = solve_system(op, -b, lin)
+                        return jnp.vdot(sys.gather(g), s.value), s.steps, s.residual, s.ok
 
                     dE, st, rl, k = jax.vmap(one)(jnp.eye(flat.shape[0], dtype=flat.dtype))
                     return dE, jnp.max(st), jnp.max(rl), jnp.all(k) & ~overflow
