@@ -453,8 +453,8 @@ def calibrate(
       ``beta_*``); built-in PK models start from non-compartmental estimates otherwise.
     - ``covariates``: ``"lCl~WT"`` strings (power model centred at the median).
     - ``n_simulations``, ``seed``: the simulations of NPDE and the VPC (0: none);
-      ``vpc_bins``: number of time bins (default: the distinct times if at most 12, else 8
-      quantile bins); ``prediction_corrected``: pcVPC.
+      ``vpc_bins``: number of time bins (default: the distinct times if at most 12, else 10
+      quantile bins, each drawn at its median time); ``prediction_corrected``: pcVPC.
     - ``progress``: as :func:`fit_population`'s.
     - ``rtol``: the ODE solver's relative tolerance for a built-in model (atol = rtol/100;
       default ODEModel's).
@@ -499,11 +499,13 @@ def calibrate(
     cov = _covariance(fit, covariance)
     seconds["covariance"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    diag = _diagnostics(fit)
-    sims = None
+    # one batch (one compilation): PRED first, then the simulated replicates
+    sims = _simulations(fit, int(n_simulations), int(seed))
+    diag = _diagnostics(fit, sims.pop("pred"))
     if n_simulations:
-        sims = _simulations(fit, int(n_simulations), int(seed))
         diag["NPDE"] = _npde(fit, diag, sims)
+    else:
+        sims = None
     diag["NPDE"] = diag.get("NPDE", np.full(diag["DV"].shape, np.nan))
     vpc = (
         _vpc(diag, sims, vpc_bins, prediction_corrected, fit) if sims is not None else {"bins": []}
@@ -755,7 +757,7 @@ def _inv_sqrt(C):
     return (V / np.sqrt(w)) @ V.T
 
 
-def _diagnostics(fit) -> dict:
+def _diagnostics(fit, pred) -> dict:
     """Per observation: ID, TIME, DV, PRED, IPRED, IWRES, CWRES (module docstring)."""
     pop, _, events, arrays, run = fit._context
     params = tuple(pop.model.params)
@@ -767,12 +769,6 @@ def _diagnostics(fit) -> dict:
     dv = np.asarray(arrays.dv)
     eta = np.asarray(run["eta"])
     ridx = [params.index(p) for p in pop.random]
-    popp = fit.population_parameters()
-    phi_pop = np.stack([np.asarray(popp[p], float) for p in params], axis=1)
-    pred, ok = _simulate_batch(pop.model, arrays, jnp.asarray(phi_pop)[None])
-    if not bool(ok):
-        raise RuntimeError("the ODE solve failed at the population parameters (PRED).")
-    pred = np.asarray(pred[0])
     out = {k: [] for k in ("ID", "TIME", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
     for i, sid in enumerate(events.subjects):
         m = mask[i]
@@ -806,7 +802,8 @@ def _shrinkage(fit, diag) -> dict:
 
 
 def _simulations(fit, K: int, seed: int) -> dict:
-    """K simulated replicates of the data set: (K, N, M) predictions and observations."""
+    """K simulated replicates of the data set: (K, N, M) predictions ``f`` and observations
+    ``y``, and the population predictions ``pred`` (N, M), solved in one batch."""
     pop, _, _, arrays, _ = fit._context
     params = tuple(pop.model.params)
     th = {k: jnp.asarray(v) for k, v in fit.theta.items()}
@@ -817,18 +814,19 @@ def _simulations(fit, K: int, seed: int) -> dict:
     N, q = base.shape[0], pop.n_random
     C = np.linalg.cholesky(omega + 1e-300 * np.eye(q))
     eta = rng.standard_normal((K, N, q)) @ C.T
-    phi = np.repeat(base[None], K, axis=0)
+    phi = np.repeat(base[None], K + 1, axis=0)
     ridx = [params.index(p) for p in pop.random]
-    phi[:, :, ridx] += eta
+    phi[1:, :, ridx] += eta
     f, ok = _simulate_batch(pop.model, arrays, jnp.asarray(phi))
     if not bool(ok):
         raise RuntimeError(
-            "an ODE solve failed in the simulations of the NPDE/VPC (extreme random effects?)."
+            "an ODE solve failed at the population parameters (PRED) or in the simulations "
+            "of the NPDE/VPC (extreme random effects?)."
         )
-    f = np.asarray(f)
+    pred, f = np.asarray(f[0]), np.asarray(f[1:])
     R = np.asarray(pop.error.variance(jnp.asarray(f), th))
     y = f + np.sqrt(R) * rng.standard_normal(f.shape)
-    return {"f": f, "y": y}
+    return {"f": f, "y": y, "pred": pred}
 
 
 def _npde(fit, diag, sims) -> np.ndarray:
@@ -868,10 +866,15 @@ def _vpc(diag, sims, bins, prediction_corrected, fit) -> dict:
         labels = np.searchsorted(distinct, t)
         centers = distinct
     else:
-        nb = int(bins or 8)
+        nb = int(bins or 10)
         edges = np.unique(np.quantile(t, np.linspace(0, 1, nb + 1)))
         labels = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, edges.size - 2)
-        centers = np.array([t[labels == b].mean() for b in range(edges.size - 1)])
+        centers = np.array(
+            [
+                np.median(t[labels == b]) if np.any(labels == b) else np.nan
+                for b in range(edges.size - 1)
+            ]
+        )
     if prediction_corrected:
         pred = diag["PRED"]
         corr = np.ones_like(pred)

@@ -1,0 +1,464 @@
+"""``invcal calibrate`` and :mod:`invcal.ode.calibrate`: built-in models against closed
+forms, the Theoph calibration against R's nlme through the command, residuals and shrinkage
+against a hand computation, the VPC against direct simulation, and bad input refused in one
+line before any compilation.
+
+One Theoph fit (nlme's Lindstrom-Bates algorithm, lme covariance) is compiled once per
+module: the command and the API share it (same model, shapes and options)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from invcal import ode
+from invcal.cli import main
+from invcal.ode.calibrate import calibrate
+from invcal.ode.models import MODELS, builtin_model, describe_models
+from invcal.testing import count_compilations
+from problems.hierarchical_ode import THEOPH_CSV
+
+# R nlme 3.1-162, ML, pdDiag (tests/test_ode_population.py; benchmarks/theoph_vs_nlme.py).
+NLME = {
+    "lKe": -2.4546457747,
+    "lKa": 0.4655047601,
+    "lCl": -3.2271983419,
+    "omega_lKa": 0.6438571,
+    "omega_lCl": 0.1669212,
+    "sigma_add": 0.7092257363,
+    "loglik": -177.0235,
+}
+# nlme's standard errors of the fixed effects: the issue's (0.0525, 0.1986, 0.0600) and those
+# nlme 3.1-162 printed for this ML fit (benchmarks/results/theoph_vs_nlme.json).
+NLME_SE_ISSUE = {"lKe": 0.0525, "lKa": 0.1986, "lCl": 0.0600}
+NLME_SE_ML = {"lKe": 0.05188859607, "lKa": 0.1963627824, "lCl": 0.05932128167}
+THEOPH_ARGS = ["--model", "1cmt-oral-ke", "--error", "additive", "--omega", "diagonal"]
+
+
+# --------------------------------------------------------------------------------------
+# Built-in models against closed forms
+# --------------------------------------------------------------------------------------
+def _single_dose(dose, times, cmt=1, rate=0.0):
+    n = len(times)
+    return ode.read_events(
+        {
+            "ID": [1] * (n + 1),
+            "TIME": [0.0, *times],
+            "DV": [".", *([1.0] * n)],
+            "AMT": [dose, *([0.0] * n)],
+            "EVID": [1, *([0] * n)],
+            "CMT": [cmt, *([1] * n)],
+            "RATE": [rate, *([0.0] * n)],
+        }
+    )
+
+
+TIMES = [0.3, 1.0, 2.5, 6.0, 12.0, 24.0]
+
+
+def _sim(name, params, events):
+    return ode.simulate(builtin_model(name).build(), events, params)[1][1]
+
+
+def test_one_compartment_models_match_closed_forms():
+    t, D = np.asarray(TIMES), 100.0
+    cl, v, ka = 2.0, 30.0, 1.3
+    k = cl / v
+    ev = _single_dose(D, TIMES)
+    p = {"lCl": math.log(cl), "lV": math.log(v)}
+    np.testing.assert_allclose(_sim("1cmt-iv", p, ev), D / v * np.exp(-k * t), rtol=1e-6)
+    oral = D * ka / (v * (ka - k)) * (np.exp(-k * t) - np.exp(-ka * t))
+    np.testing.assert_allclose(_sim("1cmt-oral", {**p, "lKa": math.log(ka)}, ev), oral, rtol=1e-6)
+    pk = {"lKe": math.log(k), "lKa": math.log(ka), "lCl": math.log(cl)}
+    np.testing.assert_allclose(_sim("1cmt-oral-ke", pk, ev), oral, rtol=1e-6)
+    # zero-order infusion over T = AMT/RATE = 4 (RATE column)
+    R, T = 25.0, 4.0
+    inf = np.where(
+        t <= T,
+        R / cl * (1 - np.exp(-k * t)),
+        R / cl * (1 - np.exp(-k * T)) * np.exp(-k * (t - T)),
+    )
+    np.testing.assert_allclose(_sim("1cmt-iv", p, _single_dose(D, TIMES, rate=R)), inf, rtol=1e-6)
+
+
+def test_two_compartment_models_match_closed_forms():
+    t, D = np.asarray(TIMES), 100.0
+    cl, v1, q, v2, ka = 2.0, 10.0, 3.0, 40.0, 0.9
+    k10, k12, k21 = cl / v1, q / v1, q / v2
+    s = k10 + k12 + k21
+    alpha = 0.5 * (s + math.sqrt(s * s - 4 * k10 * k21))
+    beta = 0.5 * (s - math.sqrt(s * s - 4 * k10 * k21))
+    iv = (
+        D
+        / v1
+        * (
+            (alpha - k21) / (alpha - beta) * np.exp(-alpha * t)
+            + (k21 - beta) / (alpha - beta) * np.exp(-beta * t)
+        )
+    )
+    p = {"lCl": math.log(cl), "lV1": math.log(v1), "lQ": math.log(q), "lV2": math.log(v2)}
+    np.testing.assert_allclose(_sim("2cmt-iv", p, _single_dose(D, TIMES)), iv, rtol=1e-6)
+    A = np.array([[-ka, 0, 0], [ka, -(k10 + k12), k21], [0, k12, -k21]])
+    oral = [(scipy.linalg.expm(A * tk) @ [D, 0, 0])[1] / v1 for tk in t]
+    got = _sim("2cmt-oral", {**p, "lKa": math.log(ka)}, _single_dose(D, TIMES))
+    np.testing.assert_allclose(got, oral, rtol=1e-6)
+
+
+def _seed_by_hand(p, q, knots_t, knots_u, times, linear):
+    """x' = -x + p u(t), x(0) = q, u piecewise constant (value from each knot on) or linear
+    between knots, solved in closed form piece by piece."""
+    grid = sorted(set([0.0, *knots_t, *times]))
+    ku = np.interp if linear else None
+
+    def u_at(t):
+        if linear:
+            return float(ku(t, knots_t, knots_u))
+        return float(knots_u[max(k for k, tk in enumerate(knots_t) if tk <= t)])
+
+    x, out = q, {}
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
+        ua = u_at(a)
+        slope = (u_at(b) - ua) / (b - a) if linear else 0.0
+        # x' + x = p(ua + slope·τ): particular p(ua + slope·τ − slope)
+        xp0 = p * (ua - slope)
+        tau = b - a
+        x = p * (ua + slope * tau - slope) + (x - xp0) * math.exp(-tau)
+        out[b] = x
+    return np.array([out[t] for t in times])
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_seed_model_input_and_initial_time(linear):
+    # samples start after t0 = 0; u given on the records (before the first: its first value)
+    times = [1.0, 2.0, 3.0, 4.5]
+    u = [1.0, -1.0, 2.0, 0.5]
+    ev = ode.read_events({"ID": [1] * 4, "TIME": times, "DV": [0.0] * 4, "U": u})
+    m = builtin_model("seed")
+    prepared = m.prepare(ev, interpolation="linear" if linear else "constant")
+    got = ode.simulate(m.build(), prepared, {"p": 2.0, "q": 1.0})[1][1]
+    want = _seed_by_hand(2.0, 1.0, [0.0, *times], [u[0], *u], times, linear)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="column 'V'.*--input"):
+        m.prepare(ev, input="V")
+
+
+def test_list_models_names_parameters(capsys):
+    assert main(["calibrate", "--list-models"]) == 0
+    text = capsys.readouterr().out
+    for name, m in MODELS.items():
+        assert name in text and ", ".join(m.params) in text
+    assert text.strip() == describe_models().strip()
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: one line, status 2, nothing compiled
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def bad_table(tmp_path):
+    path = tmp_path / "bad.csv"
+    text = THEOPH_CSV.read_text().splitlines()
+    cells = text[3].split(",")
+    cells[2] = "abc"  # DV of the table's third data row
+    text[3] = ",".join(cells)
+    path.write_text("\n".join(text) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--model", "1cmt-oral-kee"], "unknown model '1cmt-oral-kee'.*1cmt-iv, 1cmt-oral,"),
+        ([*THEOPH_ARGS, "--covariate", "lCl~WEIGHT"], "column 'WEIGHT' is not in theoph.csv"),
+        ([*THEOPH_ARGS, "--covariate", "lVV~WT"], "--covariate: unknown parameter 'lVV'"),
+        ([*THEOPH_ARGS, "--random", "lKa,lKx"], "--random: unknown parameter 'lKx'"),
+        ([*THEOPH_ARGS, "--init", "lKe=-2,lV=3"], "--init: unknown parameter 'lV'"),
+        ([*THEOPH_ARGS, "--init", "lKe=abc"], "--init lKe: 'abc' is not a number"),
+        ([*THEOPH_ARGS, "--error", "log"], "error must be one of additive"),
+        ([*THEOPH_ARGS, "--covariance", "hessian"], "covariance must be one of"),
+        (["--model", "/nonexistent/m.py:model"], "no file '/nonexistent/m.py'"),
+    ],
+)
+def test_bad_input_one_line_before_compiling(extra, match, tmp_path, capsys):
+    with count_compilations() as c:
+        rc = main(["calibrate", str(THEOPH_CSV), "--out", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("invcal: error:"), err
+    assert __import__("re").search(match, err), err
+    assert c.total == 0, c.names
+    assert not (tmp_path / "o").exists()  # no folder made for a bad command
+
+
+def test_malformed_table_names_row_and_column(bad_table, tmp_path, capsys):
+    with count_compilations() as c:
+        rc = main(["calibrate", str(bad_table), *THEOPH_ARGS, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and c.total == 0
+    assert err == "invcal: error: row 3 (ID 1): column DV has 'abc', which is not a number.", err
+
+
+def test_user_model_file_and_yaml(tmp_path, capsys):
+    broken = tmp_path / "m.py"
+    broken.write_text("import not_a_module_anywhere\n")
+    rc = main(["calibrate", str(THEOPH_CSV), "--model", f"{broken}:model"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "ModuleNotFoundError" in err and "not_a_module_anywhere" in err
+    rc = main(["calibrate", str(tmp_path / "problem.yaml"), "--model", "seed"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "PEtab calibration is not available in this command yet" in err
+
+
+# --------------------------------------------------------------------------------------
+# Theoph through the command, against nlme
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def theoph_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("theoph")
+    argv = ["calibrate", str(THEOPH_CSV), *THEOPH_ARGS, "--covariance", "lme"]
+    argv += ["--simulations", "100", "--no-progress", "--out", str(out)]
+    rc = main(argv)
+    return rc, out, argv
+
+
+def test_command_reproduces_nlme_on_theoph(theoph_run):
+    rc, out, _ = theoph_run
+    assert rc == 0
+    for f in ("results.json", "estimates.csv", "report.md", "diagnostics.csv", "gof.png"):
+        assert (out / f).exists(), f
+    res = json.loads((out / "results.json").read_text())
+    for key in (
+        "fixed_effects",
+        "standard_errors",
+        "random_sd",
+        "residual_sd",
+        "loglik",
+        "aic",
+        "bic",
+        "shrinkage",
+        "condition_number",
+    ):
+        assert key in res, key
+    assert res["status"] == "done" and res["converged"]
+    # issue 6's tolerances for the Lindstrom-Bates fit (tests/test_ode_population.py)
+    assert res["loglik"] == pytest.approx(NLME["loglik"], abs=0.01)
+    for p in ("lKe", "lKa", "lCl"):
+        assert res["fixed_effects"][p] == pytest.approx(NLME[p], abs=1e-3)
+    for p in ("lKa", "lCl"):
+        assert res["random_sd"][p] == pytest.approx(NLME[f"omega_{p}"], rel=0.01)
+    assert res["random_sd"]["lKe"] < 1e-3
+    assert res["residual_sd"] == pytest.approx(NLME["sigma_add"], rel=0.01)
+    # --covariance lme: nlme's standard errors of the fixed effects
+    for p in ("lKe", "lKa", "lCl"):
+        assert res["standard_errors"][p] == pytest.approx(NLME_SE_ISSUE[p], rel=0.05)
+        assert res["standard_errors"][p] == pytest.approx(NLME_SE_ML[p], rel=1e-3)
+    assert res["aic"] == pytest.approx(-2 * res["loglik"] + 14, abs=1e-9)
+    report = (out / "report.md").read_text()
+    for text in ("RSE %", "95% CI", "Condition number", "Shrinkage", "nlme's linear mixed"):
+        assert text in report, text
+    rows = (out / "estimates.csv").read_text().splitlines()
+    assert rows[0].startswith("parameter,kind,estimate,se,rse_percent,ci95_low,ci95_high")
+    assert len(rows) == 1 + 7
+
+
+def test_existing_run_refused_then_resumed(theoph_run, capsys):
+    rc, out, argv = theoph_run
+    assert rc == 0
+    capsys.readouterr()
+    assert main(argv) == 2  # a previous run: neither --resume nor --overwrite
+    assert "holds a previous run" in capsys.readouterr().err
+    before = json.loads((out / "results.json").read_text())
+    assert main([*argv, "--resume"]) == 0
+    assert "resuming from the estimates" in capsys.readouterr().err
+    after = json.loads((out / "results.json").read_text())
+    for p in ("lKe", "lKa", "lCl"):
+        assert after["fixed_effects"][p] == pytest.approx(before["fixed_effects"][p], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def theoph_cal():
+    return calibrate(str(THEOPH_CSV), "1cmt-oral-ke", covariance="lme", n_simulations=100, seed=3)
+
+
+def test_cwres_iwres_and_shrinkage_by_hand(theoph_cal):
+    """CWRES (Hooker et al. 2007) and shrinkage recomputed from ode.simulate with
+    finite-difference Jacobians, subject by subject."""
+    cal = theoph_cal
+    fit, d = cal.fit, cal.diagnostics
+    model = builtin_model("1cmt-oral-ke").build(rtol=1e-11, atol=1e-13)  # for the differences
+    events = cal.events
+    sigma = fit.residual_sd
+    omega = np.diag([fit.random_sd[p] ** 2 for p in fit.model_params])
+    indiv = fit.individual_parameters()
+    iwres_all = []
+    for i, sid in enumerate(events.subjects[:4]):
+        phi = np.array([indiv[p][i] for p in fit.model_params])
+        eta = np.array([fit.eta[p][i] for p in fit.model_params])
+        keep = np.isin(events.id, [sid])
+        sub = ode.read_events(
+            {
+                "ID": events.id[keep],
+                "TIME": events.time[keep],
+                "DV": np.where(np.isnan(events.dv[keep]), 0.0, events.dv[keep]),
+                "AMT": events.amt[keep],
+                "EVID": events.evid[keep],
+                "MDV": events.mdv[keep],
+            }
+        )
+
+        def f(ph, sub=sub):
+            return ode.simulate(model, sub, dict(zip(fit.model_params, ph, strict=True)))[sid][1]
+
+        f0 = f(phi)
+        h = 1e-5
+        Z = np.stack(
+            [(f(phi + h * e) - f(phi - h * e)) / (2 * h) for e in np.eye(len(phi))], axis=1
+        )
+        y = events.dv[keep & events.is_observation]
+        C = Z @ omega @ Z.T + sigma**2 * np.eye(len(y))
+        cwres = np.real(scipy.linalg.inv(scipy.linalg.sqrtm(C))) @ (y - (f0 - Z @ eta))
+        rows = d["ID"] == sid
+        np.testing.assert_allclose(d["CWRES"][rows], cwres, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(d["IPRED"][rows], f0, rtol=1e-6, atol=1e-8)
+        iwres_all.append((y - f0) / sigma)
+    np.testing.assert_allclose(
+        np.concatenate(iwres_all), d["IWRES"][np.isin(d["ID"], events.subjects[:4])], atol=1e-6
+    )
+    for p in ("lKa", "lCl"):
+        want = 1 - np.std(fit.eta[p], ddof=1) / fit.random_sd[p]
+        assert cal.shrinkage["eta"][p] == pytest.approx(want, rel=1e-12)
+    assert cal.shrinkage["epsilon"] == pytest.approx(1 - np.std(d["IWRES"], ddof=1), rel=1e-12)
+    # PRED: η = 0
+    pop = fit.predictions(population=True)
+    pred = np.concatenate([pop[s][2] for s in events.subjects])
+    np.testing.assert_allclose(d["PRED"], pred, rtol=1e-6, atol=1e-8)
+
+
+def test_vpc_percentiles_against_direct_simulation(theoph_cal):
+    """The VPC's simulated percentiles from K replicates drawn again with the same seed and
+    simulated subject by subject with ode.simulate."""
+    cal = theoph_cal
+    fit = cal.fit
+    K = cal.vpc["n_simulations"]
+    rng = np.random.default_rng(3)
+    sd = np.array([fit.random_sd[p] for p in fit.model_params])
+    events = cal.events
+    N = events.n_subjects
+    eta = rng.standard_normal((K, N, 3)) * sd
+    base = fit.population_parameters()
+    model = builtin_model("1cmt-oral-ke").build()
+    f = np.stack(
+        [
+            np.concatenate(
+                [
+                    v[1]
+                    for v in ode.simulate(
+                        model,
+                        events,
+                        {p: base[p] + eta[k, :, j] for j, p in enumerate(fit.model_params)},
+                    ).values()
+                ]
+            )
+            for k in range(K)
+        ]
+    )
+    # the noise draws follow the (K, N, M) padded layout of the batch: redraw it so
+    N_, M = np.asarray(fit._context[3].obs_mask).shape
+    noise = rng.standard_normal((K, N_, M))[:, np.asarray(fit._context[3].obs_mask)]
+    y = f + fit.residual_sd * noise
+    t = cal.diagnostics["TIME"]
+    edges = np.asarray(cal.vpc["edges"])
+    labels = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, edges.size - 2)
+    for b, row in zip(range(edges.size - 1), cal.vpc["bins"], strict=True):
+        sel = labels == b
+        assert row["n"] == sel.sum()
+        np.testing.assert_allclose(
+            row["observed"], np.percentile(cal.diagnostics["DV"][sel], (5, 50, 95))
+        )
+        s = np.percentile(y[:, sel], (5, 50, 95), axis=1)
+        np.testing.assert_allclose(row["simulated_lo"], np.percentile(s, 5, axis=1), rtol=1e-6)
+        np.testing.assert_allclose(row["simulated_hi"], np.percentile(s, 95, axis=1), rtol=1e-6)
+    npde = cal.diagnostics["NPDE"]
+    assert np.all(np.isfinite(npde)) and abs(np.mean(npde)) < 0.3
+
+
+# --------------------------------------------------------------------------------------
+# Longer checks
+# --------------------------------------------------------------------------------------
+def _seed_table(n=30, seed=1, truth=None):
+    """A population of the seed model with per-subject inputs u(t) (steps at subject-specific
+    times) and samples from t = 1 on (after t0 = 0)."""
+    truth = truth or {"p": 2.0, "q": 1.0, "omega_p": 0.3, "omega_q": 0.5, "sigma_add": 0.1}
+    rng = np.random.default_rng(seed)
+    times = np.arange(1.0, 8.01, 0.5)
+    rows = {"ID": [], "TIME": [], "DV": [], "U": []}
+    for i in range(n):
+        t_step = rng.uniform(2.0, 5.0)
+        level = rng.uniform(-1.0, 2.0)
+        for tt in times:
+            rows["ID"].append(i + 1)
+            rows["TIME"].append(tt)
+            rows["DV"].append(0.0)
+            rows["U"].append(1.0 if tt < t_step else level)
+    ev = ode.read_events(rows)
+    m = builtin_model("seed")
+    params = {
+        "p": truth["p"] + truth["omega_p"] * rng.standard_normal(n),
+        "q": truth["q"] + truth["omega_q"] * rng.standard_normal(n),
+    }
+    sim = ode.simulate(m.build(), m.prepare(ev), params)
+    dv = np.concatenate([sim[i + 1][1] for i in range(n)])
+    rows["DV"] = list(dv + truth["sigma_add"] * rng.standard_normal(dv.size))
+    return rows, truth
+
+
+@pytest.mark.slow
+def test_seed_model_recovers_population_parameters(tmp_path):
+    rows, truth = _seed_table()
+    path = tmp_path / "seed.csv"
+    keys = list(rows)
+    path.write_text(
+        "\n".join(
+            [",".join(keys)]
+            + [",".join(str(rows[k][i]) for k in keys) for i in range(len(rows["ID"]))]
+        )
+        + "\n"
+    )
+    out = tmp_path / "out"
+    argv = ["calibrate", str(path), "--model", "seed", "--init", "p=1,q=0"]
+    assert main([*argv, "--simulations", "50", "--no-progress", "--out", str(out)]) == 0
+    est = {r["name"]: r for r in json.loads((out / "results.json").read_text())["estimates"]}
+    for name, value in truth.items():
+        r = est[name]
+        assert r["ci_low"] <= value <= r["ci_high"], (name, value, r)
+
+
+@pytest.mark.slow
+def test_covariate_power_model(tmp_path):
+    cal = calibrate(
+        str(THEOPH_CSV), "1cmt-oral-ke", covariates=["lCl~WT"], covariance="R", n_simulations=0
+    )
+    assert "beta_lCl_WT" in cal.fit.fixed_effects
+    assert cal.covariate_medians["WT"] == pytest.approx(
+        np.median(ode.read_events(THEOPH_CSV).baseline()["WT"])
+    )
+    assert any(r["name"] == "beta_lCl_WT" and np.isfinite(r["se"]) for r in cal.estimates)
+
+
+@pytest.mark.slow
+def test_api_in_fresh_process_with_jax_defaults(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import jax; assert not jax.config.jax_enable_x64\n"
+        "from invcal.ode.calibrate import calibrate\n"
+        f"c = calibrate({str(THEOPH_CSV)!r}, '1cmt-oral-ke', covariance='lme', n_simulations=0)\n"
+        "print(c.fit.fixed_effects['lKe'], c.standard_errors['lKa'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lke, se = map(float, out.stdout.split())
+    assert lke == pytest.approx(NLME["lKe"], abs=1e-3)
+    assert se == pytest.approx(NLME_SE_ML["lKa"], rel=1e-3)
