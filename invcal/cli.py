@@ -144,7 +144,10 @@ def _parser() -> _Parser:
 # module has ``add_parser(sub, name)`` (argparse only, no heavy import at module level) and
 # ``run(args) -> int``, and raises the errors ``main`` maps to one line (USER_ERRORS,
 # CommandError). The command line is the application layer: it may import every domain.
-DOMAIN_COMMANDS: dict[str, str] = {"calibrate": "invcal.ode.command"}
+DOMAIN_COMMANDS: dict[str, str] = {
+    "calibrate": "invcal.ode.command",
+    "reconstruct": "invcal.imaging.command",
+}
 
 
 def _domain_command(module: str):

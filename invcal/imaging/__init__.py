@@ -30,6 +30,8 @@ from .operators import (
     random_mask,
     variable_density_mask,
 )
+from .reconstruct import Reconstruction, reconstruct
+from .reconstruct_report import reconstruct_file
 from .tuning import MSE, PSNR, SURE, AbstractTVCriterion, tv_problem
 from .tv import (
     AbstractTVNorm,
@@ -103,6 +105,9 @@ __all__ = [
     "load_images",
     "mse",
     "psnr",
+    "Reconstruction",
+    "reconstruct",
+    "reconstruct_file",
     "split_bregman",
     "tv_problem",
 ]
