@@ -1,0 +1,86 @@
+r"""How the gradient of a PEtab objective is computed: strategy objects over diffrax's
+adjoints.
+
+With states x(t; θ) from ẋ = f(t, x, p(θ)) and an objective J(θ) = Σⱼ ℓⱼ(x(tⱼ; θ), θ):
+
+- :class:`Forward` integrates the forward sensitivities S = ∂x/∂θ, Ṡ = ∂f/∂x S + ∂f/∂θ
+  (one tangent per parameter: ``jax.jacfwd`` through ``diffrax.ForwardMode``). Its cost
+  grows with the number of parameters; it suits few parameters.
+- :class:`Adjoint` solves the adjoint ODE λ̇ = −(∂f/∂x)ᵀλ backwards from the last
+  measurement, with jumps ∂ℓⱼ/∂x at the measurement times, and
+  dJ/dθ = ∫ λᵀ ∂f/∂θ dt + ∂ℓ/∂θ (``diffrax.BacksolveAdjoint``, the continuous adjoint of
+  Chen et al. 2018, "Neural ordinary differential equations"; the state is recomputed
+  backwards). Its cost is independent of the number of parameters; its gradient is that of
+  the continuous problem, equal to the discrete one to the solver's tolerance.
+- :class:`Checkpointed` differentiates the solver's steps in reverse mode, storing
+  checkpoints (``diffrax.RecursiveCheckpointAdjoint``, binomial checkpointing of Griewank
+  and Walther, "Algorithm 799: revolve", 2000): the exact gradient of the discretised
+  solve, memory O(log(steps)) checkpoints.
+
+A pre-equilibration's steady state x̄(θ), f(x̄, p) = 0, is differentiated by the implicit
+function theorem, ∂x̄/∂θ = −(∂f/∂x)⁻¹ ∂f/∂θ, whichever strategy is chosen.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+
+__all__ = ["AbstractSensitivities", "Forward", "Adjoint", "Checkpointed"]
+
+
+class AbstractSensitivities(eqx.Module):
+    """A way to differentiate the ODE solves of a PEtab objective."""
+
+    @abc.abstractmethod
+    def diffrax_adjoint(self) -> dfx.AbstractAdjoint:
+        """The ``adjoint`` passed to ``diffrax.diffeqsolve``."""
+
+    @abc.abstractmethod
+    def value_and_grad(self, fn, x):
+        """``((fn(x), aux), ∇fn(x))`` for ``fn(x) -> (scalar, aux)``."""
+
+
+class Forward(AbstractSensitivities):
+    """Forward sensitivities: ``jax.jacfwd`` through ``diffrax.ForwardMode()``; cost
+    proportional to the number of parameters."""
+
+    def diffrax_adjoint(self):
+        return dfx.ForwardMode()
+
+    def value_and_grad(self, fn, x):
+        def both(y):
+            value, aux = fn(y)
+            return value, (value, aux)
+
+        grad, out = jax.jacfwd(both, has_aux=True)(x)
+        return out, grad
+
+
+class Adjoint(AbstractSensitivities):
+    """Continuous adjoint sensitivities: ``jax.grad`` through
+    ``diffrax.BacksolveAdjoint()`` (the backward solve uses the forward solve's solver and
+    tolerances)."""
+
+    def diffrax_adjoint(self):
+        return dfx.BacksolveAdjoint()
+
+    def value_and_grad(self, fn, x):
+        return jax.value_and_grad(fn, has_aux=True)(x)
+
+
+class Checkpointed(AbstractSensitivities):
+    """Discrete adjoint with checkpointing: ``jax.grad`` through
+    ``diffrax.RecursiveCheckpointAdjoint(checkpoints)`` (``None``: diffrax's default,
+    about log₂ of ``max_steps`` checkpoints)."""
+
+    checkpoints: int | None = eqx.field(default=None, static=True)
+
+    def diffrax_adjoint(self):
+        return dfx.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
+
+    def value_and_grad(self, fn, x):
+        return jax.value_and_grad(fn, has_aux=True)(x)
