@@ -2,12 +2,17 @@
 
 ``ODEModel`` declares a subject's ODE, ``read_events`` reads a NONMEM-style event table, and
 ``fit_population`` fits the population parameters by FOCEI or Laplace marginal likelihood
-with implicit hypergradients through each subject's MAP random effects.
+with implicit hypergradients through each subject's MAP random effects. ``calibrate`` (the
+command ``invcal calibrate``) runs a whole calibration of a user's table with a built-in
+model (:mod:`invcal.ode.models`) or their own: estimates with their uncertainty,
+shrinkage, residuals, NPDE and a visual predictive check.
 """
 
-from . import plots
+from . import models, plots
+from .calibrate import Calibration, calibrate
 from .events import Events, SubjectArrays, holdout_rows, read_events, subject_arrays
 from .model import ODEModel
+from .models import BuiltinModel, builtin_model, describe_models
 from .population import (
     FOCEI,
     AbstractApproximation,
@@ -34,7 +39,12 @@ __all__ = [
     "AbstractLaplace",
     "AbstractResidualError",
     "Additive",
+    "BuiltinModel",
+    "builtin_model",
+    "calibrate",
+    "Calibration",
     "Combined",
+    "describe_models",
     "Events",
     "FOCEI",
     "HeldOut",
@@ -45,6 +55,7 @@ __all__ = [
     "PopulationLM",
     "Proportional",
     "fit_population",
+    "models",
     "plots",
     "population_objective",
     "PopulationObjective",
