@@ -47,7 +47,7 @@ def read_image(path, what: str = "image") -> np.ndarray:
         else:
             import imageio.v3 as iio
 
-            arr = iio.imread(path)
+            arr = iio.imread(path, extension=suffix)
     except Exception as e:  # any decoder's failure: one line, what was expected
         detail = " ".join(str(e).split())[:160]
         raise ValueError(
