@@ -1,6 +1,7 @@
 """invcal: tune the hyperparameters of inverse problems and ODE models by hypergradients."""
 
 from . import compilation_cache as _compilation_cache
+from . import outer
 from ._version import __version__ as __version__
 from .diagnostics import (
     Diagnostics,
@@ -20,7 +21,18 @@ from .hypergradient import (
     solve,
 )
 from .implicit import Neumann
-from .outer import HOAG, RTHO, Secant, TuneResult, grid_search, random_search, tune
+from .outer import (
+    HOAG,
+    RTHO,
+    AbstractOuterSolver,
+    Optax,
+    Secant,
+    TuneResult,
+    grid_search,
+    random_search,
+    rtho,
+    tune,
+)
 from .problem import Problem
 from .solvers import (
     FISTA,
@@ -81,7 +93,11 @@ __all__ = [
     "Space",
     "Truncated",
     "Unrolled",
+    "AbstractOuterSolver",
     "HOAG",
+    "Optax",
+    "outer",
+    "rtho",
     "RTHO",
     "Secant",
     "TuneResult",

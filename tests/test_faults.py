@@ -349,7 +349,7 @@ def test_diverging_run_stops_at_once_saying_why(tmp_path, capsys):
     ],
 )
 def test_tampered_results_are_refused_naming_the_field(fake, tmp_path, capsys, edit, field):
-    import invcal.outer
+    import invcal.outer.driver
 
     out = tmp_path / "r"
     base = ["run", "fake", "--out", str(out), "--no-progress", "--no-landscape"]
@@ -359,12 +359,12 @@ def test_tampered_results_are_refused_naming_the_field(fake, tmp_path, capsys, e
     (out / "results.json").write_text(json.dumps(results))
     capsys.readouterr()
     calls = []
-    real = invcal.outer.hypergradient
-    invcal.outer.hypergradient = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = invcal.outer.driver.hypergradient
+    invcal.outer.driver.hypergradient = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         assert cli.main([*base, "--steps", "4", "--resume"]) == 2
     finally:
-        invcal.outer.hypergradient = real
+        invcal.outer.driver.hypergradient = real
     line = _error_line(capsys)
     assert str(out / "results.json") in line and field in line, line
     assert not calls  # refused before any hypergradient

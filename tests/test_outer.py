@@ -348,3 +348,43 @@ def test_tune_accepts_optax_lbfgs_as_a_transformation():
     as_object = ic.tune(problem, solver=ic.Newton(), optimizer=optax.lbfgs(), steps=15)
     assert float(as_object.theta["lam"]) == pytest.approx(float(by_name.theta["lam"]), rel=1e-6)
     assert as_object.value == pytest.approx(by_name.value, rel=1e-10)
+
+
+class _PlainGD(ic.AbstractOuterSolver):
+    """A user's own outer solver: z ← z − rate·dE/dz, its state the current z."""
+
+    rate: float = 1.0
+    name = "plain-gd"
+
+    def init(self, z0):
+        return z0
+
+    def point(self, state):
+        return ic.outer.Request(z=state)
+
+    def update(self, state, request, hg, gz, context):
+        return state - self.rate * gz, ic.outer.StepInfo()
+
+    def to_json(self, state):
+        return {"z": np.asarray(state).tolist()}
+
+    def from_json(self, saved, z0):
+        return jnp.asarray(saved["z"], dtype=z0.dtype)
+
+
+def test_a_users_outer_solver_runs_on_the_one_driver_and_resumes(tmp_path):
+    """An AbstractOuterSolver subclass gets the driver's history, results.json and resume:
+    its steps equal optax's SGD at the same rate, and 3 + 3 resumed steps equal 6."""
+    mine = ic.tune(PROBLEM, solver=SOLVER, optimizer=_PlainGD(0.5), steps=6)
+    sgd = ic.tune(PROBLEM, solver=SOLVER, optimizer="gd", learning_rate=0.5, steps=6)
+    np.testing.assert_allclose(
+        [r["z"] for r in mine.history], [r["z"] for r in sgd.history], rtol=1e-12
+    )
+    assert mine.results["optimizer"] == "plain-gd"
+    ic.tune(PROBLEM, solver=SOLVER, optimizer=_PlainGD(0.5), steps=3, out=tmp_path)
+    resumed = ic.tune(
+        PROBLEM, solver=SOLVER, optimizer=_PlainGD(0.5), steps=6, out=tmp_path, resume=True
+    )
+    np.testing.assert_allclose(
+        [r["z"] for r in resumed.history], [r["z"] for r in mine.history], rtol=1e-12
+    )
