@@ -282,3 +282,15 @@ def test_bad_arguments_of_the_function(brick):
         im.reconstruct(brick[:63], regularizer="elastic-net")
     with pytest.raises(ValueError, match="sigma must be 'auto' or a positive"):
         im.reconstruct(brick, sigma=0.0)
+
+
+@pytest.mark.parametrize("task", ["denoise", "deblur", "inpaint"])
+def test_a_second_call_compiles_nothing(brick, task):
+    from invcal.testing import count_compilations
+
+    kw = {"deblur": {"blur_sigma": 1.0}, "inpaint": {"mask": im.random_mask((N, N), 0.7)}}
+    noisy = brick + 0.05 * np.random.default_rng(8).standard_normal(brick.shape)
+    im.reconstruct(noisy, task=task, **kw.get(task, {}))
+    with count_compilations() as c:
+        im.reconstruct(noisy * 0.9, task=task, rule="sure", **kw.get(task, {}))
+    assert c.total == 0, c.names

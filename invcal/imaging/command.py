@@ -57,8 +57,19 @@ def add_parser(sub, name: str):
         "format and dtype), results.json and report.md with figures into --out.",
     )
     p.add_argument("image", help="the image file (PNG, TIFF, JPEG or NumPy .npy)")
-    p.add_argument("--task", choices=("denoise", "deblur", "inpaint"), default="denoise")
-    p.add_argument("--regularizer", choices=("tv", "elastic-net"), default="tv")
+    p.add_argument(
+        "--task",
+        choices=("denoise", "deblur", "inpaint"),
+        default="denoise",
+        help="the measurement: the image itself (default), blurred (--psf or --blur-sigma), "
+        "or with missing pixels (--mask)",
+    )
+    p.add_argument(
+        "--regularizer",
+        choices=("tv", "elastic-net"),
+        default="tv",
+        help="isotropic total variation (default) or an elastic net on db4 wavelets",
+    )
     p.add_argument(
         "--sigma",
         type=_sigma,
@@ -68,10 +79,18 @@ def add_parser(sub, name: str):
     )
     p.add_argument("--psf", help="deblur: the point-spread function (image or .npy file)")
     p.add_argument(
-        "--blur-sigma", type=_positive, help="deblur: a Gaussian point-spread function's width"
+        "--blur-sigma",
+        type=_positive,
+        help="deblur: the width (pixels) of a Gaussian point-spread function",
     )
     p.add_argument("--mask", help="inpaint: the mask file, nonzero on the observed pixels")
-    p.add_argument("--rule", choices=("sure", "discrepancy"), default="sure")
+    p.add_argument(
+        "--rule",
+        choices=("sure", "discrepancy"),
+        default="sure",
+        help="how λ is chosen: Stein's unbiased risk estimate (default) or the discrepancy "
+        "principle ‖Au − y‖² = mσ²",
+    )
     p.add_argument("--out", help="output folder (default: runs/reconstruct-<image name>)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")

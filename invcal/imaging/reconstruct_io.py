@@ -13,6 +13,7 @@ float32 TIFF.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,9 @@ def read_image(path, what: str = "image") -> np.ndarray:
         else:
             import imageio.v3 as iio
 
-            arr = iio.imread(path, extension=suffix)
+            with warnings.catch_warnings():  # imageio's plugin search on a file it can't read
+                warnings.simplefilter("ignore", DeprecationWarning)
+                arr = iio.imread(path, extension=suffix)
     except Exception as e:  # any decoder's failure: one line, what was expected
         detail = " ".join(str(e).split())[:160]
         raise ValueError(
