@@ -29,6 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from .diagnostics import Diagnostics, OnFailure, enforce, no_linear_solve
 from .implicit import (
+    LinearSolve,
     adjoint_solve,
     implicit_solution,
     system_spec,
@@ -40,6 +41,7 @@ from .solvers.fixed_point import FixedSteps
 
 __all__ = [
     "AbstractHypergradient",
+    "AbstractImplicitMethod",
     "Implicit",
     "Unrolled",
     "ForwardUnrolled",
@@ -76,11 +78,45 @@ class AbstractHypergradient(eqx.Module):
         """x*(θ) (or x_T(θ)), differentiable in θ and data by this method."""
 
     @abc.abstractmethod
-    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
-        """(value, grad, x, diagnostics, adjoint) at θ."""
+    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol) -> Hypergradient:
+        """E, dE/dθ, x, diagnostics and the adjoint to carry, at θ."""
 
     def check(self, problem, solver) -> None:
         """Raise a clear error, before any work, if the method cannot serve this pair."""
+
+    def initial_adjoint(self, x0):
+        """The adjoint a cold start carries (zeros for a warm-started adjoint solve, so that
+        the first and later outer steps share one compilation), or ``None``."""
+        return None
+
+
+class AbstractImplicitMethod(AbstractHypergradient):
+    """Implicit differentiation as a template: :meth:`compute` solves the inner problem,
+    takes the criterion's gradients and asks the method for the implicit term
+    −(∂F/∂θ)ᵀA⁻ᵀ∇ₓE, whose linear system every method solves with
+    :func:`invcal.implicit.solve_system`; the diagnostics are assembled here, once."""
+
+    @abc.abstractmethod
+    def implicit_term(self, problem, x, theta, grad_x, adjoint0, linear_tol):
+        """(the implicit part of dE/dθ, the :class:`~invcal.implicit.LinearSolve` whose
+        statistics are reported, the adjoint to carry to the next step)."""
+
+    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol) -> Hypergradient:
+        sol = solver.solve(problem, x0, theta, tol=tol)
+        criterion = jax.value_and_grad(problem.criterion, argnums=(0, 1))
+        value, (gx, gth) = criterion(sol.x, theta, problem.data)
+        term, lin, adjoint = self.implicit_term(problem, sol.x, theta, gx, adjoint0, linear_tol)
+        diag = Diagnostics(
+            inner_steps=sol.num_steps,
+            inner_residual=sol.residual,
+            inner_converged=sol.converged,
+            linear_steps=jnp.asarray(lin.steps),
+            linear_residual=lin.residual,
+            linear_converged=lin.ok,
+            inner_curvature=sol.curvature,
+        )
+        grad = jax.tree_util.tree_map(jnp.add, gth, term)
+        return Hypergradient(value=value, grad=grad, x=sol.x, diagnostics=diag, adjoint=adjoint)
 
 
 # --------------------------------------------------------------------------------------
@@ -89,7 +125,7 @@ class AbstractHypergradient(eqx.Module):
 _MODES = ("reverse", "forward")
 
 
-class Implicit(AbstractHypergradient):
+class Implicit(AbstractImplicitMethod):
     r"""Implicit differentiation: dx*/dθ = −A⁻¹ ∂F/∂θ with A = ∂F/∂x at x*.
 
     **Arguments**
@@ -188,42 +224,34 @@ class Implicit(AbstractHypergradient):
             stripped, x, theta, problem.data, spec=spec, linear_solver=lin, use_mask=self.active_set
         )
 
-    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
+    def initial_adjoint(self, x0):
+        if self.mode != "reverse":
+            return None
+        return jax.tree_util.tree_map(
+            lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a, float)), x0
+        )
+
+    def implicit_term(self, problem, x, theta, gx, adjoint0, linear_tol):
         data = problem.data
-        sol = solver.solve(problem, x0, theta, tol=tol)
-        x = sol.x
         lin = self._linear(problem, linear_tol, float_dtype(x))
         spec = self._spec(problem, lin)
         mask = problem.support(x, theta, data) if self.active_set else None
-        value, (gx, gth) = jax.value_and_grad(problem.criterion, argnums=(0, 1))(x, theta, data)
         if self.mode == "reverse":
             y0 = None
             if self.warm_start and adjoint0 is not None:
                 # lineax wants y0 exactly like the right-hand side (the zero cold start is
                 # made from x0, whose dtype may differ).
                 y0 = jax.tree_util.tree_map(lambda y, g: jnp.asarray(y, g.dtype), adjoint0, gx)
-            v, g_impl, steps, rel, ok = adjoint_solve(
+            v, term, steps, rel, ok = adjoint_solve(
                 problem, spec, x, theta, data, gx, linear_solver=lin, mask=mask, y0=y0
             )
-            grad = jax.tree_util.tree_map(jnp.add, gth, g_impl)
-        else:
-            flat, unravel = ravel_pytree(theta)
-            Z, steps, rel, ok = tangent_solve(
-                problem, spec, x, flat, unravel, data, linear_solver=lin, mask=mask
-            )
-            g_flat = ravel_pytree(gth)[0] + jax.vmap(lambda z: _tree_vdot(z, gx))(Z)
-            grad = unravel(g_flat)
-            v = adjoint0
-        diag = Diagnostics(
-            inner_steps=sol.num_steps,
-            inner_residual=sol.residual,
-            inner_converged=sol.converged,
-            linear_steps=steps,
-            linear_residual=rel,
-            linear_converged=ok,
-            inner_curvature=sol.curvature,
+            return term, LinearSolve(value=v, steps=steps, residual=rel, ok=ok), v
+        flat, unravel = ravel_pytree(theta)
+        Z, steps, rel, ok = tangent_solve(
+            problem, spec, x, flat, unravel, data, linear_solver=lin, mask=mask
         )
-        return value, grad, x, diag, v
+        term = unravel(jax.vmap(lambda z: _tree_vdot(z, gx))(Z))
+        return term, LinearSolve(value=Z, steps=steps, residual=rel, ok=ok), adjoint0
 
 
 # --------------------------------------------------------------------------------------
@@ -312,7 +340,7 @@ class _AbstractUnrolled(AbstractHypergradient):
         f = self._objective(problem, solver, x0)
         (value, x), grad = jax.value_and_grad(f, has_aux=True)(theta)
         diag = _unrolled_diag(solver, problem, x, theta, self._n(solver), tol)
-        return value, grad, x, diag, adjoint0
+        return Hypergradient(value=value, grad=grad, x=x, diagnostics=diag, adjoint=adjoint0)
 
 
 class Unrolled(_AbstractUnrolled):
@@ -338,7 +366,8 @@ class ForwardUnrolled(_AbstractUnrolled):
 
         grad_flat, (value, x) = jax.jacfwd(g, has_aux=True)(flat)
         diag = _unrolled_diag(solver, problem, x, theta, self._n(solver), tol)
-        return value, unravel(grad_flat), x, diag, adjoint0
+        grad = unravel(grad_flat)
+        return Hypergradient(value=value, grad=grad, x=x, diagnostics=diag, adjoint=adjoint0)
 
 
 class Truncated(_AbstractUnrolled):
@@ -476,12 +505,9 @@ def _solution(method, problem, theta, solver, x0):
 
 @eqx.filter_jit
 def _compute(method, problem, theta, solver, x0, adjoint0, tol, linear_tol):
-    value, grad, x, diag, adjoint = method.compute(
-        problem, theta, solver, x0, adjoint0, tol, linear_tol
-    )
-    finite = jnp.all(jnp.isfinite(value)) & _all_finite(grad)
-    diag = eqx.tree_at(lambda d: d.finite, diag, finite)
-    return value, grad, x, diag, adjoint
+    hg = method.compute(problem, theta, solver, x0, adjoint0, tol, linear_tol)
+    finite = jnp.all(jnp.isfinite(hg.value)) & _all_finite(hg.grad)
+    return eqx.tree_at(lambda h: h.diagnostics.finite, hg, finite)
 
 
 def _all_finite(tree):
@@ -529,10 +555,8 @@ def hypergradient(
     # Normalise the arguments that vary between outer steps so that the compiled
     # computation is reused: a cold start and a warm start (zero initial adjoint, lineax's
     # own default) or a default and an explicit tolerance would otherwise trace twice.
-    if adjoint0 is None and isinstance(method, Implicit) and method.mode == "reverse":
-        adjoint0 = jax.tree_util.tree_map(
-            lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a, float)), x0
-        )
+    if adjoint0 is None:
+        adjoint0 = method.initial_adjoint(x0)
     # The tolerance is an array, so neither its value nor default-vs-explicit recompiles;
     # the default is the solver's for the dtype the iterates will have.
     if tol is None:
@@ -540,11 +564,10 @@ def hypergradient(
     tol = jnp.asarray(tol, dtype=float)
     linear_tol = None if linear_tol is None else jnp.asarray(linear_tol, dtype=float)
     try:
-        value, grad, x, diag, adjoint = _compute(
-            method, problem, theta, solver, x0, adjoint0, tol, linear_tol
-        )
+        out = _compute(method, problem, theta, solver, x0, adjoint0, tol, linear_tol)
     except (TypeError, ValueError) as e:
         _explain(problem, theta, x0, e)
         raise
-    out = Hypergradient(value=value, grad=grad, x=x, diagnostics=diag, adjoint=adjoint)
-    return enforce(diag, policy, out, where=f"invcal.hypergradient({type(method).__name__})")
+    return enforce(
+        out.diagnostics, policy, out, where=f"invcal.hypergradient({type(method).__name__})"
+    )

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import lineax as lx
 from jax.flatten_util import ravel_pytree
 
-from ..diagnostics import Diagnostics
-from ..hypergradient import AbstractHypergradient
-from ..implicit import _check_scaled_tolerance, solve_system, solve_system_in_rule
+from ..hypergradient import AbstractImplicitMethod
+from ..implicit import LinearSolve, _check_scaled_tolerance, solve_system, solve_system_in_rule
 from .problem import AbstractLinearMap, _require_lasso, _shape, matvec, rmatvec
 
 __all__ = ["SupportImplicit"]
@@ -111,7 +110,7 @@ def _support_solution_jvp(primals, tangents, *, fb, K, linear_solver):
     return x, tangent
 
 
-class SupportImplicit(AbstractHypergradient):
+class SupportImplicit(AbstractImplicitMethod):
     r"""Implicit hypergradient of Lasso-type problems restricted to the support of x*
     (Bertrand, Klopfenstein, Massias, Blondel, Vaiter, Gramfort & Salmon 2020/2022).
 
@@ -185,13 +184,10 @@ class SupportImplicit(AbstractHypergradient):
             return jax.vmap(one)(x, problem.data)
         return one(x, problem.data)
 
-    def compute(self, problem, theta, solver, x0, adjoint0, tol, linear_tol):
+    def implicit_term(self, problem, x, theta, gx, adjoint0, linear_tol):
         fb, batched = _require_lasso(problem, "SupportImplicit")
         data = problem.data
         lin = self._linear(linear_tol)
-        sol = solver.solve(problem, x0, theta, tol=tol)
-        x = sol.x
-        value, (gx, gth) = jax.value_and_grad(problem.criterion, argnums=(0, 1))(x, theta, data)
         p = x.shape[-1]
         # The support's slots: the smallest of a few static sizes that holds the largest
         # support (of all folds), one compiled branch each. A linear solve on K slots costs
@@ -241,7 +237,7 @@ class SupportImplicit(AbstractHypergradient):
                 return run
 
             g_impl, v_full, steps, rel, ok = jax.lax.switch(level, [reverse(K) for K in sizes])
-            grad = jax.tree_util.tree_map(jnp.subtract, gth, g_impl)
+            term = jax.tree_util.tree_map(jnp.negative, g_impl)
             adjoint_out = v_full if self.warm_start else None
         else:
             flat, unravel = ravel_pytree(theta)
@@ -270,14 +266,7 @@ class SupportImplicit(AbstractHypergradient):
                 return run
 
             dE, steps, rel, ok = jax.lax.switch(level, [forward(K) for K in sizes])
-            grad = unravel(ravel_pytree(gth)[0] + dE)
-            adjoint_out = adjoint0
-        diag = Diagnostics(
-            inner_steps=sol.num_steps,
-            inner_residual=sol.residual,
-            inner_converged=sol.converged,
-            linear_steps=jnp.asarray(steps),
-            linear_residual=rel,
-            linear_converged=ok,
-        )
-        return value, grad, x, diag, adjoint_out
+            term = unravel(dE)
+            v_full, adjoint_out = None, adjoint0
+        stats = LinearSolve(value=v_full, steps=jnp.asarray(steps), residual=rel, ok=ok)
+        return term, stats, adjoint_out
