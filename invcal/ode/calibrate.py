@@ -336,6 +336,7 @@ def prepare(
     init=None,
     covariates=None,
     model_options=None,
+    censoring="m3",
 ) -> dict:
     """Every check of :func:`calibrate`, no compilation: the resolved model, the table
     (adapted to the model, covariates centred) and the fit's arguments."""
@@ -393,6 +394,18 @@ def prepare(
     skip = {model_options.get("input", "U")} if entry is not None and entry.options else set()
     baseline = {c: v for c, v in events.baseline().items() if c not in skip}
     events, medians = _center_covariates(events, covs)
+    _choice("censoring", censoring, ("m3", "m1"))
+    n_cens = int(events.is_censored.sum())
+    if n_cens and censoring == "m1":  # drop them (Beal's M1)
+        events = dataclasses.replace(
+            events, mdv=np.where(events.is_censored, 1, events.mdv), cens=None
+        )
+    elif n_cens and approximation != "laplace":
+        raise ValueError(
+            f"{events.source} has {n_cens} observation(s) below the limit of quantification; "
+            "their M3 likelihood needs --approximation laplace (NONMEM's LAPLACIAN), or pass "
+            "--censoring m1 to drop them."
+        )
     start = dict(entry.initial_estimates(events)) if entry and entry.initial_estimates else {}
     missing = [p for p in params if p not in init and p not in start]
     if missing:
@@ -410,6 +423,8 @@ def prepare(
         "medians": medians,
         "baseline": baseline,
         "init": start,
+        "censoring": ("M3" if censoring == "m3" else "M1") if n_cens else "none",
+        "n_censored": n_cens,
         "error": error,
         "omega": omega,
         "approximation": approximation,
@@ -430,6 +445,7 @@ def calibrate(
     init=None,
     covariates=None,
     model_options=None,
+    censoring: str = "m3",
     n_simulations: int = 500,
     seed: int = 0,
     vpc_bins: int | None = None,
@@ -452,6 +468,10 @@ def calibrate(
     - ``init``: initial values by name (fixed effects, ``omega_<p>``, ``sigma_*``,
       ``beta_*``); built-in PK models start from non-compartmental estimates otherwise.
     - ``covariates``: ``"lCl~WT"`` strings (power model centred at the median).
+    - ``censoring``: for observations below the limit of quantification (CENS/LLOQ
+      columns): ``"m3"`` (default; their likelihood P(y < limit), Beal 2001; needs
+      ``approximation="laplace"``) or ``"m1"`` (drop them). Their residuals and NPDE are
+      NaN (not defined for a censored value).
     - ``n_simulations``, ``seed``: the simulations of NPDE and the VPC (0: none);
       ``vpc_bins``: number of time bins (default: the distinct times if at most 12, else 10
       quantile bins, each drawn at its median time); ``prediction_corrected``: pcVPC.
@@ -477,6 +497,7 @@ def calibrate(
         init=init,
         covariates=covariates,
         model_options=model_options,
+        censoring=censoring,
     )
     ode_model = prep["model"]
     if rtol is not None and isinstance(model, str) and ":" not in model:
@@ -520,6 +541,8 @@ def calibrate(
         "covariates": {p: list(c) for p, c in prep["covariates"].items()},
         "init": prep["init"],
         "model_options": dict(model_options or {}),
+        "censoring": prep["censoring"],
+        "n_censored": prep["n_censored"],
         "n_simulations": int(n_simulations),
         "seed": int(seed),
         "prediction_corrected": bool(prediction_corrected),
@@ -769,6 +792,7 @@ def _diagnostics(fit, pred) -> dict:
     dv = np.asarray(arrays.dv)
     eta = np.asarray(run["eta"])
     ridx = [params.index(p) for p in pop.random]
+    cens = None if arrays.cens is None else np.asarray(arrays.cens)
     out = {k: [] for k in ("ID", "TIME", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
     for i, sid in enumerate(events.subjects):
         m = mask[i]
@@ -782,8 +806,13 @@ def _diagnostics(fit, pred) -> dict:
         out["DV"].append(y)
         out["PRED"].append(pred[i][m])
         out["IPRED"].append(fi)
-        out["IWRES"].append((y - fi) / np.sqrt(R))
-        out["CWRES"].append(_inv_sqrt(C) @ (y - mean))
+        iw = (y - fi) / np.sqrt(R)
+        cw = _inv_sqrt(C) @ (y - mean)
+        if cens is not None:
+            iw = np.where(cens[i][m], np.nan, iw)
+            cw = np.where(cens[i][m], np.nan, cw)
+        out["IWRES"].append(iw)
+        out["CWRES"].append(cw)
     return {
         k: np.concatenate(v) if k != "ID" else np.asarray(v, dtype=object) for k, v in out.items()
     }
@@ -796,7 +825,7 @@ def _shrinkage(fit, diag) -> dict:
         else float("nan")
         for p in fit.random_sd
     }
-    iwres = diag["IWRES"]
+    iwres = diag["IWRES"][np.isfinite(diag["IWRES"])]  # censored observations: NaN
     eps = float(1.0 - np.std(iwres, ddof=1)) if iwres.size > 1 else float("nan")
     return {"eta": eta, "epsilon": eps}
 
@@ -848,7 +877,10 @@ def _npde(fit, diag, sims) -> np.ndarray:
         sim = (ys - mu) @ W.T
         pde = np.mean(sim < obs[None, :], axis=0)
         pde = np.clip(pde, 1.0 / (2 * K), 1.0 - 1.0 / (2 * K))
-        out.append(ndtri(pde))
+        npde = ndtri(pde)
+        if arrays.cens is not None:
+            npde = np.where(np.asarray(arrays.cens)[i][m], np.nan, npde)
+        out.append(npde)
     return np.concatenate(out)
 
 

@@ -126,7 +126,10 @@ def _figures(cal, out: Path) -> list[tuple[str, str]]:
     figs.append((f"Individual fits: DV, IPRED and PRED per subject{more}", "individual_fits.png"))
 
     npde = d["NPDE"]
-    if np.all(np.isfinite(npde)) and npde.size:
+    finite = np.isfinite(npde)
+    if finite.any():
+        t_npde = d["TIME"][finite]
+        npde = npde[finite]
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
         axes[0].hist(npde, bins=min(30, max(5, npde.size // 6)), density=True, alpha=0.7)
         xs = np.linspace(-4, 4, 200)
@@ -141,7 +144,7 @@ def _figures(cal, out: Path) -> list[tuple[str, str]]:
         axes[1].set_xlabel("N(0, 1) quantiles")
         axes[1].set_ylabel("NPDE")
         axes[1].set_title("NPDE QQ plot", fontsize=10)
-        axes[2].plot(d["TIME"], npde, "o", ms=3, alpha=0.7)
+        axes[2].plot(t_npde, npde, "o", ms=3, alpha=0.7)
         axes[2].axhline(0.0, color="k", lw=0.8)
         axes[2].set_xlabel("TIME")
         axes[2].set_ylabel("NPDE")
@@ -216,6 +219,13 @@ def _markdown(cal, figures) -> str:
         f"({o['omega']} Omega); {o['error']} residual error",
         f"- estimation: {fit.method} ({fit.algorithm}); {fit.message}; {fit.iterations} iterations",
         f"- covariance of the estimates: {_COV_TEXT[cal.covariance]}",
+        "- observations below the limit of quantification: "
+        + {
+            "none": "none in the table",
+            "M3": f"{o['n_censored']}, M3 likelihood P(y < limit) (their residuals and "
+            "NPDE are not defined: left out)",
+            "M1": f"{o['n_censored']}, dropped (M1)",
+        }[o.get("censoring", "none")],
     ]
     if o["covariates"]:
         med = ", ".join(f"{c} median {_g(v)}" for c, v in cal.covariate_medians.items())
@@ -283,12 +293,13 @@ def _markdown(cal, figures) -> str:
         "",
     ]
     d = cal.diagnostics
+    cw, nd = d["CWRES"][np.isfinite(d["CWRES"])], d["NPDE"][np.isfinite(d["NPDE"])]
     lines.append(
-        f"CWRES mean {_g(np.mean(d['CWRES']), 3)}, SD {_g(np.std(d['CWRES'], ddof=1), 3)}; "
+        f"CWRES mean {_g(np.mean(cw), 3)}, SD {_g(np.std(cw, ddof=1), 3)}; "
         + (
-            f"NPDE mean {_g(np.mean(d['NPDE']), 3)}, SD {_g(np.std(d['NPDE'], ddof=1), 3)} "
+            f"NPDE mean {_g(np.mean(nd), 3)}, SD {_g(np.std(nd, ddof=1), 3)} "
             f"({o['n_simulations']} simulations, seed {o['seed']})"
-            if np.all(np.isfinite(d["NPDE"]))
+            if nd.size
             else "no NPDE (no simulations)"
         )
         + ". Per-observation values: diagnostics.csv."

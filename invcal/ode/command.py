@@ -50,6 +50,12 @@ def add_parser(sub, name: str):
         metavar="P~COL",
         help="power covariate model on the log scale centred at the median (repeatable)",
     )
+    p.add_argument(
+        "--censoring",
+        default="m3",
+        help="observations below LLOQ (CENS/LLOQ columns): m3 (likelihood; needs "
+        "--approximation laplace) or m1 (drop)",
+    )
     p.add_argument("--input", help="seed model: the column of u(t) (default U)")
     p.add_argument("--t0", type=float, help="seed model: the initial time (default 0)")
     p.add_argument("--interpolation", help="seed model: u(t) 'constant' (default) or 'linear'")
@@ -158,6 +164,7 @@ def run(args) -> int:
         init=_parse_init(args.init),
         covariates=args.covariate or None,
         model_options=model_options,
+        censoring=args.censoring,
     )
     prep = prepare(args.data, args.model, **kwargs)  # every check, nothing compiled
     out = Path(args.out) if args.out else Path("runs") / f"calibrate-{Path(args.data).stem}"

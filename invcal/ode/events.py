@@ -13,6 +13,8 @@ A table has one row per record, grouped by subject and sorted by time within a s
 | CMT | dose compartment, 1-based index into the model's states | 1 |
 | MDV | 1: the row has no observation | 1 where EVID ≠ 0, else 0 |
 | RATE | 0: bolus; > 0: zero-order infusion of AMT at RATE (duration AMT/RATE) | 0 |
+| CENS | 1: the observation is below the limit of quantification, DV holds the limit | 0 |
+| LLOQ | limit of quantification: DV < LLOQ (or missing) is censored at LLOQ | none |
 
 Every other column is a covariate (its value on a subject's first row is the subject's
 baseline covariate), unless ``covariates=`` lists the allowed ones; a column whose name
@@ -42,7 +44,7 @@ import numpy as np
 __all__ = ["Events", "SubjectArrays", "holdout_rows", "read_events", "subject_arrays"]
 
 REQUIRED = ("ID", "TIME", "DV")
-OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE")
+OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE", "CENS", "LLOQ")
 RESERVED = REQUIRED + OPTIONAL
 UNSUPPORTED = {
     "SS": "steady-state dosing",
@@ -73,6 +75,14 @@ class Events:
     row: np.ndarray
     source: str = "table"
     subjects: tuple = field(default=())
+    cens: np.ndarray | None = None
+
+    @property
+    def is_censored(self) -> np.ndarray:
+        """Observations below their limit of quantification (DV holds the limit)."""
+        if self.cens is None:
+            return np.zeros(self.id.shape[0], bool)
+        return self.cens & self.is_observation
 
     @property
     def is_observation(self) -> np.ndarray:
@@ -319,6 +329,8 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
     cmt = num("CMT")
     rate = num("RATE", default=0.0)
     rate = np.where(np.isnan(rate), 0.0, rate)
+    cens = num("CENS")
+    lloq = num("LLOQ")
     cov_values = {c: num(c) for c in covs}
     rows = np.arange(1, n + 1)
 
@@ -357,7 +369,15 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
                     f"{where(i)}: CMT is {_num(c)}; a dose needs a compartment number >= 1 "
                     "(1-based index into the model's states)."
                 )
-        if e == 0.0 and mdv[i] == 0.0 and not math.isfinite(dv[i] if dv is not None else np.nan):
+        censored_here = (cens is not None and cens[i] == 1.0) or (
+            lloq is not None and math.isfinite(lloq[i])
+        )
+        if (
+            e == 0.0
+            and mdv[i] == 0.0
+            and not censored_here
+            and not math.isfinite(dv[i] if dv is not None else np.nan)
+        ):
             raise ValueError(
                 f"{where(i)}: DV is {cols['DV'][i]!r} on an observation row (EVID=0, MDV=0); "
                 "observations need a finite DV. Mark the row MDV=1 to skip it."
@@ -387,6 +407,7 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
                 f"{where(i)}: TIME {time[i]:g} is before the previous row's {time[i - 1]:g}; "
                 "sort each subject's rows by TIME."
             )
+    cens_out = _censoring(cens, lloq, dv, evid, mdv, where)
     is_obs = (evid == 0) & (mdv == 0)
     starts, _ = _blocks(ids)
     n_obs = np.add.reduceat(is_obs.astype(int), starts)
@@ -397,6 +418,8 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
             "EVID=0 and MDV=0); drop the subject or add its observations."
         )
     dv_clean = np.where(is_obs, dv if dv is not None else 0.0, np.nan)
+    if cens_out is not None:
+        dv_clean = np.where(cens_out[0] & is_obs, cens_out[1], dv_clean)
     return Events(
         id=ids,
         time=time,
@@ -410,7 +433,40 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
         row=rows,
         source=source,
         subjects=tuple(subjects),
+        cens=None if cens_out is None else cens_out[0] & is_obs,
     )
+
+
+def _censoring(cens, lloq, dv, evid, mdv, where):
+    """(censored rows, their limits) from CENS and/or LLOQ, or None without either column.
+
+    CENS = 1: DV holds the limit (or, with an LLOQ column, LLOQ is the limit). Without CENS,
+    an observation with DV < LLOQ or a missing DV and a finite LLOQ is censored at LLOQ."""
+    if cens is None and lloq is None:
+        return None
+    n = evid.shape[0]
+    flag = np.zeros(n, bool)
+    limit = np.full(n, np.nan)
+    for i in range(n):
+        obs = evid[i] == 0 and mdv[i] == 0
+        c = 0.0 if cens is None or np.isnan(cens[i]) else cens[i]
+        if c not in (0.0, 1.0):
+            raise ValueError(
+                f"{where(i)}: CENS is {_num(c)}; use 0 (observed) or 1 (below the limit of "
+                "quantification, M3; upper limits, CENS=-1, are not supported)."
+            )
+        lim = np.nan if lloq is None else lloq[i]
+        y = np.nan if dv is None else dv[i]
+        if c == 1.0:
+            lim = lim if math.isfinite(lim) else y
+            if obs and not math.isfinite(lim):
+                raise ValueError(
+                    f"{where(i)}: CENS=1 needs the limit of quantification in DV (or LLOQ)."
+                )
+            flag[i], limit[i] = obs, lim
+        elif cens is None and math.isfinite(lim) and (not math.isfinite(y) or y < lim):
+            flag[i], limit[i] = obs, lim
+    return flag, limit
 
 
 # --------------------------------------------------------------------------------------
@@ -427,6 +483,9 @@ class SubjectArrays(eqx.Module):
       ``obs_mask`` False); ``holdout`` (N, M): the held-out observations (not in
       ``obs_mask``; scored by the held-out criterion only).
     - ``cov`` (N, C): baseline covariates (columns ordered as ``names``).
+    - ``cens`` (N, M): observations below their limit of quantification (``dv`` holds the
+      limit; the likelihood takes P(y < limit), NONMEM's M3), or None when the table has
+      no censored observation.
     """
 
     seg_t0: jax.Array
@@ -440,6 +499,7 @@ class SubjectArrays(eqx.Module):
     holdout: jax.Array
     cov: jax.Array
     names: tuple[str, ...] = eqx.field(static=True, default=())
+    cens: jax.Array | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -579,6 +639,8 @@ def subject_arrays(
     dv = np.zeros((N, M))
     mask = np.zeros((N, M), dtype=bool)
     held = np.zeros((N, M), dtype=bool)
+    cens = np.zeros((N, M), dtype=bool)
+    rows_cens = events.is_censored
     rows_out = np.zeros(events.id.shape[0], bool) if holdout is None else np.asarray(holdout)
     for n, (segs, oseg, ot, odv, orow) in enumerate(per):
         for k, sg in enumerate(segs):
@@ -591,6 +653,7 @@ def subject_arrays(
         m = len(ot)
         obs_t[n, :m], obs_seg[n, :m], dv[n, :m] = ot, oseg, odv
         held[n, :m] = rows_out[orow]
+        cens[n, :m] = rows_cens[orow]
         mask[n, :m] = ~held[n, :m]
         obs_t[n, m:], obs_seg[n, m:] = (ot[-1], oseg[-1]) if m else (0.0, 0)
     base = events.baseline()
@@ -607,4 +670,5 @@ def subject_arrays(
         holdout=jax.numpy.asarray(held),
         cov=jax.numpy.asarray(cov, dtype=float),
         names=tuple(covariates),
+        cens=jax.numpy.asarray(cens) if cens.any() else None,
     )

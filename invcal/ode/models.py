@@ -235,11 +235,13 @@ def _prepare_seed(events: Events, *, input: str = "U", t0: float = 0.0, interpol
             "the seed model has one state x (CMT=1); its input comes from the "
             f"column {input!r}."
         )
-    cols = {k: [] for k in ("ID", "TIME", "DV", "AMT", "EVID", "CMT", "MDV", "RATE")}
+    cols = {k: [] for k in ("ID", "TIME", "DV", "AMT", "EVID", "CMT", "MDV", "RATE", "CENS")}
+    censored = events.is_censored
     covs = {c: [] for c in events.covariates}
 
-    def add(i, time, dv, amt, evid, cmt, mdv, rate):
-        for k, v in zip(cols, (events.id[i], time, dv, amt, evid, cmt, mdv, rate), strict=True):
+    def add(i, time, dv, amt, evid, cmt, mdv, rate, cens=0):
+        values = (events.id[i], time, dv, amt, evid, cmt, mdv, rate, cens)
+        for k, v in zip(cols, values, strict=True):
             cols[k].append(v)
         for c in covs:
             covs[c].append(events.covariates[c][i])
@@ -297,8 +299,11 @@ def _prepare_seed(events: Events, *, input: str = "U", t0: float = 0.0, interpol
                     int(events.cmt[i]),
                     int(events.mdv[i]),
                     events.rate[i],
+                    int(censored[i]),
                 )
     table = {k: np.asarray(v) for k, v in cols.items()}
+    if not censored.any():
+        del table["CENS"]
     table["DV"] = np.where(np.isnan(table["DV"]), ".", table["DV"].astype(str))
     table.update({c: np.asarray(v) for c, v in covs.items()})
     return read_events(table, source=events.source)

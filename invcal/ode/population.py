@@ -401,12 +401,18 @@ class Population(eqx.Module):
         return lambda eta, th=theta: taylor(jets, self.phi(eta, th, subject.cov) - phi0)
 
     def inner_objective(self, f, eta, theta, subject):
-        """Lᵢ = ½ Σⱼ [(y − f)²/R + log 2πR] + ½ ηᵀΩ⁻¹η over the observed entries."""
+        """Lᵢ = ½ Σⱼ [(y − f)²/R + log 2πR] + ½ ηᵀΩ⁻¹η over the observed entries; an
+        observation below its limit of quantification (``subject.cens``; y holds the limit)
+        contributes −2 log Φ((y − f)/√R) to the sum instead (Beal 2001's M3)."""
         R = self.error.variance(f, theta)
         m = subject.obs_mask
         R = jnp.where(m, R, 1.0)
         r = jnp.where(m, subject.dv - f, 0.0)
-        data = jnp.sum(jnp.where(m, r * r / R + jnp.log(R) + _LOG2PI, 0.0))
+        terms = r * r / R + jnp.log(R) + _LOG2PI
+        if subject.cens is not None:
+            below = -2.0 * jax.scipy.special.log_ndtr(r / jnp.sqrt(R))
+            terms = jnp.where(subject.cens, below, terms)
+        data = jnp.sum(jnp.where(m, terms, 0.0))
         quad, _ = self.omega_prior(eta, theta)
         return 0.5 * (data + quad)
 
@@ -420,6 +426,8 @@ class Population(eqx.Module):
         m = subject.obs_mask
         R = jnp.where(m, R, 1.0)
         W = jnp.where(m, 1.0 / R + 0.5 * (dR / R) ** 2, 0.0)
+        if subject.cens is not None:  # M3 terms: no Gaussian information (Laplace uses ∇²L)
+            W = jnp.where(subject.cens, 0.0, W)
         return J.T @ (W[:, None] * J) + self.omega_inv(theta)
 
     def neg_loglik(self, f_of_eta, eta, theta, subject):
@@ -1379,8 +1387,9 @@ def fit_population(
       from parameter values that make the ODE stiff).
 
     - ``algorithm``: ``"auto"`` (default): ``"lindstrom-bates"`` for FOCEI with additive
-      error (nlme's estimates; should its iteration not settle within ``max_iter``, the
-      fit goes on by ``"lbfgs"`` from where it stopped), ``"lbfgs"`` otherwise.
+      error and no censored observations (nlme's estimates; should its iteration not
+      settle within ``max_iter``, the fit goes on by ``"lbfgs"`` from where it stopped),
+      ``"lbfgs"`` otherwise.
       ``"lbfgs"``: the exact maximum (or, for ``"heldout"``, minimum) of the criterion
       by L-BFGS (memory 10, Armijo backtracking) in the unconstrained coordinates z (log
       SDs) with implicit hypergradients, compiled as one loop; every evaluation starts the
@@ -1419,15 +1428,21 @@ def fit_population(
         raise ValueError(
             f"algorithm must be 'auto', 'lbfgs' or 'lindstrom-bates'; got {algorithm!r}."
         )
-    linear_mixed = isinstance(pop.approximation, FOCEI) and isinstance(pop.error, Additive)
+    linear_mixed = (
+        isinstance(pop.approximation, FOCEI)
+        and isinstance(pop.error, Additive)
+        and arrays.cens is None  # censored (M3) terms make the linearized model non-Gaussian
+    )
     auto = algorithm == "auto"
     if auto:
         algorithm = "lindstrom-bates" if linear_mixed else "lbfgs"
     if algorithm == "lindstrom-bates" and not linear_mixed:
         raise ValueError(
             "algorithm='lindstrom-bates' is nlme's algorithm for FOCEI with additive error "
-            "(where the linearized model is a linear mixed-effects model); got method="
-            f"{type(pop.approximation).__name__}, error={type(pop.error).__name__}. Use "
+            "and no censored observations (where the linearized model is a linear "
+            "mixed-effects model); got method="
+            f"{type(pop.approximation).__name__}, error={type(pop.error).__name__}"
+            f"{', censored observations' if arrays.cens is not None else ''}. Use "
             "algorithm='lbfgs'."
         )
     mesh = subject_mesh(devices)
