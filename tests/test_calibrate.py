@@ -611,3 +611,35 @@ def test_m3_recovers_truth_where_m1_is_biased():
         assert m3[name]["ci_low"] <= value <= m3[name]["ci_high"], (name, m3[name])
     assert not m1["lCl"]["ci_low"] <= truth["lCl"] <= m1["lCl"]["ci_high"], m1["lCl"]
     assert abs(m1["lCl"]["value"] - truth["lCl"]) > 2 * abs(m3["lCl"]["value"] - truth["lCl"])
+
+
+def test_addl_ii_equal_explicit_dose_rows():
+    """ADDL=3, II=12 (boluses, then infusions) give the same predictions as four dose rows."""
+    obs = [1.0, 11.0, 13.0, 30.0, 40.0, 50.0]
+
+    def table(doses, addl=None):
+        rows = [(t, 1, 50.0) for t in doses] + [(t, 0, 0.0) for t in obs]
+        rows.sort(key=lambda r: (r[0], -r[1]))
+        cols = {
+            "ID": [1] * len(rows),
+            "TIME": [r[0] for r in rows],
+            "DV": [1.0 if r[1] == 0 else "." for r in rows],
+            "AMT": [r[2] for r in rows],
+            "EVID": [r[1] for r in rows],
+        }
+        if addl is not None:
+            cols["ADDL"] = [addl if r[1] == 1 else 0 for r in rows]
+            cols["II"] = [12.0 if r[1] == 1 else 0 for r in rows]
+        return cols
+
+    p = {"lKa": 0.0, "lCl": math.log(2.0), "lV": math.log(20.0)}
+    m = builtin_model("1cmt-oral").build()
+    for rate in (0.0, 25.0):
+        a, b = table([0.0], addl=3), table([0.0, 12.0, 24.0, 36.0])
+        for t in (a, b):
+            t["RATE"] = [rate if e == 1 else 0.0 for e in t["EVID"]]
+        got = ode.simulate(m, ode.read_events(a), p)[1][1]
+        want = ode.simulate(m, ode.read_events(b), p)[1][1]
+        np.testing.assert_allclose(got, want, rtol=1e-7)
+    with pytest.raises(ValueError, match=r"row 1 \(ID 1\).*ADDL=2 additional doses need"):
+        ode.read_events({**table([0.0], addl=2), "II": [0.0] * 7})

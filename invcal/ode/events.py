@@ -15,6 +15,8 @@ A table has one row per record, grouped by subject and sorted by time within a s
 | RATE | 0: bolus; > 0: zero-order infusion of AMT at RATE (duration AMT/RATE) | 0 |
 | CENS | 1: the observation is below the limit of quantification, DV holds the limit | 0 |
 | LLOQ | limit of quantification: DV < LLOQ (or missing) is censored at LLOQ | none |
+| ADDL | additional doses after a dose row, each II after the previous one | 0 |
+| II | the interdose interval of ADDL (> 0 where ADDL > 0) | 0 |
 
 Every other column is a covariate (its value on a subject's first row is the subject's
 baseline covariate), unless ``covariates=`` lists the allowed ones; a column whose name
@@ -44,12 +46,10 @@ import numpy as np
 __all__ = ["Events", "SubjectArrays", "holdout_rows", "read_events", "subject_arrays"]
 
 REQUIRED = ("ID", "TIME", "DV")
-OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE", "CENS", "LLOQ")
+OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE", "CENS", "LLOQ", "ADDL", "II")
 RESERVED = REQUIRED + OPTIONAL
 UNSUPPORTED = {
     "SS": "steady-state dosing",
-    "II": "interdose intervals",
-    "ADDL": "additional doses",
     "DUR": "modelled infusion durations",
 }
 _MISSING = ("", ".", "NA", "NaN", "nan")
@@ -76,6 +76,14 @@ class Events:
     source: str = "table"
     subjects: tuple = field(default=())
     cens: np.ndarray | None = None
+    addl: np.ndarray | None = None
+    ii: np.ndarray | None = None
+
+    def dose_times(self, i: int) -> np.ndarray:
+        """The times of row i's dose and of its ADDL additional doses, II apart."""
+        n = 0 if self.addl is None else int(self.addl[i])
+        step = 0.0 if self.ii is None else float(self.ii[i])
+        return self.time[i] + step * np.arange(n + 1)
 
     @property
     def is_censored(self) -> np.ndarray:
@@ -331,6 +339,8 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
     rate = np.where(np.isnan(rate), 0.0, rate)
     cens = num("CENS")
     lloq = num("LLOQ")
+    addl = num("ADDL")
+    ii = num("II")
     cov_values = {c: num(c) for c in covs}
     rows = np.arange(1, n + 1)
 
@@ -363,6 +373,15 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
             if not math.isfinite(r) or r < 0:
                 what = " (modelled rates/durations, RATE=-1/-2, are not supported)" if r < 0 else ""
                 raise ValueError(f"{where(i)}: RATE is {_num(r)}{what}; use 0 (bolus) or > 0.")
+            n_add = 0.0 if addl is None or np.isnan(addl[i]) else addl[i]
+            step = 0.0 if ii is None or np.isnan(ii[i]) else ii[i]
+            if not (math.isfinite(n_add) and float(n_add).is_integer() and n_add >= 0):
+                raise ValueError(f"{where(i)}: ADDL is {_num(n_add)}; use an integer >= 0.")
+            if n_add > 0 and not (math.isfinite(step) and step > 0):
+                raise ValueError(
+                    f"{where(i)}: ADDL={n_add:g} additional doses need an interval II > 0; "
+                    f"got II={_num(step)}."
+                )
             c = 1.0 if cmt is None or np.isnan(cmt[i]) else cmt[i]
             if not (math.isfinite(c) and float(c).is_integer() and c >= 1):
                 raise ValueError(
@@ -434,6 +453,8 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
         source=source,
         subjects=tuple(subjects),
         cens=None if cens_out is None else cens_out[0] & is_obs,
+        addl=None if addl is None else np.where(evid == 1, np.nan_to_num(addl), 0).astype(int),
+        ii=None if ii is None else np.where(evid == 1, np.nan_to_num(ii), 0.0),
     )
 
 
@@ -520,12 +541,13 @@ def _segments(ev: Events, idx: np.ndarray, n_states: int, states):
                     f"{ev.where(i)}: dose into compartment CMT={c}, but the model has "
                     f"{n_states} state(s) {tuple(states)}; CMT is a 1-based index into them."
                 )
-            if ev.rate[i] > 0:
-                dur = ev.amt[i] / ev.rate[i]
-                timeline.append((ev.time[i], 1, order, "start", c - 1, ev.rate[i]))
-                timeline.append((ev.time[i] + dur, 0, order, "stop", c - 1, ev.rate[i]))
-            else:
-                timeline.append((ev.time[i], 1, order, "bolus", c - 1, ev.amt[i]))
+            for t_dose in ev.dose_times(i):  # the dose and its ADDL repeats
+                if ev.rate[i] > 0:
+                    dur = ev.amt[i] / ev.rate[i]
+                    timeline.append((t_dose, 1, order, "start", c - 1, ev.rate[i]))
+                    timeline.append((t_dose + dur, 0, order, "stop", c - 1, ev.rate[i]))
+                else:
+                    timeline.append((t_dose, 1, order, "bolus", c - 1, ev.amt[i]))
         elif ev.evid[i] == 0 and ev.mdv[i] == 0:
             timeline.append((ev.time[i], 1, order, "obs", i, 0.0))
     timeline.sort(key=lambda e: (e[0], e[1], e[2]))

@@ -228,6 +228,12 @@ def _prepare_seed(events: Events, *, input: str = "U", t0: float = 0.0, interpol
             f"{events.where(int(late[0]))}: TIME {events.time[late[0]]:g} is before the "
             f"initial time t0 = {t0:g} of the seed model; pass --t0 at or before every record."
         )
+    if events.addl is not None and np.any(events.addl > 0):
+        i = int(np.flatnonzero(events.addl > 0)[0])
+        raise ValueError(
+            f"{events.where(i)}: ADDL is not supported with the seed model; write each dose "
+            "as a row."
+        )
     dose_big = np.flatnonzero(events.is_dose & (events.cmt > 1))
     if dose_big.size:
         raise ValueError(
