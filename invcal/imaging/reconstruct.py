@@ -62,21 +62,26 @@ import numpy as np
 
 from ..prox import prox_elastic_net
 from .denoise import _EPS, _GRID, _MAX_REFINE, _Z_TOL
-from .noise import estimate_sigma as _estimate_sigma_2d
-from .operators import Blur, Inpainting, Periodic, gaussian_kernel
+from .operators import Blur, Inpainting, Periodic
+from .reconstruct_inputs import (
+    REGULARIZERS,
+    RULES,
+    TASKS,
+    _prepare,
+    estimate_noise,
+    validate,
+)
 from .tuning import SURE
 from .tv import AbstractUStep, GaussSeidel, Isotropic, SpectralSolve, SplitBregman, split_bregman
 from .wavelets import Wavelet
 
 __all__ = ["Reconstruction", "reconstruct", "validate", "TASKS", "REGULARIZERS", "RULES"]
 
-TASKS = ("denoise", "deblur", "inpaint")
-REGULARIZERS = ("tv", "elastic-net")
-RULES = ("sure", "discrepancy")
 
 _MAX_GRID = 16  # criterion evaluations of the grid phase (deblurring's λ/σ sits far below 1)
 _MAX_BRACKET = 24  # evaluations to bracket the discrepancy root
 _LAM2 = 1e-3  # the elastic net's fixed ridge weight λ₂
+_KEEP = 4  # estimator states kept for warm starts (each is a few images per batch member)
 _EN_LEVELS = 4  # wavelet levels at most (fewer when H or W is not divisible by 2^4)
 COLOUR = "per-channel, one shared λ (SURE and the residual summed over the channels)"
 
@@ -140,151 +145,6 @@ class Reconstruction:
 
 
 # --------------------------------------------------------------------------------------
-# Input checks (all before any solve)
-# --------------------------------------------------------------------------------------
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
-    return value
-
-
-def as_channels(image, name: str = "image") -> np.ndarray:
-    """(C, H, W) float64 channels of a gray (H, W) or colour (H, W, 3) image, converted as
-    ``skimage.util.img_as_float`` does; raises a one-line ValueError for anything else."""
-    from skimage.util import img_as_float
-
-    a = np.asarray(image)
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or a.dtype.kind == "f"):
-        raise ValueError(
-            f"{name} must hold numbers (an integer or float image); got dtype {a.dtype}."
-        )
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 3 and a.shape[-1] == 4:
-        raise ValueError(
-            f"{name} has 4 channels (RGBA); reconstruct takes gray or RGB images: drop the "
-            "alpha channel first."
-        )
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)):
-        raise ValueError(
-            f"{name} must be a gray (H, W) or RGB (H, W, 3) image; got shape {a.shape}."
-        )
-    if min(a.shape[:2]) < 8:
-        raise ValueError(f"{name} must be at least 8×8 pixels; got {a.shape[0]}×{a.shape[1]}.")
-    if a.dtype.kind == "f":
-        bad = int(np.sum(~np.isfinite(a)))
-        if bad:
-            raise ValueError(
-                f"{name} contains NaN or inf ({bad} of {a.size} values); every pixel must be a "
-                "finite number (mark unknown pixels with --mask and --task inpaint)."
-            )
-    f = np.asarray(img_as_float(a), dtype=np.float64)
-    return f[None] if f.ndim == 2 else np.moveaxis(f, -1, 0)
-
-
-def check_psf(psf, shape) -> np.ndarray:
-    """A normalized 2-D point-spread function with odd sides no larger than ``shape``."""
-    k = np.asarray(psf)
-    if k.ndim == 3 and k.shape[-1] in (1, 3) and np.all(k == k[..., :1]):
-        k = k[..., 0]
-    if k.dtype == bool or not (np.issubdtype(k.dtype, np.integer) or k.dtype.kind == "f"):
-        raise ValueError(f"the PSF must hold numbers; got dtype {k.dtype}.")
-    if k.ndim != 2:
-        raise ValueError(f"the PSF must be a 2-D (h, w) array; got shape {k.shape}.")
-    if k.shape[0] > shape[0] or k.shape[1] > shape[1]:
-        raise ValueError(
-            f"the PSF ({k.shape[0]}×{k.shape[1]}) is larger than the image "
-            f"({shape[0]}×{shape[1]}); pass a PSF no larger than the image."
-        )
-    if k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
-        raise ValueError(
-            f"the PSF must have odd sides (a centre pixel); got {k.shape[0]}×{k.shape[1]}."
-        )
-    k = k.astype(np.float64)
-    if not np.all(np.isfinite(k)) or np.any(k < 0) or not k.sum() > 0:
-        raise ValueError("the PSF must be finite and non-negative with a positive sum.")
-    return k / k.sum()
-
-
-def gaussian_psf(blur_sigma: float, shape) -> np.ndarray:
-    """A Gaussian PSF of width ``blur_sigma`` pixels, 2⌈3σ⌉ + 1 wide (odd; no wider than the
-    image)."""
-    s = float(blur_sigma)
-    if not (math.isfinite(s) and s > 0):
-        raise ValueError(f"the blur sigma must be a positive number of pixels; got {blur_sigma!r}.")
-    size = 2 * math.ceil(3 * s) + 1
-    limit = min(shape)
-    size = min(size, limit if limit % 2 else limit - 1)
-    return gaussian_kernel(size, s)
-
-
-def check_mask(mask, shape) -> np.ndarray:
-    """A boolean (H, W) mask, True on the observed pixels: any nonzero value counts as
-    observed (0/1, 0/255, booleans); an RGB mask must have equal channels."""
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[-1] in (1, 3, 4):
-        if not np.all(m[..., :1] == m[..., : min(3, m.shape[-1])]):
-            raise ValueError("the mask has colour channels that differ; pass a gray mask.")
-        m = m[..., 0]
-    if m.ndim != 2:
-        raise ValueError(f"the mask must be a 2-D (H, W) image; got shape {m.shape}.")
-    if m.shape != tuple(shape):
-        raise ValueError(
-            f"the mask is {m.shape[0]}×{m.shape[1]} but the image is {shape[0]}×{shape[1]}; "
-            "pass a mask of the image's size."
-        )
-    if m.dtype != bool and not (np.issubdtype(m.dtype, np.number)):
-        raise ValueError(f"the mask must hold numbers or booleans; got dtype {m.dtype}.")
-    if m.dtype.kind == "f" and not np.all(np.isfinite(m)):
-        raise ValueError("the mask contains NaN or inf.")
-    m = m != 0
-    if m.sum() < 16:
-        raise ValueError(
-            f"the mask observes {int(m.sum())} pixels; at least 16 must be observed (nonzero)."
-        )
-    return m
-
-
-def _check_sigma(sigma):
-    if isinstance(sigma, str):
-        if sigma != "auto":
-            raise ValueError(f"sigma must be 'auto' or a positive number; got {sigma!r}.")
-        return None
-    try:
-        s = float(sigma)
-    except (TypeError, ValueError):
-        s = math.nan
-    if isinstance(sigma, bool) or not (math.isfinite(s) and s > 0):
-        raise ValueError(f"sigma must be 'auto' or a positive finite number; got {sigma!r}.")
-    return s
-
-
-# --------------------------------------------------------------------------------------
-# Noise level
-# --------------------------------------------------------------------------------------
-_MAD = 0.6744897501960817  # Φ⁻¹(3/4)
-
-
-def estimate_noise(channels: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """σ̂ of white Gaussian noise in (C, H, W) channels: the mean of the channels' wavelet
-    MAD estimates; with a ``mask``, the MAD of the Haar diagonal details of the 2×2 windows
-    whose pixels are all observed (at least 30 such windows are needed)."""
-    if mask is None:
-        return float(np.mean([_estimate_sigma_2d(c) for c in channels]))
-    full = mask[:-1, :-1] & mask[1:, :-1] & mask[:-1, 1:] & mask[1:, 1:]
-    if full.sum() < 30:
-        raise ValueError(
-            f"cannot estimate sigma: only {int(full.sum())} 2×2 windows of the mask are fully "
-            "observed (30 needed); pass sigma (--sigma S) instead."
-        )
-    out = []
-    for c in channels:
-        hh = (c[:-1, :-1] - c[1:, :-1] - c[:-1, 1:] + c[1:, 1:]) / 2.0
-        out.append(np.median(np.abs(hh[full])) / _MAD)
-    return float(np.mean(out))
-
-
-# --------------------------------------------------------------------------------------
 # The estimators: a fixed number of iterations from a fixed start (for the rules), batched
 # over channels × probes
 # --------------------------------------------------------------------------------------
@@ -331,13 +191,11 @@ def _neighbour_counts(periodic: bool, h: int, w: int) -> np.ndarray:
 
 
 @eqx.filter_jit
-def _tv_fixed(method, fs, u0s, lam, num_steps):
-    """u after ``num_steps`` Split Bregman iterations from (u0, 0, 0), for each f of the batch."""
-    lam = jnp.asarray(lam, fs.dtype)
-    state = jax.vmap(method.init)(fs, u0s)
+def _tv_run(method, fs, state, lam, num_steps):
+    """The Split Bregman state after ``num_steps`` iterations from ``state``, for each f of the
+    batch."""
     step = jax.vmap(method.step, in_axes=(0, 0, None))
-    state = jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, fs, lam), state)
-    return state.u
+    return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, fs, lam), state)
 
 
 def _en_map(op, transform, weights, t, lam, lam2):
@@ -350,11 +208,10 @@ def _en_map(op, transform, weights, t, lam, lam2):
 
 
 @eqx.filter_jit
-def _en_fixed(op, transform, weights, t, ys, lam, lam2, num_steps):
-    """u = Wᵀc after ``num_steps`` FISTA iterations (Beck & Teboulle 2009) from c = W Aᵀy."""
-    lam = jnp.asarray(lam, ys.dtype)
-    T = jax.vmap(_en_map(op, transform, weights, t, lam, jnp.asarray(lam2, ys.dtype)))
-    c0 = jax.vmap(lambda y: transform.forward(op.rmv(y)))(ys)
+def _en_run(op, transform, weights, t, ys, c0, lam, lam2, num_steps):
+    """The coefficients c after ``num_steps`` FISTA iterations (Beck & Teboulle 2009) from
+    ``c0`` (momentum restarted)."""
+    T = jax.vmap(_en_map(op, transform, weights, t, lam, lam2))
 
     def body(_, s):
         c, z, k = s
@@ -363,7 +220,17 @@ def _en_fixed(op, transform, weights, t, ys, lam, lam2, num_steps):
         return c1, c1 + ((k - 1.0) / k1) * (c1 - c), k1
 
     c, _, _ = jax.lax.fori_loop(0, num_steps, body, (c0, c0, jnp.asarray(1.0, ys.dtype)))
+    return c
+
+
+@eqx.filter_jit
+def _en_images(transform, c):
     return jax.vmap(transform.inverse)(c)
+
+
+@eqx.filter_jit
+def _en_start(op, transform, ys):
+    return jax.vmap(lambda y: transform.forward(op.rmv(y)))(ys)
 
 
 @eqx.filter_jit
@@ -454,16 +321,32 @@ class _Model:
             return jnp.where(self.mask, u, 0.0)
         return u
 
-    def fixed(self, ys, lam):
+    def start(self, ys):
+        """The estimator's fixed start for the batch ys: Split Bregman's (u0, 0, 0) with u0 = y
+        (Kᵀy for deblurring, the mean-filled y for inpainting), or c = W Aᵀy."""
         if self.regularizer == "tv":
-            u0 = _fill(ys, self.mask) if self.task == "inpaint" else None
-            if u0 is None:
+            if self.task == "inpaint":
+                u0 = _fill(ys, self.mask)
+            else:
                 u0 = ys if self.task == "denoise" else jax.vmap(self.blur.rmv)(ys)
-            return _tv_fixed(self.method, ys, u0, jnp.asarray(lam, ys.dtype), self.num_steps)
-        lam, lam2 = jnp.asarray(lam, ys.dtype), jnp.asarray(_LAM2, ys.dtype)
-        return _en_fixed(
-            self.op, self.transform, self.weights, self.t, ys, lam, lam2, self.num_steps
-        )
+            return jax.vmap(self.method.init)(ys, u0)
+        return _en_start(self.op, self.transform, ys)
+
+    def run(self, ys, state, lam, num_steps):
+        """The estimator's state after ``num_steps`` iterations at λ from ``state``."""
+        # arrays: filter_jit would compile once per value of a Python number
+        lam, steps = jnp.asarray(lam, ys.dtype), jnp.asarray(int(num_steps))
+        if self.regularizer == "tv":
+            return _tv_run(self.method, ys, state, lam, steps)
+        lam2 = jnp.asarray(_LAM2, ys.dtype)
+        return _en_run(self.op, self.transform, self.weights, self.t, ys, state, lam, lam2, steps)
+
+    def images(self, state):
+        return state.u if self.regularizer == "tv" else _en_images(self.transform, state)
+
+    def fixed(self, ys, lam):
+        """The cold estimator: ``num_steps`` iterations at λ from the fixed start."""
+        return self.images(self.run(ys, self.start(ys), lam, self.num_steps))
 
     def solve(self, lam):
         """The final reconstruction at λ: (C, H, W), steps (max over channels), converged."""
@@ -523,8 +406,10 @@ def _terms(pred, y, delta, mask, eps):
 class _Criterion:
     """Evaluates the rule's terms at λ and records every evaluation."""
 
-    def __init__(self, model, sigma, *, probes, seed, progress):
+    def __init__(self, model, sigma, *, probes, seed, progress, warm_steps=None):
         self.model, self.sigma, self.progress = model, float(sigma), progress
+        self.warm_steps = warm_steps
+        self.chains = {True: [], False: []}  # (λ, state) of the last evaluations, per batch
         y = model.y
         mask = None if model.mask is None else np.asarray(model.mask)
         self.m = int(y.shape[0] * (y[0].size if mask is None else mask.sum()))
@@ -540,9 +425,25 @@ class _Criterion:
         )
         self.rows = []  # (λ, value, rss ratio)
 
+    def estimate(self, ys, lam, probes):
+        """The estimator at λ for the batch ys: cold (``num_steps`` iterations from the fixed
+        start), or, with ``warm_steps``, after the first evaluation ``warm_steps`` iterations
+        from the state of the evaluated λ nearest in log λ (of the last _KEEP)."""
+        model = self.model
+        chain = self.chains[probes]
+        if self.warm_steps is None or not chain:
+            state, steps = model.start(ys), model.num_steps
+        else:
+            state, steps = min(chain, key=lambda c: abs(math.log(c[0] / lam)))[1], self.warm_steps
+        state = model.run(ys, state, lam, steps)
+        if self.warm_steps is not None:
+            chain.append((lam, state))
+            del chain[:-_KEEP]
+        return model.images(state)
+
     def terms(self, lam, probes=True):
         ys = self.batch if probes else self.model.y
-        u = self.model.fixed(ys, lam)
+        u = self.estimate(ys, lam, probes)
         mask = self.model.mask
         delta = self.delta if probes else None
         eps = jnp.asarray(self.eps, u.dtype)
@@ -653,75 +554,6 @@ def _search_discrepancy(crit: _Criterion, sigma):
 # --------------------------------------------------------------------------------------
 # The entry point
 # --------------------------------------------------------------------------------------
-def validate(image, **kwargs) -> None:
-    """Check the arguments of :func:`reconstruct` (same names) without solving anything:
-    raises the one-line ValueError that :func:`reconstruct` would raise."""
-    kwargs.pop("progress", None)
-    for key in ("seed", "tol"):
-        kwargs.pop(key, None)
-    _prepare(image, **kwargs)
-
-
-def _prepare(
-    image,
-    *,
-    task="denoise",
-    regularizer="tv",
-    sigma="auto",
-    rule="sure",
-    psf=None,
-    blur_sigma=None,
-    mask=None,
-    reference=None,
-    num_steps=100,
-    probes=2,
-    max_steps=None,
-):
-    _check_choice("task", task, TASKS)
-    _check_choice("regularizer", regularizer, REGULARIZERS)
-    _check_choice("rule", rule, RULES)
-    y = as_channels(image)
-    shape = y.shape[-2:]
-    given_sigma = _check_sigma(sigma)
-    if task == "deblur":
-        if (psf is None) == (blur_sigma is None):
-            raise ValueError(
-                "deblurring needs the blur: pass exactly one of psf (a 2-D array) or blur_sigma "
-                "(a Gaussian's width in pixels)."
-            )
-        psf = check_psf(psf, shape) if psf is not None else gaussian_psf(blur_sigma, shape)
-    elif psf is not None or blur_sigma is not None:
-        raise ValueError(f"psf/blur_sigma are for task 'deblur', not {task!r}.")
-    if task == "inpaint":
-        if mask is None:
-            raise ValueError("inpainting needs mask: an (H, W) array, nonzero where observed.")
-        mask = check_mask(mask, shape)
-        y = y * mask
-    elif mask is not None:
-        raise ValueError(f"mask is for task 'inpaint', not {task!r}.")
-    for name, v in (("num_steps", num_steps), ("probes", probes)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer; got {v!r}.")
-    if max_steps is None:
-        max_steps = 300 if (task == "denoise" and regularizer == "tv") else 1000
-    ref = None
-    if reference is not None:
-        ref = as_channels(reference, "reference")
-        if ref.shape != y.shape:
-            raise ValueError(f"reference has shape {ref.shape}; the image has {y.shape}.")
-
-    if regularizer == "elastic-net" and (shape[0] % 2 or shape[1] % 2):
-        raise ValueError(
-            f"the elastic-net regularizer (a wavelet transform) needs an even image height and "
-            f"width; got {shape[0]}×{shape[1]}. Crop one row/column or use the tv regularizer."
-        )
-    if max_steps is not None and (
-        isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1
-    ):
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}.")
-    return y, psf, mask, given_sigma, max_steps, ref
-
-
 def reconstruct(
     image,
     *,
@@ -734,6 +566,7 @@ def reconstruct(
     mask=None,
     reference=None,
     num_steps: int = 100,
+    warm_steps: int | None = 40,
     probes: int = 2,
     seed: int = 0,
     tol: float = 1e-4,
@@ -757,10 +590,14 @@ def reconstruct(
       estimate it.
     - ``rule``: ``"sure"`` or ``"discrepancy"``.
     - ``reference``: the clean image, if known (only to report PSNRs; never used to choose λ).
-    - ``num_steps``: solver iterations of the estimator the rule assesses; ``probes`` and
-      ``seed``: SURE's Monte-Carlo probes; ``tol`` / ``max_steps``: the final solve stops
-      when the RMS change between iterations is below ``tol`` × the range of y (default
-      ``max_steps``: 300 for TV denoising, 1000 otherwise).
+    - ``num_steps``: solver iterations of the estimator the rule assesses, from its fixed
+      start; ``warm_steps``: after the first evaluation, the estimator at λ is ``warm_steps``
+      iterations from the state reached at the nearest λ evaluated before (``None``: every
+      evaluation cold, ``num_steps`` from the start, as :func:`~invcal.imaging.denoise_tv`);
+      ``probes`` and ``seed``: SURE's Monte-Carlo probes.
+    - ``tol`` / ``max_steps``: the final solve stops when the RMS change between iterations
+      is below ``tol`` × the range of y (default ``max_steps``: 300 for TV denoising, 1000
+      otherwise).
     - ``progress``: called with one line of text per criterion evaluation.
 
     Returns a :class:`Reconstruction`. Raises ValueError (one line) for bad input before any
@@ -780,6 +617,7 @@ def reconstruct(
         num_steps=num_steps,
         probes=probes,
         max_steps=max_steps,
+        warm_steps=warm_steps,
     )
     t0 = time.perf_counter()
     if given_sigma is None:
@@ -804,7 +642,9 @@ def reconstruct(
         tol=tol,
         max_steps=max_steps,
     )
-    crit = _Criterion(model, sigma_value, probes=probes, seed=seed, progress=progress)
+    crit = _Criterion(
+        model, sigma_value, probes=probes, seed=seed, progress=progress, warm_steps=warm_steps
+    )
     t0 = time.perf_counter()
     if rule == "sure":
         lam, met = _search_sure(crit, sigma_value)
@@ -838,6 +678,7 @@ def reconstruct(
         "measurements": crit.m,
         "evaluations": len(crit.rows),
         "num_steps_estimator": int(num_steps),
+        "warm_steps": None if warm_steps is None else int(warm_steps),
         "probes": int(probes) if rule == "sure" else 0,
         "eps": crit.eps if rule == "sure" else None,
         "dtype": str(dtype),

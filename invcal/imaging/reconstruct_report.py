@@ -110,7 +110,7 @@ def _figures(rec: Reconstruction, image, out: Path) -> dict:
     from matplotlib.figure import Figure
     from skimage.util import img_as_float
 
-    from .reconstruct import as_channels
+    from .reconstruct_inputs import as_channels
 
     names = {}
     y = img_as_float(np.asarray(image))
