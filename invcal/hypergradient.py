@@ -29,8 +29,15 @@ from jax.flatten_util import ravel_pytree
 
 from .diagnostics import Diagnostics, OnFailure, enforce, no_linear_solve
 from .implicit import (
+    AbstractMode,
+    AbstractSystem,
+    ActiveSet,
+    Forward,
     LinearSolve,
+    Reverse,
     adjoint_solve,
+    as_mode,
+    as_system,
     implicit_solution,
     system_spec,
     tangent_solve,
@@ -122,9 +129,6 @@ class AbstractImplicitMethod(AbstractHypergradient):
 # --------------------------------------------------------------------------------------
 # Implicit differentiation
 # --------------------------------------------------------------------------------------
-_MODES = ("reverse", "forward")
-
-
 class Implicit(AbstractImplicitMethod):
     r"""Implicit differentiation: dx*/dθ = −A⁻¹ ∂F/∂θ with A = ∂F/∂x at x*.
 
@@ -134,10 +138,14 @@ class Implicit(AbstractImplicitMethod):
       ``lx.Normal(lx.CG(...))``, ``lx.GMRES``, ``lx.BiCGStab`` for any; ``lx.LU`` for dense
       direct) or :class:`invcal.Neumann`. ``None`` picks CG for symmetric systems and GMRES
       otherwise.
-    - ``mode``: ``"reverse"`` (one adjoint solve Aᵀv = ∇ₓE; best for many θ) or
-      ``"forward"`` (one solve per θ entry; best for few θ).
-    - ``active_set``: restrict the system to ``problem.support`` (non-smooth inner problems).
-    - ``system``: ``"optimality"`` (F or ∇f), ``"fixed_point"`` (x − T(x)) or ``None`` (auto).
+    - ``mode``: ``Reverse()`` (one adjoint solve Aᵀv = ∇ₓE; best for many θ) or
+      ``Forward()`` (one solve per θ entry; best for few θ), from :mod:`invcal.implicit`;
+      the names ``"reverse"`` and ``"forward"`` are accepted too.
+    - ``system``: ``OptimalitySystem()`` (F or ∇f), ``FixedPointSystem()`` (x − T(x)),
+      ``ActiveSet(inner)`` (``inner`` restricted to ``problem.support``, for non-smooth
+      inner problems) or ``None`` (chosen from the problem and the linear solver); the names
+      ``"optimality"`` and ``"fixed_point"`` are accepted too.
+    - ``active_set``: the same as ``system=ActiveSet(system)``.
     - ``warm_start``: start the adjoint solve from the previous outer step's adjoint.
 
     Reference: Pedregosa (2016), "Hyperparameter optimization with approximate gradient";
@@ -145,18 +153,20 @@ class Implicit(AbstractImplicitMethod):
     """
 
     linear_solver: lx.AbstractLinearSolver | None = None
-    mode: str = eqx.field(default="reverse", static=True)
+    mode: AbstractMode = eqx.field(default=Reverse(), static=True, converter=as_mode)
     active_set: bool = eqx.field(default=False, static=True)
-    system: str | None = eqx.field(default=None, static=True)
+    system: AbstractSystem | None = eqx.field(default=None, static=True, converter=as_system)
     warm_start: bool = eqx.field(default=True, static=True)
 
+    def __post_init__(self):
+        # active_set=True and system=ActiveSet(...) say the same thing: one representation
+        system = as_system(self.system)
+        if isinstance(system, ActiveSet):
+            object.__setattr__(self, "active_set", True)
+        elif self.active_set:
+            object.__setattr__(self, "system", ActiveSet(system))
+
     def __check_init__(self):
-        if self.mode not in _MODES:
-            raise ValueError(f"Implicit mode must be 'reverse' or 'forward'; got {self.mode!r}.")
-        if self.system not in (None, "optimality", "fixed_point"):
-            raise ValueError(
-                f"Implicit system must be None, 'optimality' or 'fixed_point'; got {self.system!r}."
-            )
         if self.linear_solver is not None and not isinstance(
             self.linear_solver, lx.AbstractLinearSolver
         ):
@@ -225,7 +235,7 @@ class Implicit(AbstractImplicitMethod):
         )
 
     def initial_adjoint(self, x0):
-        if self.mode != "reverse":
+        if not isinstance(self.mode, Reverse):
             return None
         return jax.tree_util.tree_map(
             lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a, float)), x0
@@ -236,7 +246,7 @@ class Implicit(AbstractImplicitMethod):
         lin = self._linear(problem, linear_tol, float_dtype(x))
         spec = self._spec(problem, lin)
         mask = problem.support(x, theta, data) if self.active_set else None
-        if self.mode == "reverse":
+        if isinstance(self.mode, Reverse):
             y0 = None
             if self.warm_start and adjoint0 is not None:
                 # lineax wants y0 exactly like the right-hand side (the zero cold start is
@@ -394,7 +404,7 @@ def describe(method) -> str:
         inner = getattr(lin, "inner_solver", None)
         lin_name = type(lin).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
         name += f"[{lin_name}]"
-    if getattr(method, "mode", "reverse") == "forward":
+    if isinstance(getattr(method, "mode", None), Forward):
         name += "[forward]"
     for attr in ("k", "num_steps"):
         v = getattr(method, attr, None)

@@ -37,6 +37,15 @@ from lineax import RESULTS
 from .solvers.base import tree_norm
 
 __all__ = [
+    "AbstractMode",
+    "AbstractSystem",
+    "ActiveSet",
+    "FixedPointSystem",
+    "Forward",
+    "OptimalitySystem",
+    "Reverse",
+    "as_mode",
+    "as_system",
     "LinearSolve",
     "Neumann",
     "adjoint_solve",
@@ -120,6 +129,80 @@ class Neumann(lx.AbstractLinearSolver):
         return True
 
 
+# --------------------------------------------------------------------------------------
+# What is differentiated, and in which direction: objects (strings are accepted as aliases)
+# --------------------------------------------------------------------------------------
+class AbstractMode(eqx.Module):
+    """The direction of the implicit computation."""
+
+
+class Reverse(AbstractMode):
+    """One adjoint solve Aᵀv = ∇ₓE for all hyperparameters (best for many θ)."""
+
+
+class Forward(AbstractMode):
+    """One tangent solve A ż = −∂F/∂θᵢ per hyperparameter entry (best for few θ)."""
+
+
+class AbstractSystem(eqx.Module):
+    """Which residual's Jacobian A = ∂F/∂x defines the implicit system."""
+
+
+class OptimalitySystem(AbstractSystem):
+    """F(x, θ) = 0: the problem's ``optimality`` map, or ∇ₓf of its ``objective``."""
+
+
+class FixedPointSystem(AbstractSystem):
+    """F(x, θ) = x − T(x, θ): the problem's ``fixed_point`` map."""
+
+
+class ActiveSet(AbstractSystem):
+    """``inner`` (default: chosen from the problem and solver) restricted to
+    ``problem.support``, for non-smooth inner problems."""
+
+    inner: AbstractSystem | None = None
+
+
+_MODE_NAMES = {"reverse": Reverse, "forward": Forward}
+_SYSTEM_NAMES = {"optimality": OptimalitySystem, "fixed_point": FixedPointSystem}
+
+
+def as_mode(mode, who: str = "Implicit") -> AbstractMode:
+    """A mode object from an object or its name (``"reverse"``, ``"forward"``)."""
+    if isinstance(mode, AbstractMode):
+        return mode
+    if isinstance(mode, str) and mode in _MODE_NAMES:
+        return _MODE_NAMES[mode]()
+    raise ValueError(
+        f"{who} mode must be 'reverse' or 'forward' (or invcal.implicit.Reverse() / "
+        f"Forward()); got {mode!r}."
+    )
+
+
+def as_system(system) -> AbstractSystem | None:
+    """A system object from an object, its name (``"optimality"``, ``"fixed_point"``) or
+    ``None`` (chosen from the problem and the linear solver)."""
+    if system is None or isinstance(system, AbstractSystem):
+        return system
+    if isinstance(system, str) and system in _SYSTEM_NAMES:
+        return _SYSTEM_NAMES[system]()
+    raise ValueError(
+        "Implicit system must be None, 'optimality' or 'fixed_point' (or "
+        "invcal.implicit.OptimalitySystem(), FixedPointSystem(), ActiveSet(...)); got "
+        f"{system!r}."
+    )
+
+
+def _system_name(system) -> str | None:
+    if isinstance(system, ActiveSet):
+        system = as_system(system.inner)
+    if isinstance(system, FixedPointSystem):
+        return "fixed_point"
+    if isinstance(system, OptimalitySystem):
+        return "optimality"
+    return system
+
+
 class SystemSpec(eqx.Module):
     """Which residual defines the implicit system, and its structure."""
 
@@ -141,6 +224,7 @@ def system_spec(problem, linear_solver, system: str | None, active_set: bool = F
     problem that defines ``support`` declares ``symmetric=True`` for the restricted system
     only (a proximal-gradient fixed point is symmetric on its support, not off it).
     """
+    system = _system_name(system)
     if problem.fixed_steps:
         raise ValueError(
             f"problem {problem.name!r} defines its solution as a fixed number of steps "

@@ -389,3 +389,18 @@ def test_neumann_series_solves_a_contraction_system():
 def test_neumann_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ic.Neumann(**kwargs)
+
+
+def test_mode_and_system_objects_are_what_their_names_say():
+    from invcal.implicit import ActiveSet, FixedPointSystem, Forward, Reverse
+
+    lin = lx.GMRES(rtol=1e-12, atol=1e-14, max_steps=10_000)
+    for mode_obj, mode_name in ((Reverse(), "reverse"), (Forward(), "forward")):
+        by_object = ic.Implicit(lin, mode=mode_obj, system=ActiveSet(FixedPointSystem()))
+        by_name = ic.Implicit(lin, mode=mode_name, active_set=True, system="fixed_point")
+        assert by_object == by_name
+        a = ic.hypergradient(PROBLEM, THETA, solver=SOLVER, method=by_object)
+        b = ic.hypergradient(PROBLEM, THETA, solver=SOLVER, method=by_name)
+        assert float(a.grad["lam"]) == float(b.grad["lam"])
+    with pytest.raises(ValueError, match="mode must be 'reverse' or 'forward'"):
+        ic.Implicit(mode="sideways")

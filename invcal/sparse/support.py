@@ -10,7 +10,15 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 
 from ..hypergradient import AbstractImplicitMethod
-from ..implicit import LinearSolve, _check_scaled_tolerance, solve_system, solve_system_in_rule
+from ..implicit import (
+    AbstractMode,
+    LinearSolve,
+    Reverse,
+    _check_scaled_tolerance,
+    as_mode,
+    solve_system,
+    solve_system_in_rule,
+)
 from .problem import AbstractLinearMap, _require_lasso, _shape, matvec, rmatvec
 
 __all__ = ["SupportImplicit"]
@@ -123,8 +131,8 @@ class SupportImplicit(AbstractImplicitMethod):
     - ``linear_solver``: a lineax solver for the symmetric positive-definite |S|×|S| system
       (default ``lx.CG(rtol=1e-10, atol=1e-14)``); direct solvers (``lx.Cholesky()``)
       materialise it.
-    - ``mode``: ``"reverse"`` (one solve; the only sensible choice for one λ per feature) or
-      ``"forward"``.
+    - ``mode``: ``Reverse()`` (one solve; the only sensible choice for one λ per feature) or
+      ``Forward()`` (:mod:`invcal.implicit`; the names ``"reverse"``/``"forward"`` too).
     - ``max_support``: number of slots K for the support (static); ``None``: the smallest
       of min(n, p)/8, min(n, p)/2 and min(n, p) that holds the support (one compiled
       branch each; see :func:`_slot_sizes`).
@@ -134,16 +142,14 @@ class SupportImplicit(AbstractImplicitMethod):
     """
 
     linear_solver: lx.AbstractLinearSolver = lx.CG(rtol=1e-10, atol=1e-14, max_steps=100_000)
-    mode: str = eqx.field(default="reverse", static=True)
+    mode: AbstractMode = eqx.field(
+        default=Reverse(), static=True, converter=lambda m: as_mode(m, "SupportImplicit")
+    )
     max_support: int | None = eqx.field(default=None, static=True)
     warm_start: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
         _check_scaled_tolerance(self.linear_solver)
-        if self.mode not in ("reverse", "forward"):
-            raise ValueError(
-                f"SupportImplicit mode must be 'reverse' or 'forward'; got {self.mode!r}."
-            )
         if not isinstance(self.linear_solver, lx.AbstractLinearSolver):
             raise TypeError(
                 "SupportImplicit linear_solver must be a lineax solver (lx.CG(rtol, atol), "
@@ -201,7 +207,7 @@ class SupportImplicit(AbstractImplicitMethod):
             # w_S(θ) ⊙ s_S: the only θ-dependent part of F_S.
             return sys.gather(fb.penalty(th, d, p) * _signs(x, fb.nonneg))
 
-        if self.mode == "reverse":
+        if isinstance(self.mode, Reverse):
             v0 = adjoint0 if (self.warm_start and adjoint0 is not None) else None
 
             def reverse(K):
