@@ -643,3 +643,28 @@ def test_addl_ii_equal_explicit_dose_rows():
         np.testing.assert_allclose(got, want, rtol=1e-7)
     with pytest.raises(ValueError, match=r"row 1 \(ID 1\).*ADDL=2 additional doses need"):
         ode.read_events({**table([0.0], addl=2), "II": [0.0] * 7})
+
+
+def test_user_model_file(theoph_run, tmp_path):
+    """path/to/file.py:NAME: a user's ODEModel (here the built-in one, so the compiled fit
+    is shared) gives the built-in model's results."""
+    rc, out, argv = theoph_run
+    assert rc == 0
+    f = tmp_path / "mymodel.py"
+    f.write_text(
+        "from invcal.ode.models import builtin_model\n"
+        "def make():\n    return builtin_model('1cmt-oral-ke').build()\n"
+        "model = make()\n"
+    )
+    init = "lKe=-2.44,lKa=0.77,lCl=-3.25"  # a user's model has no default initial values
+    for name in ("model", "make"):
+        dest = tmp_path / name
+        user = ["calibrate", str(THEOPH_CSV), "--model", f"{f}:{name}", "--init", init]
+        user += ["--covariance", "lme", "--simulations", "100", "--no-progress", "--out", str(dest)]
+        assert main(user) == 0
+        a = json.loads((out / "results.json").read_text())
+        b = json.loads((dest / "results.json").read_text())
+        for p in ("lKe", "lKa", "lCl"):
+            assert b["fixed_effects"][p] == pytest.approx(a["fixed_effects"][p], abs=1e-4)
+            assert b["standard_errors"][p] == pytest.approx(a["standard_errors"][p], rel=1e-3)
+        assert b["model"] == f"{f}:{name}"
