@@ -668,3 +668,12 @@ def test_user_model_file(theoph_run, tmp_path):
             assert b["fixed_effects"][p] == pytest.approx(a["fixed_effects"][p], abs=1e-4)
             assert b["standard_errors"][p] == pytest.approx(a["standard_errors"][p], rel=1e-3)
         assert b["model"] == f"{f}:{name}"
+
+
+def test_second_calibration_compiles_nothing(theoph_cal):
+    with count_compilations() as c:
+        again = calibrate(
+            str(THEOPH_CSV), "1cmt-oral-ke", covariance="lme", n_simulations=100, seed=3
+        )
+    assert c.total == 0, c.names
+    assert again.standard_errors == theoph_cal.standard_errors

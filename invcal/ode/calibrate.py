@@ -604,6 +604,11 @@ def _reported_jacobian(pop, space, z):
     return jax.jacfwd(_reported(pop, space)[2])(z)
 
 
+@eqx.filter_jit
+def _reported_values(pop, space, z):
+    return _reported(pop, space)[2](z)
+
+
 def _r_and_s(fit, h=1e-4):
     """(R, S) in z: R by central differences of the summed implicit hypergradient, S from
     the subjects' gradients at the estimate."""
@@ -697,8 +702,8 @@ def _lme_fixed_cov(fit):
 def _covariance(fit, method):
     pop, space, _, _, run = fit._context
     z = jnp.asarray(run["z"])
-    names, kinds, values = _reported(pop, space)
-    est = np.asarray(jax.jit(values)(z))
+    names, kinds, _ = _reported(pop, space)
+    est = np.asarray(_reported_values(pop, space, z))
     n = len(names)
     note = ""
     cov_z = None
