@@ -278,7 +278,7 @@ def _normalize_in_axes(in_axes, n_args):
     return tuple(in_axes)
 
 
-def _map_chunks(fn, args, in_axes, chunk):
+def _map_chunks(fn, args, in_axes, chunk, vectorized=False):
     """``vmap(fn, in_axes)(*args)``, as ``lax.map`` over chunks of ``chunk`` entries when the
     batch is longer. The batch is padded (copies of its last entry) to a multiple of
     ``chunk`` and the padding dropped from the result, so that ``fn`` is traced once (the
@@ -286,7 +286,7 @@ def _map_chunks(fn, args, in_axes, chunk):
     second time: costly for ODE solves)."""
     batched = [a for a, ax in zip(args, in_axes, strict=True) if ax == 0]
     n = _batch_length(batched, "the batched arguments")
-    vfn = jax.vmap(fn, in_axes=in_axes)
+    vfn = fn if vectorized else jax.vmap(fn, in_axes=in_axes)
     if chunk is None or n <= chunk:
         return vfn(*args)
     batched, _ = pad_batch(batched, chunk, pad="edge")
@@ -307,6 +307,7 @@ def map_batched(
     in_axes: int | None | Sequence[int | None] = 0,
     chunk: int | None = None,
     mesh: Mesh | None = None,
+    vectorized: bool = False,
 ):
     """``fn`` applied to every entry of the batch: ``vmap(fn, in_axes)(*args)``.
 
@@ -323,13 +324,19 @@ def map_batched(
       other device; outputs stay sharded along the mesh axis. Shared arguments are
       replicated. Call it inside ``jit`` for a multi-process mesh.
 
+    - ``vectorized=True``: ``fn`` already maps over the leading axis itself (takes batches,
+      returns batches, no reduction across entries, e.g. its own ``vmap`` inside); it is then
+      called on each chunk (on each device's block) as is, not vmapped.
+
     Outputs have the batch as their leading axis. Differentiable (reverse mode through
     ``shard_map`` sums a shared argument's cotangent across devices and processes)."""
     in_axes = _normalize_in_axes(in_axes, len(args))
     if chunk is not None:
         chunk = _positive_int(chunk, "chunk")
+    if not isinstance(vectorized, bool):
+        raise TypeError(f"vectorized must be True or False; got {vectorized!r}.")
     if mesh is None:
-        return _map_chunks(fn, args, in_axes, chunk)
+        return _map_chunks(fn, args, in_axes, chunk, vectorized)
     axis = _check_mesh(mesh)
     batched = [a for a, ax in zip(args, in_axes, strict=True) if ax == 0]
     n = _batch_length(batched, "the batched arguments")
@@ -340,7 +347,7 @@ def map_batched(
         )
     specs = tuple(PartitionSpec(axis) if ax == 0 else PartitionSpec() for ax in in_axes)
     per_device = jax.shard_map(
-        lambda *a: _map_chunks(fn, a, in_axes, chunk),
+        lambda *a: _map_chunks(fn, a, in_axes, chunk, vectorized),
         mesh=mesh,
         in_specs=specs,
         out_specs=PartitionSpec(axis),

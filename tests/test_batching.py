@@ -75,8 +75,8 @@ def test_map_batched_equals_vmap(reference, chunk):
 
 
 def test_map_batched_pytrees_shared_arguments_and_one_device_mesh():
-    """Pytree arguments and outputs, a shared argument, and the shard_map path on a mesh of
-    this process's device: all equal vmap."""
+    """Pytree arguments and outputs, a shared argument, the shard_map path on a mesh of this
+    process's device, and a function that maps over the batch itself: all equal vmap."""
 
     def fn(scale, data, offset):
         return {"s": scale * jnp.sum(data["a"]) + offset, "v": data["b"] * scale}
@@ -89,6 +89,13 @@ def test_map_batched_pytrees_shared_arguments_and_one_device_mesh():
         got = jax.jit(
             lambda s, d, o, kw=kw: batching.map_batched(fn, s, d, o, in_axes=(None, 0, 0), **kw)
         )(2.5, data, offsets)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    # vectorized=True: fn maps over the batch itself; map_batched only chunks/shards it
+    fn_batch = jax.vmap(fn, in_axes=(None, 0, 0))
+    for kw in ({"chunk": 2}, {"mesh": mesh, "chunk": 3}):
+        got = batching.map_batched(
+            fn_batch, 2.5, data, offsets, in_axes=(None, 0, 0), vectorized=True, **kw
+        )
         jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
 
 
