@@ -22,11 +22,18 @@ that need no ground truth, only the noise level σ (given, or estimated from the
   Peyré 2014), ε = 4σ/m^0.3, as :func:`~invcal.imaging.denoise_tv` does (its module docstring
   says why 4 and why two probes). For inpainting the measurements are the observed pixels
   only, and so are the residual and the probes. The estimator whose risk is estimated is a
-  fixed number of solver iterations from a fixed start (a continuous function of y, as SURE
-  needs); the returned image is the tolerance-stopped solve at the chosen λ. SURE is
-  minimized from its values (a log grid of λ/σ, extended while its best point is at an edge,
-  then bounded Brent between the grid neighbours), as in :func:`~invcal.imaging.denoise_tv`:
-  for gray denoising with TV the two give the same λ.
+  fixed number of solver iterations (a continuous function of y, as SURE needs): at the first
+  λ evaluated, ``num_steps`` = 100 iterations from a fixed start; at every later λ,
+  ``warm_steps`` = 40 iterations from the state (of y and of each y + εδₖ alike) reached at
+  the nearest λ evaluated before, which costs 2.5× less per evaluation. Each is still a
+  deterministic continuous function of y, so SURE stays unbiased for it; its values depend
+  slightly on the path (measured: with 20 warm iterations, 1% apart at one λ on an RGB crop,
+  a spurious minimum 0.3 dB from the oracle; with 40, 0.03 dB). ``warm_steps=None`` makes
+  every evaluation cold, as :func:`~invcal.imaging.denoise_tv` does: for gray denoising with
+  TV the two then give the same λ. The returned image is the tolerance-stopped solve at the
+  chosen λ. SURE is minimized from its values (a log grid of λ/σ, extended while its best
+  point is at an edge, then bounded Brent between the grid neighbours), as in
+  :func:`~invcal.imaging.denoise_tv`.
 * ``"discrepancy"`` — Morozov's discrepancy principle: λ with ‖A u(λ) − y‖² = mσ² (the
   residual of the reconstruction is as large as the noise), found by bracketing on a log grid
   and Brent's root finder on log λ. It tends to over-smooth (the residual of the best
