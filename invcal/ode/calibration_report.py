@@ -251,13 +251,25 @@ def _markdown(cal, figures) -> str:
         "| parameter | kind | estimate | SE | RSE % | 95% CI |",
         "|---|---|---:|---:|---:|---|",
     ]
+    poor = []
     for r in cal.estimates:
+        mark = ""
+        if not (r["rse"] <= 100.0):  # NaN too
+            mark = " †"
+            poor.append(r["name"])
         lines.append(
-            f"| {r['name']} | {r['kind']} | {_g(r['value'], 5)} | {_g(r['se'], 3)} | "
+            f"| {r['name']}{mark} | {r['kind']} | {_g(r['value'], 5)} | {_g(r['se'], 3)} | "
             f"{_g(r['rse'], 3)} | [{_g(r['ci_low'])}, {_g(r['ci_high'])}] |"
         )
+    lines += [""]
+    if poor:
+        lines += [
+            f"† {', '.join(poor)}: RSE above 100% (or no SE): poorly determined by the data; "
+            "for an SD estimated near 0 the estimate sits at its boundary and its interval "
+            "means little (consider removing that random effect with --random).",
+            "",
+        ]
     lines += [
-        "",
         "Fixed effects are on the scale the model declares them (log scale for the built-in PK "
         "models); omega_<p> are SDs of the random effects, sigma_* residual SDs. Intervals of "
         "SDs are taken on the log scale (they stay positive).",
