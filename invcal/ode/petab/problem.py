@@ -27,6 +27,7 @@ differentiable, and compiled once per problem and sensitivity method.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import diffrax as dfx
@@ -42,7 +43,7 @@ from petab.v1 import C
 from ...precision import computes_in_float64
 from .errors import PEtabError
 from .sbml import TIME, sympify_formula
-from .sensitivities import AbstractSensitivities, Checkpointed, Forward
+from .sensitivities import AbstractSensitivities, Adjoint, Checkpointed, Forward
 from .tables import Tables, lint, read_tables
 
 __all__ = ["PEtabProblem", "load", "neg_log_likelihood"]
@@ -234,7 +235,13 @@ class PEtabProblem(eqx.Module):
         sensitivities = _check_sensitivities(sensitivities)
         (value, ok), grad = _value_and_grad_jit(self, self._check_x(x), sensitivities)
         self._raise_failed(ok)
-        return float(value), np.asarray(grad)
+        grad = np.asarray(grad)
+        if not np.all(np.isfinite(grad)):
+            raise RuntimeError(
+                f"{self.file}: the gradient ({type(sensitivities).__name__}) is not finite at "
+                "these parameters (a failed adjoint solve, or max_steps reached)."
+            )
+        return float(value), grad
 
     def gradient(self, x, *, sensitivities: AbstractSensitivities | None = None) -> np.ndarray:
         """∇J(x) (see :meth:`value_and_gradient`)."""
@@ -255,22 +262,91 @@ def _check_sensitivities(sensitivities):
 # ----------------------------------------------------------------------------- objective
 
 
-def _solve(problem: PEtabProblem, adjoint, x0, p, ts, t1):
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(lambda t, y, args: problem.rhs(jnp.asarray(t), y, args)),
-        problem.solver,
-        0.0,
-        t1,
-        None,
-        x0,
-        args=p,
-        saveat=dfx.SaveAt(ts=ts),
-        stepsize_controller=dfx.PIDController(rtol=problem.rtol, atol=problem.atol),
-        adjoint=adjoint,
-        max_steps=problem.max_steps,
-        throw=False,
+class _Dynamics(eqx.Module):
+    """What a solve needs from the problem (all static: hashable for custom_vjp)."""
+
+    rhs: _Lambdified = eqx.field(static=True)
+    solver: dfx.AbstractSolver = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    def field(self, t, y, args):
+        return self.rhs(jnp.asarray(t), y, args)
+
+    def solve(self, t0, t1, y0, args, *, saveat, adjoint=None, field=None):
+        return dfx.diffeqsolve(
+            dfx.ODETerm(self.field if field is None else field),
+            self.solver,
+            t0,
+            t1,
+            None,
+            y0,
+            args=args,
+            saveat=saveat,
+            stepsize_controller=dfx.PIDController(rtol=self.rtol, atol=self.atol),
+            adjoint=dfx.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
+            max_steps=self.max_steps,
+            throw=False,
+        )
+
+
+def _dynamics(problem: PEtabProblem) -> _Dynamics:
+    return _Dynamics(problem.rhs, problem.solver, problem.rtol, problem.atol, problem.max_steps)
+
+
+def _solve(problem: PEtabProblem, sensitivities, x0, p, ts, t1):
+    """(x at ts, success) of one experiment."""
+    dyn = _dynamics(problem)
+    if isinstance(sensitivities, Adjoint):
+        return _solve_adjoint(dyn, x0, p, ts, t1)
+    sol = dyn.solve(
+        0.0, t1, x0, p, saveat=dfx.SaveAt(ts=ts), adjoint=sensitivities.diffrax_adjoint()
     )
     return sol.ys, sol.result == dfx.RESULTS.successful
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _solve_adjoint(dyn, x0, p, ts, t1):
+    sol = dyn.solve(0.0, t1, x0, p, saveat=dfx.SaveAt(ts=ts))
+    return sol.ys, sol.result == dfx.RESULTS.successful
+
+
+def _solve_adjoint_fwd(dyn, x0, p, ts, t1):
+    sol = dyn.solve(0.0, t1, x0, p, saveat=dfx.SaveAt(ts=ts, dense=True))
+    return (sol.ys, sol.result == dfx.RESULTS.successful), (sol, p, ts, t1)
+
+
+def _solve_adjoint_bwd(dyn, residuals, cotangents):
+    """λ, μ backwards from the last save time, λ jumping by ȳₖ at each save time tₖ."""
+    sol, p, ts, t1 = residuals
+    ys_bar = cotangents[0]
+
+    def field(t, z, args):
+        lam, _ = z
+        x = sol.evaluate(t)
+        _, vjp = jax.vjp(lambda xx, pp: dyn.field(t, xx, pp), x, p)
+        dx, dp = vjp(lam)
+        return -dx, -dp
+
+    def segment(carry, k):
+        (lam, mu), ok = carry
+        lam = lam + ys_bar[k]
+        t_lo = jnp.where(k > 0, ts[jnp.maximum(k - 1, 0)], 0.0)
+        seg = dyn.solve(ts[k], t_lo, (lam, mu), None, saveat=dfx.SaveAt(t1=True), field=field)
+        z = jax.tree_util.tree_map(lambda a: a[-1], seg.ys)
+        return (z, ok & (seg.result == dfx.RESULTS.successful)), None
+
+    z0 = (jnp.zeros_like(sol.ys[0]), jnp.zeros_like(p))
+    ks = jnp.arange(ts.shape[0] - 1, -1, -1)
+    ((lam, mu), ok), _ = jax.lax.scan(segment, (z0, jnp.asarray(True)), ks)
+    # A failed backward solve must not pass for a gradient.
+    lam = jnp.where(ok, lam, jnp.nan)
+    mu = jnp.where(ok, mu, jnp.nan)
+    return lam, mu, jnp.zeros_like(ts), jnp.zeros_like(t1)
+
+
+_solve_adjoint.defvjp(_solve_adjoint_fwd, _solve_adjoint_bwd)
 
 
 def _steady_state(problem: PEtabProblem, x0, p):
@@ -278,8 +354,9 @@ def _steady_state(problem: PEtabProblem, x0, p):
     method, differentiated by the implicit function theorem (optimistix)."""
     x_start = jax.lax.stop_gradient(x0)
     p_start = jax.lax.stop_gradient(p)
+    dyn = _dynamics(problem)
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(lambda t, y, args: problem.rhs(jnp.asarray(t), y, args)),
+        dfx.ODETerm(dyn.field),
         problem.solver,
         0.0,
         jnp.inf,
@@ -306,7 +383,6 @@ def _steady_state(problem: PEtabProblem, x0, p):
 
 def _evaluate(problem: PEtabProblem, x, sensitivities: AbstractSensitivities):
     """(J(x), ok per experiment)."""
-    adjoint = sensitivities.diffrax_adjoint()
     x = jnp.asarray(x)
     dtype = jnp.result_type(x, float)
     theta = [_unscale(x[k], s) for k, s in enumerate(problem.scales)]
@@ -328,7 +404,7 @@ def _evaluate(problem: PEtabProblem, x, sensitivities: AbstractSensitivities):
         ok = ok.at[pre].set(ok_ss)
     x0 = jnp.where(problem.x0_mask, v[problem.x0_index], base)
     ts = jnp.asarray(problem.save_times, dtype)
-    ys, ok_solve = jax.vmap(lambda a, b, c, d: _solve(problem, adjoint, a, b, c, d))(
+    ys, ok_solve = jax.vmap(lambda a, b, c, d: _solve(problem, sensitivities, a, b, c, d))(
         x0, p, ts, jnp.asarray(problem.end_times, dtype)
     )
     ok = ok & ok_solve & jnp.all(jnp.isfinite(ys), axis=(1, 2))
@@ -554,13 +630,19 @@ def load(
         return pre, r[C.SIMULATION_CONDITION_ID]
 
     keys = list(dict.fromkeys(experiment_of(r._asdict()) for r in m.itertuples(index=False)))
-    sim_conditions = petab.get_simulation_conditions(m)
+    # The measurement-level overrides are applied per row below (petab's mapping is per
+    # condition); an empty pre-equilibration is '' (petab's timepoint-specific check
+    # miscounts NaN when some experiments are pre-equilibrated and others not).
+    m_map = m.drop(columns=[c for c in (C.OBSERVABLE_PARAMETERS, C.NOISE_PARAMETERS) if c in m])
+    if has_pre:
+        m_map[C.PREEQUILIBRATION_CONDITION_ID] = (
+            m_map[C.PREEQUILIBRATION_CONDITION_ID].astype(object).fillna("")
+        )
+    sim_conditions = petab.get_simulation_conditions(m_map)
     try:
         mapping = petab.get_optimization_to_simulation_parameter_mapping(
             condition_df=problem.condition_df,
-            measurement_df=m.drop(
-                columns=[c for c in (C.OBSERVABLE_PARAMETERS, C.NOISE_PARAMETERS) if c in m]
-            ),
+            measurement_df=m_map,
             parameter_df=par,
             observable_df=None,
             model=problem.model,

@@ -1,0 +1,404 @@
+"""invcal.ode.petab: PEtab problems as JAX objectives.
+
+Oracles: AMICI's reference log-likelihoods of three benchmark problems; a small PEtab problem
+written here whose ODE has a closed-form solution, scored by ``petab.calculate_llh`` (PEtab's
+own noise models) on that solution; central finite differences for the gradients.
+"""
+
+import shutil
+from pathlib import Path
+
+import diffrax as dfx
+import jax
+import numpy as np
+import pandas as pd
+import petab.v1 as libpetab
+import pytest
+
+from invcal.ode import petab
+from invcal.testing import count_compilations
+
+DATA = Path(__file__).parent / "data" / "petab"
+# AMICI's benchmark values (log-likelihood at the nominal parameters).
+REFERENCE = {
+    "Boehm_JProteomeRes2014": -138.22199693517703,
+    "Fujita_SciSignal2010": 53.08377736998929,
+    "Zheng_PNAS2012": 278.33353271001477,
+}
+
+
+def yaml_of(name):
+    return DATA / name / f"{name}.yaml"
+
+
+@pytest.fixture(scope="module")
+def boehm():
+    return petab.load(yaml_of("Boehm_JProteomeRes2014"))
+
+
+# ------------------------------------------------------------------ a closed-form problem
+
+SBML = """<?xml version="1.0" encoding="UTF-8"?>
+<sbml xmlns="http://www.sbml.org/sbml/level3/version1/core" level="3" version="1">
+  <model id="decay">
+    <listOfCompartments>
+      <compartment id="cell" spatialDimensions="3" size="2" constant="true"/>
+    </listOfCompartments>
+    <listOfSpecies>
+      <species id="A" compartment="cell" initialConcentration="0" hasOnlySubstanceUnits="false"
+               boundaryCondition="false" constant="false"/>
+      <species id="B" compartment="cell" initialConcentration="0" hasOnlySubstanceUnits="false"
+               boundaryCondition="false" constant="false"/>
+    </listOfSpecies>
+    <listOfParameters>
+      <parameter id="k1" value="1" constant="true"/>
+      <parameter id="k2" value="1" constant="true"/>
+      <parameter id="kin" value="1" constant="true"/>
+      <parameter id="A0" value="1" constant="true"/>
+      <parameter id="u" value="0" constant="true"/>
+    </listOfParameters>
+    <listOfInitialAssignments>
+      <initialAssignment symbol="A">
+        <math xmlns="http://www.w3.org/1998/Math/MathML"><ci> A0 </ci></math>
+      </initialAssignment>
+    </listOfInitialAssignments>
+    <listOfReactions>
+      <reaction id="in" reversible="false" fast="false">
+        <listOfProducts><speciesReference species="A" stoichiometry="1" constant="true"/>
+        </listOfProducts>
+        <kineticLaw><math xmlns="http://www.w3.org/1998/Math/MathML">
+          <apply><times/><ci> cell </ci><ci> kin </ci><ci> u </ci></apply></math></kineticLaw>
+      </reaction>
+      <reaction id="conv" reversible="false" fast="false">
+        <listOfReactants><speciesReference species="A" stoichiometry="1" constant="true"/>
+        </listOfReactants>
+        <listOfProducts><speciesReference species="B" stoichiometry="1" constant="true"/>
+        </listOfProducts>
+        <kineticLaw><math xmlns="http://www.w3.org/1998/Math/MathML">
+          <apply><times/><ci> cell </ci><ci> k1 </ci><ci> A </ci></apply></math></kineticLaw>
+      </reaction>
+      <reaction id="deg" reversible="false" fast="false">
+        <listOfReactants><speciesReference species="B" stoichiometry="1" constant="true"/>
+        </listOfReactants>
+        <kineticLaw><math xmlns="http://www.w3.org/1998/Math/MathML">
+          <apply><times/><ci> cell </ci><ci> k2 </ci><ci> B </ci></apply></math></kineticLaw>
+      </reaction>
+    </listOfReactions>
+  </model>
+</sbml>
+"""
+
+# k1 log10, k2 log, kin lin, A0 log10; sdA and scaleB estimated, scaleA and sdB fixed;
+# offset a parameter-table-only id used in a formula.
+PARAMETERS = [
+    ("k1", "log10", 0.7, 1),
+    ("k2", "log", 0.2, 1),
+    ("kin", "lin", 1.3, 1),
+    ("A0", "log10", 4.0, 1),
+    ("sdA", "log10", 0.3, 1),
+    ("scaleB", "log10", 2.5, 1),
+    ("offset", "lin", 0.1, 1),
+    ("scaleA", "lin", 1.5, 0),
+    ("sdB", "lin", 0.2, 0),
+]
+OBSERVABLES = [
+    ("obsA", "scaleA * A", "noiseParameter1_obsA", "lin", "normal"),
+    ("obsB", "observableParameter1_obsB * B + offset", "noiseParameter1_obsB", "log", "normal"),
+    ("obsC", "A + B", "0.05", "log10", "laplace"),
+]
+TIMES = [0.0, 0.5, 1.0, 2.0, 4.0]
+
+
+def closed_form(t, k1, k2, a0, b0):
+    """A' = -k1 A, B' = k1 A - k2 B (concentrations; the compartment size cancels)."""
+    a = a0 * np.exp(-k1 * t)
+    b = b0 * np.exp(-k2 * t) + k1 * a0 * (np.exp(-k1 * t) - np.exp(-k2 * t)) / (k2 - k1)
+    return a, b
+
+
+def write_problem(folder: Path) -> Path:
+    """A PEtab problem: experiment 1 pre-equilibrated (u = 1, then u = 0), experiment 2
+    from A(0) = A0 and a condition-table B(0) = 0.5; numeric and parametric observable and
+    noise overrides; lin/log/log10 observables, normal and Laplace noise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.xml").write_text(SBML)
+    pd.DataFrame(
+        {
+            "conditionId": ["pre", "c1", "c2"],
+            "u": [1.0, 0.0, 0.0],
+            "B": [np.nan, np.nan, 0.5],
+        }
+    ).to_csv(folder / "conditions.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        [
+            {
+                "observableId": o,
+                "observableFormula": f,
+                "noiseFormula": n,
+                "observableTransformation": tr,
+                "noiseDistribution": d,
+            }
+            for o, f, n, tr, d in OBSERVABLES
+        ]
+    ).to_csv(folder / "observables.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        [
+            {
+                "parameterId": p,
+                "parameterScale": s,
+                "lowerBound": 1e-3,
+                "upperBound": 1e3,
+                "nominalValue": v,
+                "estimate": e,
+            }
+            for p, s, v, e in PARAMETERS
+        ]
+    ).to_csv(folder / "parameters.tsv", sep="\t", index=False)
+    rng = np.random.default_rng(0)
+    rows = []
+    for pre, sim in (("pre", "c1"), ("", "c2")):
+        for t in TIMES:
+            for obs in ("obsA", "obsB", "obsC"):
+                op = {"obsA": "", "obsB": "scaleB" if sim == "c1" else "2.0", "obsC": ""}[obs]
+                nz = {"obsA": "0.1" if sim == "c1" else "sdA", "obsB": "sdB", "obsC": ""}[obs]
+                rows.append(
+                    {
+                        "observableId": obs,
+                        "preequilibrationConditionId": pre,
+                        "simulationConditionId": sim,
+                        "measurement": float(rng.uniform(0.5, 3.0)),
+                        "time": t,
+                        "observableParameters": op,
+                        "noiseParameters": nz,
+                    }
+                )
+    pd.DataFrame(rows).to_csv(folder / "measurements.tsv", sep="\t", index=False)
+    (folder / "problem.yaml").write_text(
+        "format_version: 1\n"
+        "parameter_file: parameters.tsv\n"
+        "problems:\n"
+        "- condition_files: [conditions.tsv]\n"
+        "  measurement_files: [measurements.tsv]\n"
+        "  observable_files: [observables.tsv]\n"
+        "  sbml_files: [model.xml]\n"
+    )
+    return folder / "problem.yaml"
+
+
+def expected_llh(folder: Path) -> float:
+    """petab.calculate_llh on the closed-form solution at the nominal parameters."""
+    par = {p: v for p, _, v, _ in PARAMETERS}
+    k1, k2, kin = par["k1"], par["k2"], par["kin"]
+    states = {
+        ("pre", "c1"): (kin / k1, kin / k2),  # the steady state with u = 1
+        ("", "c2"): (par["A0"], 0.5),
+    }
+    m = libpetab.get_measurement_df(str(folder / "measurements.tsv"))
+    sim = m.copy()
+    values = []
+    for r in m.itertuples(index=False):
+        r = r._asdict()
+        pre = r["preequilibrationConditionId"]
+        pre = pre if isinstance(pre, str) else ""
+        a, b = closed_form(r["time"], k1, k2, *states[(pre, r["simulationConditionId"])])
+        obs = r["observableId"]
+        if obs == "obsA":
+            values.append(par["scaleA"] * a)
+        elif obs == "obsB":
+            scale = par["scaleB"] if r["simulationConditionId"] == "c1" else 2.0
+            values.append(scale * b + par["offset"])
+        else:
+            values.append(a + b)
+    sim = sim.rename(columns={"measurement": "simulation"})
+    sim["simulation"] = values
+    return libpetab.calculate_llh(
+        m,
+        sim,
+        libpetab.get_observable_df(str(folder / "observables.tsv")),
+        libpetab.get_parameter_df(str(folder / "parameters.tsv")),
+    )
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    path = write_problem(folder)
+    # Non-stiff: an explicit solver keeps the compilations short.
+    return petab.load(path, solver=dfx.Tsit5()), folder
+
+
+def test_closed_form_problem_matches_petab_calculate_llh(small):
+    problem, folder = small
+    assert problem.parameter_ids == ("k1", "k2", "kin", "A0", "sdA", "scaleB", "offset")
+    assert problem.nominal == pytest.approx({p: v for p, _, v, e in PARAMETERS if e}, rel=0, abs=0)
+    assert problem.experiments == (("pre", "c1"), ("", "c2"))
+    np.testing.assert_allclose(problem.x_nominal[0], np.log10(0.7))
+    np.testing.assert_allclose(problem.x_nominal[1], np.log(0.2))
+    llh = problem.log_likelihood(problem.nominal)
+    assert isinstance(llh, float)
+    assert llh == pytest.approx(expected_llh(folder), abs=1e-6)
+    # Another point: the dict is on the linear scale.
+    other = dict(problem.nominal, k1=0.5)
+    assert problem.log_likelihood(other) != pytest.approx(llh, abs=1e-3)
+
+
+def gradient_fd(problem, x, h=1e-5):
+    g = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = h
+        g[i] = (problem.objective(x + e) - problem.objective(x - e)) / (2 * h)
+    return g
+
+
+def test_sensitivity_methods_agree_with_each_other_and_finite_differences(small):
+    problem, _ = small
+    x = problem.x_nominal + 0.05
+    grads = {}
+    for method in (petab.Forward(), petab.Adjoint(), petab.Checkpointed()):
+        value, grads[type(method).__name__] = problem.value_and_gradient(x, sensitivities=method)
+        assert value == pytest.approx(problem.objective(x), rel=1e-12)
+    fd = gradient_fd(problem, x)
+    ref = grads["Forward"]
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, ref, rtol=1e-6, atol=1e-9 * np.abs(ref).max(), err_msg=name)
+        np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7 * np.abs(ref).max(), err_msg=name)
+
+
+def test_pure_function_jits_and_differentiates(small):
+    problem, _ = small
+    x = jax.numpy.asarray(problem.x_nominal)
+    value = jax.jit(lambda y: petab.neg_log_likelihood(problem, y))(x)
+    assert float(value) == pytest.approx(-problem.log_likelihood(), rel=1e-12)
+    g = jax.grad(
+        lambda y: petab.neg_log_likelihood(problem, y, sensitivities=petab.Checkpointed())
+    )(x)
+    np.testing.assert_allclose(g, problem.gradient(problem.x_nominal), rtol=1e-6)
+
+
+def test_repeated_calls_compile_nothing(small):
+    problem, _ = small
+    x = problem.x_nominal
+    problem.objective(x)
+    problem.value_and_gradient(x, sensitivities=petab.Checkpointed())
+    with count_compilations() as c:
+        problem.objective(x + 0.01)
+        problem.log_likelihood()
+        problem.value_and_gradient(x + 0.01, sensitivities=petab.Checkpointed())
+    assert c.total == 0, c.names
+
+
+def test_bad_parameters_are_refused(small):
+    problem, _ = small
+    with pytest.raises(ValueError, match="missing \\['k1'\\]"):
+        problem.log_likelihood({k: v for k, v in problem.nominal.items() if k != "k1"})
+    with pytest.raises(ValueError, match="shape \\(7,\\)"):
+        problem.objective(np.zeros(3))
+    with pytest.raises(TypeError, match="Forward\\(\\), Adjoint\\(\\) or Checkpointed"):
+        problem.gradient(problem.x_nominal, sensitivities="adjoint")
+
+
+# ------------------------------------------------------------------ benchmark problems
+
+
+def test_boehm_log_likelihood_matches_amici(boehm):
+    assert boehm.log_likelihood() == pytest.approx(REFERENCE["Boehm_JProteomeRes2014"], abs=1e-3)
+    assert len(boehm.parameter_ids) == 9
+
+
+def test_default_configuration_gives_the_same_value(boehm):
+    value = boehm.log_likelihood()
+    with jax.enable_x64(False):
+        assert boehm.log_likelihood() == value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["Fujita_SciSignal2010", "Zheng_PNAS2012"])
+def test_benchmark_log_likelihood_matches_amici(name):
+    assert petab.load(yaml_of(name)).log_likelihood() == pytest.approx(REFERENCE[name], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_boehm_gradients_agree(boehm):
+    x = boehm.x_nominal
+    fwd = boehm.gradient(x, sensitivities=petab.Forward())
+    chk = boehm.gradient(x, sensitivities=petab.Checkpointed())
+    np.testing.assert_allclose(chk, fwd, rtol=1e-6, atol=1e-9 * np.abs(fwd).max())
+    fd = gradient_fd(boehm, x)
+    np.testing.assert_allclose(fwd, fd, rtol=1e-4, atol=1e-6 * np.abs(fwd).max())
+
+
+# ------------------------------------------------------------------ malformed problems
+
+
+def copy_small(tmp_path):
+    return write_problem(tmp_path / "p")
+
+
+def test_missing_table_names_the_file(tmp_path):
+    path = copy_small(tmp_path)
+    (path.parent / "observables.tsv").unlink()
+    with pytest.raises(petab.PEtabError, match="observables.tsv"):
+        petab.load(path)
+
+
+def test_unknown_observable_names_file_and_row(tmp_path):
+    path = copy_small(tmp_path)
+    m = pd.read_csv(path.parent / "measurements.tsv", sep="\t")
+    m.loc[3, "observableId"] = "nope"
+    m.to_csv(path.parent / "measurements.tsv", sep="\t", index=False)
+    with pytest.raises(petab.PEtabError, match=r"measurements.tsv line 5: observableId 'nope'"):
+        petab.load(path)
+
+
+def test_unparsable_formula_names_file_and_row(tmp_path):
+    path = copy_small(tmp_path)
+    o = pd.read_csv(path.parent / "observables.tsv", sep="\t")
+    o.loc[1, "observableFormula"] = "B * + )"
+    o.to_csv(path.parent / "observables.tsv", sep="\t", index=False)
+    with pytest.raises(petab.PEtabError, match=r"observables.tsv line 3 .*does not parse"):
+        petab.load(path)
+
+
+def test_wrong_number_of_overrides_names_the_row(tmp_path):
+    path = copy_small(tmp_path)
+    m = pd.read_csv(path.parent / "measurements.tsv", sep="\t", keep_default_na=False)
+    m.loc[1, "observableParameters"] = "1.0;2.0"
+    m.to_csv(path.parent / "measurements.tsv", sep="\t", index=False)
+    with pytest.raises(petab.PEtabError, match=r"measurements.tsv line 3: observableParameters"):
+        petab.load(path)
+
+
+def test_event_is_refused_in_one_line(tmp_path):
+    path = copy_small(tmp_path)
+    sbml = (path.parent / "model.xml").read_text()
+    event = """<listOfEvents><event id="pulse" useValuesFromTriggerTime="true">
+      <trigger initialValue="false" persistent="true"><math xmlns="http://www.w3.org/1998/Math/MathML">
+        <apply><geq/><csymbol encoding="text"
+          definitionURL="http://www.sbml.org/sbml/symbols/time"> t </csymbol><cn> 1 </cn></apply>
+      </math></trigger>
+      <listOfEventAssignments><eventAssignment variable="A"><math
+        xmlns="http://www.w3.org/1998/Math/MathML"><cn> 1 </cn></math></eventAssignment>
+      </listOfEventAssignments></event></listOfEvents>
+    </model>"""
+    (path.parent / "model.xml").write_text(sbml.replace("</model>", event))
+    with pytest.raises(petab.UnsupportedModelError) as info:
+        petab.load(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "model.xml" in message and "event" in message
+
+
+def test_algebraic_rule_is_refused(tmp_path):
+    src = DATA / "Boehm_JProteomeRes2014"
+    dst = tmp_path / "boehm"
+    shutil.copytree(src, dst)
+    model = dst / "model_Boehm_JProteomeRes2014.xml"
+    text = model.read_text()
+    rule = (
+        '<algebraicRule><math xmlns="http://www.w3.org/1998/Math/MathML">'
+        "<apply><minus/><ci> ratio </ci><cn> 1 </cn></apply></math></algebraicRule>"
+    )
+    model.write_text(text.replace("<listOfRules>", "<listOfRules>" + rule, 1))
+    with pytest.raises(petab.UnsupportedModelError, match="algebraic rule"):
+        petab.load(dst / "Boehm_JProteomeRes2014.yaml")
