@@ -306,7 +306,7 @@ def _landscape(setup, previous, out: Path, *, show_progress: bool):
     finally:
         if bar is not None:
             bar.close()
-    values = np.array([row["value"] for row in res.history], dtype=float)
+    values = np.array([row.value for row in res.rows], dtype=float)
     values = values.reshape(tuple(len(a) for a in axes))
     return {"names": list(grid), "axes": axes, "values": values.tolist()}
 

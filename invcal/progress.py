@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Mapping
+
+from .history import HistoryRow
 
 __all__ = ["ProgressBar", "format_seconds"]
 
@@ -64,17 +67,25 @@ class ProgressBar:
         self._open = False
 
     def line(
-        self, step: int, total: int, row: dict | None = None, *, now: float | None = None
+        self,
+        step: int,
+        total: int,
+        row: HistoryRow | dict | None = None,
+        *,
+        now: float | None = None,
     ) -> str:
         """The text of one update (no newline, no carriage return)."""
         now = time.perf_counter() if now is None else now
-        row = row or {}
+        # a criterion value is shown for a row that has one (a progress call without one,
+        # e.g. a search's start, shows the bar alone)
+        shows_value = isinstance(row, HistoryRow) or (isinstance(row, Mapping) and "value" in row)
+        row = HistoryRow.from_json(row)
         total = max(int(total), 1)
         step = min(max(int(step), 0), total)
         filled = int(round(self.width * step / total))
         bar = "#" * filled + "." * (self.width - filled)
-        elapsed = row.get("elapsed")
-        if not isinstance(elapsed, (int, float)):
+        elapsed = row.elapsed
+        if elapsed is None:
             elapsed = now - self._t0
         eta = math.nan
         if self._first is not None:
@@ -84,18 +95,18 @@ class ProgressBar:
             elif step == total:
                 eta = 0.0
         parts = [f"[{bar}] {step:>{len(str(total))}}/{total}"]
-        if "value" in row:
-            parts.append(f"E={_number(row.get('value'))}")
-        if row.get("grad_norm") is not None:
-            parts.append(f"|g|={_number(row.get('grad_norm'))}")
-        if row.get("accepted") is False:
+        if shows_value:
+            parts.append(f"E={_number(row.value)}")
+        if row.grad_norm is not None:
+            parts.append(f"|g|={_number(row.grad_norm)}")
+        if row.accepted is False:
             parts.append("(rejected)")
         parts.append(f"elapsed {format_seconds(elapsed)}")
         parts.append("done" if step >= total else f"ETA {format_seconds(eta)}")
         prefix = f"{self.label} " if self.label else ""
         return prefix + "  ".join(parts)
 
-    def __call__(self, step: int, total: int, row: dict | None = None) -> None:
+    def __call__(self, step: int, total: int, row: HistoryRow | dict | None = None) -> None:
         now = time.perf_counter()
         if self._first is None:
             self._first = (now, int(step))

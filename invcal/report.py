@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .history import HistoryRow
 from .runfolder import RESULTS_FILE
 
 __all__ = ["load_results", "write_report", "REPORT_FILE"]
@@ -105,37 +106,43 @@ def _float(v) -> float:
         return math.nan
 
 
+def _rows(results) -> list[HistoryRow]:
+    """The history as typed rows (tolerant: a missing or mistyped field reads as None)."""
+    return [HistoryRow.from_json(row) for row in results["history"]]
+
+
 def _series(history, key) -> np.ndarray:
-    return np.array([_float(row.get(key)) for row in history], dtype=float)
+    return np.array([_float(getattr(row, key)) for row in history], dtype=float)
+
+
+def _step(row: HistoryRow, i: int) -> int:
+    return row.step if row.step is not None else i
 
 
 def _steps(history) -> np.ndarray:
     return np.array(
-        [
-            row.get("step", i) if isinstance(row.get("step"), int) else i
-            for i, row in enumerate(history)
-        ],
+        [row.step if row.step is not None else i for i, row in enumerate(history)],
         dtype=float,
     )
 
 
 def _entry_names(results) -> list[str]:
-    history = results["history"]
+    history = _rows(results)
     space = results.get("space")
     if isinstance(space, Mapping) and space:
         names = list(space)
     elif history:
-        names = list(history[0]["theta"])
+        names = list(history[0].theta)
     else:
         names = []
-    return [n for n in names if not history or n in history[0]["theta"]]
+    return [n for n in names if not history or n in history[0].theta]
 
 
 def _entry_values(history, name) -> np.ndarray:
     """(steps, components) array of θ[name] along the history (scalars: one component)."""
     vals = []
     for row in history:
-        v = row["theta"].get(name)
+        v = row.theta.get(name)
         a = np.asarray(np.nan if v is None else v, dtype=float).ravel()
         vals.append(a)
     width = max((a.size for a in vals), default=1)
@@ -158,9 +165,9 @@ def _shape(results, name) -> tuple:
         shape = space[name].get("shape")
         if isinstance(shape, list):
             return tuple(shape)
-    history = results["history"]
+    history = _rows(results)
     if history:
-        return np.shape(history[0]["theta"].get(name))
+        return np.shape(history[0].theta.get(name))
     return ()
 
 
@@ -219,11 +226,11 @@ def _mark_rejected(ax, x, y, rejected) -> None:
 
 
 def _plot_trajectory(results, path: Path) -> str:
-    history = results["history"]
+    history = _rows(results)
     names = _entry_names(results)
     shown = names[:_MAX_PANELS]
     steps = _steps(history)
-    rejected = np.array([row.get("accepted") is False for row in history])
+    rejected = np.array([row.accepted is False for row in history])
     n = len(shown)
     fig = Figure(figsize=(7.0, 1.0 + 2.0 * n), layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
@@ -276,10 +283,10 @@ def _plot_trajectory(results, path: Path) -> str:
 
 
 def _plot_criterion(results, path: Path) -> str:
-    history = results["history"]
+    history = _rows(results)
     steps = _steps(history)
     values = _series(history, "value")
-    rejected = np.array([row.get("accepted") is False for row in history])
+    rejected = np.array([row.accepted is False for row in history])
     fig = Figure(figsize=(7.0, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(steps, values, "o-", ms=3, lw=1.2, color="tab:blue", label="E at step")
@@ -316,7 +323,7 @@ def _plot_criterion(results, path: Path) -> str:
 
 
 def _plot_grad_norm(results, path: Path) -> str | None:
-    history = results["history"]
+    history = _rows(results)
     steps = _steps(history)
     g = _series(history, "grad_norm")
     good = np.isfinite(g) & (g > 0)
@@ -363,7 +370,7 @@ def _landscape(results) -> dict | None:
 
 
 def _plot_landscape(results, land: dict, path: Path) -> str:
-    history = results["history"]
+    history = _rows(results)
     names, axes, V = land["names"], land["axes"], np.ma.masked_invalid(land["values"])
     traj = [_entry_values(history, n)[:, 0] for n in names]
     values = _series(history, "value")
@@ -472,31 +479,32 @@ def _figure_name(filename: str) -> str | None:
 
 
 def _table(results) -> list[str]:
-    history = results["history"]
+    history = _rows(results)
     names = _entry_names(results)
     header = "| | step | " + " | ".join(f"{_plain(n)}" for n in names) + " | criterion E |"
     lines = [header, "|---|---:|" + "---:|" * len(names) + "---:|"]
 
     def row_line(label, row, bold=False):
-        cells = [_plain(_fmt_theta(row["theta"].get(n))) for n in names]
-        value = _fmt(row.get("value"))
+        cells = [_plain(_fmt_theta(row.theta.get(n))) for n in names]
+        value = _fmt(row.value)
         if bold:
             value = f"**{value}**"
-        return f"| {label} | {row.get('step', '—')} | " + " | ".join(cells) + f" | {value} |"
+        step = "—" if row.step is None else row.step
+        return f"| {label} | {step} | " + " | ".join(cells) + f" | {value} |"
 
     lines.append(row_line("initial", history[0]))
     lines.append(row_line("final", history[-1]))
     best = results.get("best")
     if isinstance(best, Mapping) and isinstance(best.get("theta"), Mapping):
-        lines.append(row_line("**best**", best, bold=True))
+        lines.append(row_line("**best**", HistoryRow.from_json(best), bold=True))
     return lines
 
 
 def _work(results) -> list[str]:
-    history = results["history"]
+    history = _rows(results)
     n = len(history)
     out = []
-    elapsed = _float(history[-1].get("elapsed"))
+    elapsed = _float(history[-1].elapsed)
     walls = _series(history, "wall_time")
     wall_sum = float(np.nansum(walls)) if np.any(np.isfinite(walls)) else math.nan
     if math.isfinite(elapsed):
@@ -507,7 +515,7 @@ def _work(results) -> list[str]:
     elif math.isfinite(wall_sum):
         out.append(f"- total wall time of the steps: {wall_sum:.3g} s")
     requested = results.get("steps_requested")
-    rejected = [row.get("step", i) for i, row in enumerate(history) if row.get("accepted") is False]
+    rejected = [_step(row, i) for i, row in enumerate(history) if row.accepted is False]
     line = f"- outer steps: {n}" + (f" of {requested} requested" if requested is not None else "")
     if rejected:
         line += f"; {len(rejected)} rejected ({_list_steps(rejected)})"
@@ -523,10 +531,10 @@ def _work(results) -> list[str]:
             if np.any(np.isfinite(res)):
                 line += f"; largest residual {_fmt(np.nanmax(res), 3)}"
             out.append(line)
-    flags = [row.get("converged") for row in history]
+    flags = [row.converged for row in history]
     known = [f for f in flags if isinstance(f, bool)]
     if known:
-        bad = [row.get("step", i) for i, row in enumerate(history) if row.get("converged") is False]
+        bad = [_step(row, i) for i, row in enumerate(history) if row.converged is False]
         if bad:
             out.append(
                 f"- convergence: **{len(bad)} of {len(known)} steps did not converge** "

@@ -152,5 +152,5 @@ def _drive(problem, solver, method, outer, steps, theta0, rec, progress, policy)
             **info.extra,
         )
         if progress is not None:
-            progress(row["step"] + 1, steps, row)
+            progress(row.step + 1, steps, row)
     return rec.finish(None if last is None else last.x, last)

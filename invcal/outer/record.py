@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..history import HistoryRow
 from ..runfolder import RESULTS_FILE
 
 __all__ = ["TuneResult", "atomic_write_json"]
@@ -86,6 +87,11 @@ class TuneResult:
     hypergradient: Any = None
     path: Path | None = None
     evaluations: int = field(default=0)
+
+    @property
+    def rows(self) -> list[HistoryRow]:
+        """The history as typed rows."""
+        return [HistoryRow.from_json(r) for r in self.history]
 
 
 def _is_number(v, none_ok=False) -> bool:
@@ -230,36 +236,42 @@ class _Recorder:
 
     def add(
         self, *, z, theta, value, grad_z_=None, diag=None, accepted=True, wall, state=None, **extra
-    ):
-        row = {
-            "step": len(self.history),
-            "z": _to_json(z),
-            "theta": _theta_json(theta),
-            "value": float(value),
-            "grad_norm": None if grad_z_ is None else float(np.linalg.norm(np.asarray(grad_z_))),
-            "grad_z": None if grad_z_ is None else _to_json(grad_z_),
-            "accepted": bool(accepted),
-            "wall_time": wall,
-            "elapsed": self.elapsed0 + time.perf_counter() - self.t0,
-        }
+    ) -> HistoryRow:
+        """Record one evaluation (and the outer solver's ``state`` after it), write
+        results.json, and return the row."""
+        fields = {}
         if diag is not None:
             d = diag.as_dict()
-            row.update(
+            fields.update(
                 inner_steps=d["inner_steps"],
                 inner_residual=d["inner_residual"],
                 linear_steps=d["linear_steps"],
                 linear_residual=d["linear_residual"],
                 converged=d["inner_converged"] and d["linear_converged"] and d["finite"],
             )
-        row.update(extra)
-        self.history.append(row)
+        common = set(HistoryRow.__dataclass_fields__) - {"extra"}
+        fields.update({k: v for k, v in extra.items() if k in common})
+        row = HistoryRow(
+            step=len(self.history),
+            z=_to_json(z),
+            theta=_theta_json(theta),
+            value=float(value),
+            grad_norm=None if grad_z_ is None else float(np.linalg.norm(np.asarray(grad_z_))),
+            grad_z=None if grad_z_ is None else _to_json(grad_z_),
+            accepted=bool(accepted),
+            wall_time=wall,
+            elapsed=self.elapsed0 + time.perf_counter() - self.t0,
+            extra={k: v for k, v in extra.items() if k not in common},
+            **fields,
+        )
+        self.history.append(row.to_json())
         best = self.results["best"]
-        if math.isfinite(row["value"]) and (best is None or row["value"] < best["value"]):
+        if math.isfinite(row.value) and (best is None or row.value < best["value"]):
             self.results["best"] = {
-                "step": row["step"],
-                "theta": row["theta"],
-                "value": row["value"],
-                "z": row["z"],
+                "step": row.step,
+                "theta": row.theta,
+                "value": row.value,
+                "z": row.z,
             }
         self.results["state"] = state
         self.write()

@@ -154,7 +154,7 @@ def _rtho_loop(problem, solver, rtho, learning_rate, steps, theta0, rec, progres
             Z = jax.tree_util.tree_map(jnp.zeros_like, Z)
             t_run = 0
         if progress is not None:
-            progress(row["step"] + 1, steps, row)
+            progress(row.step + 1, steps, row)
     return rec.finish(solver.current(state), None)
 
 

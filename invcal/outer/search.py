@@ -82,7 +82,7 @@ def _evaluate_points(problem, solver, thetas, rec, progress, total):
             converged=True,
         )
         if progress is not None:
-            progress(row["step"] + 1, total, row)
+            progress(row.step + 1, total, row)
     return rec.finish(last_x, None)
 
 
