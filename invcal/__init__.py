@@ -42,14 +42,13 @@ from .solvers import (
     InnerSolution,
     Newton,
     PopulationLM,
-    SplitBregman,
 )
 from .space import Bounded, Identity, Log, Param, Softplus, Space
 from .testing import check_hypergradient
 
 # Solvers that live with their domain (the core imports no domain), importable from the top
 # level as before; the domain package is imported on first use, so `import invcal` stays light.
-_DOMAIN_NAMES = {"WorkingSetFISTA": "invcal.sparse"}
+_DOMAIN_NAMES = {"WorkingSetFISTA": "invcal.sparse", "SplitBregman": "invcal.imaging"}
 
 
 def __getattr__(name):

@@ -9,7 +9,7 @@ Gaussian noise σ). For each training image k with truth u₀ₖ and noisy fₖ 
 
 with the TV weights w(θ) one scalar, a (vertical, horizontal) pair or a coarse ``blocks``×
 ``blocks`` grid, log-parametrized. The inner solution is the fixed point of one Split Bregman
-iteration T(u, d, b; w) (:mod:`invcal.solvers.bregman`), solved for all training images at once
+iteration T(u, d, b; w) (:mod:`invcal.imaging.bregman`), solved for all training images at once
 (``vmap``); its hypergradient comes from the implicit function theorem on s − T(s) with GMRES
 (the default), from unrolling T, or — with ``huber=ε`` — from CG on the Hessian of the
 Huber-smoothed energy. ``criterion="sure"`` tunes the weight of the single image ``image``

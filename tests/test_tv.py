@@ -1,4 +1,4 @@
-"""Split Bregman TV (invcal.solvers.bregman, re-exported by invcal.imaging): shrinkages,
+"""Split Bregman TV (invcal.imaging.bregman, re-exported by invcal.imaging): shrinkages,
 agreement with an independent solver and with scikit-image, and hypergradients of the TV
 weights against finite differences."""
 
@@ -14,11 +14,7 @@ from hypothesis import strategies as st
 
 import invcal as ic
 from invcal.imaging import Blur, Neumann, Periodic, add_noise, gaussian_kernel, load_image
-from invcal.imaging.metrics import mse, psnr
-from invcal.imaging.tuning import MSE, PSNR, SURE, tv_problem
-from invcal.imaging.weights import BlockWeights, DirectionalWeights
-from invcal.prox import prox_huber, prox_huber_vector, soft_threshold, vector_shrink
-from invcal.solvers.bregman import (
+from invcal.imaging.bregman import (
     Anisotropic,
     GaussSeidel,
     Isotropic,
@@ -26,6 +22,10 @@ from invcal.solvers.bregman import (
     SplitBregman,
     split_bregman,
 )
+from invcal.imaging.metrics import mse, psnr
+from invcal.imaging.tuning import MSE, PSNR, SURE, tv_problem
+from invcal.imaging.weights import BlockWeights, DirectionalWeights
+from invcal.prox import prox_huber, prox_huber_vector, soft_threshold, vector_shrink
 from invcal.testing import grad_z
 
 

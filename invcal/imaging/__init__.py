@@ -4,9 +4,8 @@ denoising by Split Bregman, and its weight tuned by hypergradients.
 ``from invcal.imaging import denoise_tv`` is the one-call entry point; the pieces below it are
 reusable (the operators by any imaging problem, :func:`split_bregman` as a fast solver,
 :func:`tv_problem` to tune TV weights with the invcal engine). The Split Bregman solver
-(:class:`SplitBregman`, its u-steps, TV norms and :func:`split_bregman`) lives with the other
-inner solvers in :mod:`invcal.solvers.bregman` and is re-exported here and from
-:mod:`invcal.imaging.tv`.
+(:class:`SplitBregman`, its u-steps, TV norms and :func:`split_bregman`) is in
+:mod:`invcal.imaging.bregman`, re-exported here and from :mod:`invcal.imaging.tv`.
 """
 
 from .data import IMAGES, TRAIN, VALIDATION, add_noise, load_image, load_images

@@ -71,7 +71,6 @@ differ near the image border, the difference decaying inwards (``tests/test_tv.p
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
@@ -80,9 +79,7 @@ import numpy as np
 
 from .. import prox
 from ..prox import soft_threshold, vector_shrink
-
-if TYPE_CHECKING:
-    from ..imaging.operators import AbstractBoundary, Blur
+from .operators import AbstractBoundary, Blur, Neumann, Periodic
 
 __all__ = [
     "AbstractTVNorm",
@@ -100,25 +97,15 @@ __all__ = [
 ]
 
 
-# The boundaries and the blur are imaging operators. invcal.imaging re-exports this module
-# (from invcal.imaging.tv), so importing invcal.imaging.operators at module level would be
-# circular whenever invcal.solvers is imported first (as ``import invcal`` does): they are
-# imported where they are used, as working_set.py does with invcal.sparse.
 def _default_boundary():
-    from ..imaging.operators import Neumann
-
     return Neumann()
 
 
 def _is_periodic(boundary) -> bool:
-    from ..imaging.operators import Periodic
-
     return isinstance(boundary, Periodic)
 
 
 def _is_boundary(boundary) -> bool:
-    from ..imaging.operators import AbstractBoundary
-
     return isinstance(boundary, AbstractBoundary)
 
 
