@@ -41,14 +41,17 @@ from .solvers import (
     FixedSteps,
     InnerSolution,
     Newton,
-    PopulationLM,
 )
 from .space import Bounded, Identity, Log, Param, Softplus, Space
 from .testing import check_hypergradient
 
 # Solvers that live with their domain (the core imports no domain), importable from the top
 # level as before; the domain package is imported on first use, so `import invcal` stays light.
-_DOMAIN_NAMES = {"WorkingSetFISTA": "invcal.sparse", "SplitBregman": "invcal.imaging"}
+_DOMAIN_NAMES = {
+    "WorkingSetFISTA": "invcal.sparse",
+    "SplitBregman": "invcal.imaging",
+    "PopulationLM": "invcal.ode",
+}
 
 
 def __getattr__(name):

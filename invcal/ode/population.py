@@ -52,7 +52,7 @@ nlme to 1e-4, while the exact maximum (``algorithm="lbfgs"``) has a log-likeliho
 
 :func:`population_problem` expresses the same model as an :class:`invcal.Problem`
 (x = the stacked η, ``objective`` = Σ Lᵢ, ``criterion`` = −Σ ℓᵢ) with the
-:class:`PopulationLM` inner solver (defined in :mod:`invcal.solvers.marquardt`, importable
+:class:`PopulationLM` inner solver (defined in :mod:`invcal.ode.population_lm`, importable
 from here), so the engine's ``hypergradient``, ``check_hypergradient`` and ``tune`` apply to
 it; :func:`fit_population` runs the fast path: one compiled L-BFGS loop whose every
 evaluation solves the inner problems warm-started and returns the objective with its
@@ -78,10 +78,11 @@ import numpy as np
 from ..compilation_cache import checks_without_callbacks
 from ..precision import computes_in_float64
 from ..problem import Problem
-from ..solvers.marquardt import PopulationLM, levenberg_marquardt
+from ..solvers.marquardt import levenberg_marquardt
 from ..space import Identity, Log, Param, Space
 from .events import Events, holdout_rows, subject_arrays
 from .model import ODEModel
+from .population_lm import PopulationLM
 from .simulate import prediction_jets, taylor
 
 __all__ = [
@@ -723,7 +724,7 @@ def _initial_theta(pop: Population, init: Mapping, events: Events) -> dict:
 
 # --------------------------------------------------------------------------------------
 # The engine's view: an invcal.Problem (its inner solver, PopulationLM, is in
-# invcal/solvers/marquardt.py)
+# invcal/ode/population_lm.py)
 # --------------------------------------------------------------------------------------
 def _taylor_at(pop, order, x, theta, data):
     """Per-subject surrogates f̃ built at stop_gradient(φ(ηᵢ, θ)), exact to ``order``."""

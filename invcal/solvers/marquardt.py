@@ -1,5 +1,6 @@
-r"""Levenberg–Marquardt for small smooth minimizations with a noisy objective, and the
-per-subject inner solver of population (mixed-effects) models built on it.
+r"""Levenberg–Marquardt for small smooth minimizations with a noisy objective (the
+per-subject inner solver of population models, :class:`invcal.ode.PopulationLM`, is built on
+it in :mod:`invcal.ode.population_lm`).
 
 **The iteration** (Levenberg 1944; Marquardt 1963, "An algorithm for least-squares
 estimation of nonlinear parameters", SIAM J. Appl. Math. 11(2)): to minimize L(x) over a
@@ -30,18 +31,13 @@ and the reporting of unconverged or failed subjects by their ID.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .base import AbstractInnerSolver, InnerSolution, no_gradient
-
-if TYPE_CHECKING:
-    from ..ode.population import Population
-
-__all__ = ["LMSolution", "levenberg_marquardt", "PopulationLM"]
+__all__ = ["LMSolution", "levenberg_marquardt"]
 
 
 class LMSolution(eqx.Module):
@@ -130,65 +126,3 @@ def levenberg_marquardt(
         aux=c["aux"],
         converged=converged,
     )
-
-
-# --------------------------------------------------------------------------------------
-# The engine's view of the population solve
-# --------------------------------------------------------------------------------------
-class PopulationLM(AbstractInnerSolver):
-    """The vmapped Levenberg–Marquardt solve of every subject's Lᵢ of a population model
-    (:mod:`invcal.ode.population`) as an invcal inner solver (x = η stacked (N, q)).
-    ``residual`` is the largest undamped step ‖A⁻¹∇Lᵢ‖∞ (A the Hessian, or the Fisher matrix
-    where the Hessian is not positive definite); the solution is smooth in θ, so
-    differentiate it with :class:`invcal.Implicit` (unrolling would need reverse-mode
-    derivatives of the ODE solve inside the iteration). Build it with
-    :func:`invcal.ode.population_problem`; also importable as ``invcal.ode.PopulationLM``."""
-
-    tol: float = 1e-10
-    max_steps: int = 100
-    population: Population | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        # local import: invcal.ode.population imports this module
-        from ..ode.population import Population
-
-        if not isinstance(self.population, Population):
-            raise TypeError(
-                "PopulationLM needs population=Population(...); build both with "
-                "invcal.ode.population_problem(...)."
-            )
-
-    def init(self, problem, x0, theta, data):
-        return x0
-
-    def step(self, problem, state, theta, data):
-        def one(e, s):
-            return self.population.lm_solve(e, theta, s, 0.0, 1)[0]
-
-        return jax.vmap(one)(state, data)
-
-    def current(self, state):
-        return state
-
-    def residual(self, problem, x, theta, data):
-        pop = self.population
-
-        def one(e, s):
-            _, g, A, _, ok = pop.lm_eval(e, theta, s)
-            return jnp.where(ok, jnp.max(jnp.abs(jnp.linalg.solve(A, g))), jnp.inf)
-
-        return jnp.max(jax.vmap(one)(x, data))
-
-    def solve(self, problem, x0, theta, data=None, *, tol=None) -> InnerSolution:
-        data = problem.data if data is None else data
-        tol = jnp.asarray(self.tol if tol is None else tol)
-        x0, theta, data = no_gradient((x0, theta, data))
-        eta, dec, steps, ok, _, conv = self.population.solve_inner(
-            x0, theta, data, tol, self.max_steps
-        )
-        res = jnp.where(jnp.all(ok), jnp.max(dec), jnp.inf)
-        # converged: every subject met tol or stopped at the noise floor of its Lᵢ
-        # (:func:`levenberg_marquardt`), where ``residual`` may exceed tol
-        return InnerSolution(
-            x=eta, num_steps=jnp.max(steps), residual=res, converged=jnp.all(conv), tol=tol
-        )
