@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..batching import map_batched
 from ..problem import Problem
 from ..prox import prox_l1, prox_l1_nonneg
 from ..space import Space
@@ -103,7 +104,7 @@ class Batched(eqx.Module):
     fn: Callable = eqx.field(static=True)
 
     def __call__(self, x, theta, data):
-        return jax.vmap(self.fn, in_axes=(0, None, 0))(x, theta, data)
+        return map_batched(self.fn, x, theta, data, in_axes=(0, None, 0))
 
 
 def support(x, theta, data):
