@@ -267,13 +267,15 @@ def test_sensitivity_methods_agree_with_each_other_and_finite_differences(small)
 
 def test_pure_function_jits_and_differentiates(small):
     problem, _ = small
-    x = jax.numpy.asarray(problem.x_nominal)
-    value = jax.jit(lambda y: petab.neg_log_likelihood(problem, y))(x)
-    assert float(value) == pytest.approx(-problem.log_likelihood(), rel=1e-12)
-    g = jax.grad(
-        lambda y: petab.neg_log_likelihood(problem, y, sensitivities=petab.Checkpointed())
-    )(x)
-    np.testing.assert_allclose(g, problem.gradient(problem.x_nominal), rtol=1e-6)
+    x = problem.x_nominal + 0.05
+    method = petab.Checkpointed()
+    fn = jax.jit(
+        jax.value_and_grad(lambda y: petab.neg_log_likelihood(problem, y, sensitivities=method))
+    )
+    value, grad = fn(jax.numpy.asarray(x))
+    expected_value, expected_grad = problem.value_and_gradient(x, sensitivities=method)
+    assert float(value) == pytest.approx(expected_value, rel=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-10)
 
 
 def test_repeated_calls_compile_nothing(small):
@@ -318,14 +320,29 @@ def test_benchmark_log_likelihood_matches_amici(name):
     assert petab.load(yaml_of(name)).log_likelihood() == pytest.approx(REFERENCE[name], abs=1e-3)
 
 
+def gradient_fd4(problem, x, h=1e-3):
+    """Fourth-order central differences (truncation O(h⁴)): Boehm's objective is strongly
+    curved at its nominal point, where second-order differences need h so small that the
+    solver's tolerance dominates them."""
+    g = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = h
+        f = [problem.objective(x + k * e) for k in (2, 1, -1, -2)]
+        g[i] = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h)
+    return g
+
+
 @pytest.mark.slow
 def test_boehm_gradients_agree(boehm):
     x = boehm.x_nominal
     fwd = boehm.gradient(x, sensitivities=petab.Forward())
     chk = boehm.gradient(x, sensitivities=petab.Checkpointed())
     np.testing.assert_allclose(chk, fwd, rtol=1e-6, atol=1e-9 * np.abs(fwd).max())
-    fd = gradient_fd(boehm, x)
-    np.testing.assert_allclose(fwd, fd, rtol=1e-4, atol=1e-6 * np.abs(fwd).max())
+    # Measured: max |fd - fwd| / max |fwd| = 2.8e-6 (the flattest direction, k_imp_homo,
+    # whose derivative is 1000 times smaller than the largest, is at the solver's noise).
+    fd = gradient_fd4(boehm, x)
+    assert np.max(np.abs(fd - fwd)) <= 1e-5 * np.max(np.abs(fwd))
 
 
 # ------------------------------------------------------------------ malformed problems
