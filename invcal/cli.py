@@ -80,7 +80,9 @@ def _option(text: str) -> tuple[str, object]:
     return key.strip(), {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
 
 
-def _parser() -> _Parser:
+def _parser(command: str | None = None) -> _Parser:
+    """The parser; ``command`` (the first word of the command line) says which domain
+    command, if any, needs its full parser."""
     p = _Parser(
         prog="invcal",
         description="Tune hyperparameters of inverse problems by hypergradients.",
@@ -135,8 +137,13 @@ def _parser() -> _Parser:
         description="Rewrite report.md and its figures from RUN_DIR/results.json.",
     )
     report.add_argument("run_dir", help="a directory written by `invcal run`")
-    for name, module in DOMAIN_COMMANDS.items():
-        _domain_command(module).add_parser(sub, name)
+    for name, (module, summary) in DOMAIN_COMMANDS.items():
+        if command == name:
+            _domain_command(module).add_parser(sub, name)
+        else:
+            # the domain (and JAX's programs behind it) is imported only for its own command:
+            # `invcal --help` and the other commands do not pay for it
+            sub.add_parser(name, help=summary, add_help=False)
     return p
 
 
@@ -144,9 +151,15 @@ def _parser() -> _Parser:
 # module has ``add_parser(sub, name)`` (argparse only, no heavy import at module level) and
 # ``run(args) -> int``, and raises the errors ``main`` maps to one line (USER_ERRORS,
 # CommandError). The command line is the application layer: it may import every domain.
-DOMAIN_COMMANDS: dict[str, str] = {
-    "calibrate": "invcal.ode.command",
-    "reconstruct": "invcal.imaging.command",
+DOMAIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "calibrate": (
+        "invcal.ode.command",
+        "fit a population ODE model to your NONMEM-style table and write a report",
+    ),
+    "reconstruct": (
+        "invcal.imaging.command",
+        "denoise, deblur or inpaint an image with λ chosen by SURE or discrepancy",
+    ),
 }
 
 
@@ -596,7 +609,8 @@ def console() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``invcal`` command line with ``argv`` (default ``sys.argv[1:]``); return the
     exit status."""
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(next((a for a in argv if not a.startswith("-")), None))
     try:
         args = parser.parse_args(argv)
     except CommandError as e:
@@ -610,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _float64():
             if args.command in DOMAIN_COMMANDS:
-                return _domain_command(DOMAIN_COMMANDS[args.command]).run(args)
+                return _domain_command(DOMAIN_COMMANDS[args.command][0]).run(args)
             return _COMMANDS[args.command](args)
     except CommandError as e:
         _stderr_line(f"invcal: error: {_message(e)}")
