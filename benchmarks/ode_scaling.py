@@ -93,6 +93,7 @@ def child(args) -> dict:
     import numpy as np
 
     from invcal import ode
+    from invcal.ode import loops, sharding
     from invcal.ode import population as P
     from problems.hierarchical_ode import theophylline_model
 
@@ -106,13 +107,13 @@ def child(args) -> dict:
             model, events, TRUTH, None, "additive", "focei", None
         )
         prep = time.perf_counter() - t0
-        opts = P._options(0, 1.0, 1.0, 1e-9, 50, 1.0, min_iter=0)
+        opts = loops._options(0, 1.0, 1.0, 1e-9, 50, 1.0, min_iter=0)
         chunk = None if args.chunk <= 0 else args.chunk
-        a, eta0, valid = P._shard_subjects(arrays, jnp.zeros((n, pop.n_random)), mesh, chunk)
+        a, eta0, valid = sharding._shard_subjects(arrays, jnp.zeros((n, pop.n_random)), mesh)
         z = space.to_z(space.validate(dict(TRUTH)))
 
         def step(z_t, eta_guess):
-            run = P._fit_lbfgs(pop, space, a, z_t, eta_guess, opts, valid, mesh, chunk)
+            run = loops._fit_lbfgs(pop, space, a, z_t, eta_guess, opts, valid, mesh, chunk)
             return jax.block_until_ready(run)
 
         t0 = time.perf_counter()

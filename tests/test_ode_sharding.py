@@ -24,6 +24,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import numpy as np
 from invcal import ode
+from invcal.ode import loops, sharding
 from invcal.ode import population as P
 from problems.hierarchical_ode import SEED_TRUTH, seed_events, seed_model
 
@@ -77,9 +78,9 @@ out["names"] = list(obj.names)
 # the sharded run keeps its per-subject results on the 4 devices
 mesh = ode.subject_mesh(4)
 pop, ev, arrays, space = P._prepare(model, events, theta, None, "additive", "focei", None)
-a, e0, valid = P._shard_subjects(arrays, jnp.zeros((10, 2)), mesh)
-opts = P._options(0, 1.0, 1.0, 1e-9, 50, 1.0, min_iter=0)
-run = P._fit_lbfgs(pop, space, a, space.to_z(space.validate(theta)), e0, opts, valid, mesh)
+a, e0, valid = sharding._shard_subjects(arrays, jnp.zeros((10, 2)), mesh)
+opts = loops._options(0, 1.0, 1.0, 1e-9, 50, 1.0, min_iter=0)
+run = loops._fit_lbfgs(pop, space, a, space.to_z(space.validate(theta)), e0, opts, valid, mesh)
 out["padded"] = list(a.obs_t.shape)
 out["devices"] = len(run["eta"].sharding.device_set)
 out["valid"] = np.asarray(valid).tolist()

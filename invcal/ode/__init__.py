@@ -9,28 +9,17 @@ shrinkage, residuals, NPDE and a visual predictive check.
 """
 
 from . import models, plots
+from .approximations import FOCEI, AbstractApproximation, AbstractLaplace, HeldOut, Laplace
 from .calibrate import Calibration, calibrate
+from .errors import AbstractResidualError, Additive, Combined, Proportional
 from .events import Events, SubjectArrays, holdout_rows, read_events, subject_arrays
+from .fit import fit_population
 from .model import ODEModel
 from .models import BuiltinModel, builtin_model, describe_models
-from .population import (
-    FOCEI,
-    AbstractApproximation,
-    AbstractLaplace,
-    AbstractResidualError,
-    Additive,
-    Combined,
-    HeldOut,
-    Laplace,
-    Population,
-    PopulationLM,
-    PopulationObjective,
-    Proportional,
-    fit_population,
-    population_objective,
-    population_problem,
-    subject_mesh,
-)
+from .objective import PopulationObjective, population_objective, population_problem
+from .population import Population
+from .population_lm import PopulationLM
+from .sharding import subject_mesh
 from .simulate import predict, prediction_jets, simulate, taylor
 from .summary import PopulationFit
 

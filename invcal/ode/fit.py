@@ -1,0 +1,179 @@
+"""Fitting a population ODE model: :func:`fit_population`."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..compilation_cache import checks_without_callbacks
+from ..precision import computes_in_float64
+from .approximations import FOCEI
+from .errors import Additive
+from .loops import _STATUS, _fit_lbfgs, _fit_lindstrom_bates, _options
+from .objective import _bad_subjects, _warn_unconverged
+from .population import _prepare
+from .sharding import CHUNK_SIZE, _chunk, _shard_subjects, _unpad, subject_mesh
+
+__all__ = ["fit_population"]
+
+
+@computes_in_float64
+def fit_population(
+    model,
+    events,
+    *,
+    init,
+    random=None,
+    error="additive",
+    method="focei",
+    covariates=None,
+    max_iter: int = 200,
+    gtol: float = 1e-5,
+    ftol: float = 1e-10,
+    inner_tol: float = 1e-9,
+    inner_max_steps: int = 50,
+    max_step: float = 1.0,
+    algorithm: str = "auto",
+    xtol: float = 1e-7,
+    devices=None,
+    chunk_size: int | None = CHUNK_SIZE,
+    holdout=None,
+    holdout_seed: int = 0,
+    omega: str = "diagonal",
+    progress=None,
+):
+    """Fit a population ODE model by maximizing the FOCEI or Laplace likelihood.
+
+    **Arguments**
+
+    - ``model``: an :class:`invcal.ode.ODEModel`; ``events``: from :func:`read_events` (or a
+      path / DataFrame, read with default options).
+    - ``init``: initial values by hyperparameter name: a fixed effect for every model
+      parameter (required); optionally ``omega_<p>`` (random-effect SD, default 0.5),
+      ``sigma_add``/``sigma_prop`` (residual SDs; default 0.1·mean|DV| / 0.1) and
+      ``beta_<p>_<cov>`` (default 0).
+    - ``random``: the parameters with random effects (default all).
+    - ``omega``: ``"diagonal"`` (default; nlme's ``pdDiag``: ``omega_<p>`` SDs) or
+      ``"full"`` (nlme's ``pdSymm``: Ω = CCᵀ by its log-Cholesky factor
+      ``omega_chol_<p>``, ``omega_chol_<p>_<r>``; ``init`` may give the SDs ``omega_<p>``
+      instead, for a diagonal start). The fit reports ``random_sd``, ``random_corr`` and
+      ``omega_matrix``.
+    - ``error``: ``"additive"``, ``"proportional"``, ``"combined"`` or an error model object.
+    - ``method``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``), or
+      ``"heldout"`` (:class:`HeldOut`): minimize −log predictive density of held-out
+      observations (``holdout``: a fraction of each subject's observations, drawn with
+      ``holdout_seed``, or a boolean array over the table's rows) at the MAP random
+      effects fitted to the others.
+    - ``covariates``: ``{param: (column, ...)}``: φ_p gains β·(baseline covariate value);
+      center or log-transform the column in the table as the model needs.
+    - ``max_iter``, ``gtol`` (on ‖∂/∂z‖∞ of −log-likelihood), ``ftol`` (relative change of
+      the objective, three accepted steps in a row): outer L-BFGS stops; ``inner_tol``
+      (largest Newton step of η), ``inner_max_steps``: inner solves; ``max_step``: largest
+      change of any unconstrained parameter in one trial step (keeps line-search trials away
+      from parameter values that make the ODE stiff).
+
+    - ``algorithm``: ``"auto"`` (default): ``"lindstrom-bates"`` for FOCEI with additive
+      error and no censored observations (nlme's estimates; should its iteration not
+      settle within ``max_iter``, the fit goes on by ``"lbfgs"`` from where it stopped),
+      ``"lbfgs"`` otherwise.
+      ``"lbfgs"``: the exact maximum (or, for ``"heldout"``, minimum) of the criterion
+      by L-BFGS (memory 10, Armijo backtracking) in the unconstrained coordinates z (log
+      SDs) with implicit hypergradients, compiled as one loop; every evaluation starts the
+      inner solves from the first-order prediction η* + (dη*/dz)Δz of the last accepted
+      point. ``"lindstrom-bates"``: nlme's alternating algorithm (FOCEI, additive error
+      only): relinearize at the current θ and η*, maximize the linear mixed-effects
+      likelihood (L-BFGS, no ODE solve), repeat until θ changes by less than ``xtol``
+      (relative); ``max_iter`` then bounds both loops. Its fixed point is what nlme
+      reports, not the maximum of the FOCEI objective (see the module docstring).
+    - ``devices``: the devices the subjects are split across (:func:`subject_mesh`; default
+      every device, so a single device runs unsharded). Each device solves its subjects'
+      inner problems on its own; results equal the unsharded ones up to the order of the
+      sums over subjects (rounding).
+    - ``chunk_size``: each device solves its subjects this many at a time (vmapped within a
+      chunk, chunks one after another), so one slow subject holds up only its chunk;
+      ``None``: all at once.
+
+    - ``progress``: ``True`` prints a line per outer iteration (algorithm, iteration,
+      objective) to stderr as the compiled fit runs; a callable receives
+      ``(algorithm, iteration, objective)`` instead (pass the same function to later fits:
+      a new one compiles the fit again).
+
+    Returns a :class:`PopulationFit`. Computes in float64 whatever JAX's global
+    ``jax_enable_x64`` (scoped to the call, :mod:`invcal.precision`): FOCEI's second
+    derivatives through the ODE solves need it. Its estimates are NumPy float64 arrays.
+    """
+    from .summary import PopulationFit
+
+    pop, events, arrays, space = _prepare(
+        model, events, init, random, error, method, covariates, holdout, holdout_seed, omega
+    )
+    opts = _options(
+        max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, xtol=xtol, progress=progress
+    )
+    if algorithm not in ("auto", "lbfgs", "lindstrom-bates"):
+        raise ValueError(
+            f"algorithm must be 'auto', 'lbfgs' or 'lindstrom-bates'; got {algorithm!r}."
+        )
+    linear_mixed = (
+        isinstance(pop.approximation, FOCEI)
+        and isinstance(pop.error, Additive)
+        and arrays.cens is None  # censored (M3) terms make the linearized model non-Gaussian
+    )
+    auto = algorithm == "auto"
+    if auto:
+        algorithm = "lindstrom-bates" if linear_mixed else "lbfgs"
+    if algorithm == "lindstrom-bates" and not linear_mixed:
+        raise ValueError(
+            "algorithm='lindstrom-bates' is nlme's algorithm for FOCEI with additive error "
+            "and no censored observations (where the linearized model is a linear "
+            "mixed-effects model); got method="
+            f"{type(pop.approximation).__name__}, error={type(pop.error).__name__}"
+            f"{', censored observations' if arrays.cens is not None else ''}. Use "
+            "algorithm='lbfgs'."
+        )
+    mesh = subject_mesh(devices)
+    chunk = _chunk(chunk_size)
+    z0 = space.to_z(space.init())
+    eta0 = jnp.zeros((arrays.n_subjects, pop.n_random))
+    fitter = _fit_lbfgs if algorithm == "lbfgs" else _fit_lindstrom_bates
+    t0 = time.perf_counter()
+    run_arrays, eta0, valid = _shard_subjects(arrays, eta0, mesh)
+    with checks_without_callbacks():  # so that JAX's persistent cache keeps the fit
+        out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
+    out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
+    status = int(out["status"])
+    if auto and algorithm == "lindstrom-bates" and status == 5:
+        # nlme's iteration did not settle (it can cycle): finish at the exact maximum
+        algorithm = "lbfgs"
+        _, eta0, _ = _shard_subjects(arrays, jnp.asarray(out["eta"]), mesh)
+        z0 = jnp.asarray(out["z"])
+        with checks_without_callbacks():
+            out = _fit_lbfgs(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
+        out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
+        status = int(out["status"])
+    seconds = time.perf_counter() - t0
+    ok = out["info"]["ok"]
+    if status == 4 or not np.all(ok):
+        bad = _bad_subjects(events, ok)
+        raise RuntimeError(
+            "fit_population: the objective is not finite"
+            + (f" for subject(s) {bad}" if bad else "")
+            + " (an ODE solve failed: max_steps reached or a non-finite state, or the "
+            "inner fit failed); check the initial values, the model's max_steps and the "
+            "solver (Kvaerno5() for stiff systems)."
+        )
+    _warn_unconverged("fit_population", events, out["info"], inner_tol, inner_max_steps)
+    return PopulationFit._from_run(
+        population=pop,
+        space=space,
+        events=events,
+        arrays=arrays,
+        run=out,
+        status=status,
+        message=_STATUS[status],
+        seconds=seconds,
+        algorithm=algorithm,
+    )

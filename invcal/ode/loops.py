@@ -1,0 +1,404 @@
+"""The population fit's outer loops, each compiled as one ``while_loop``: L-BFGS on the
+approximate likelihood with implicit hypergradients (:func:`_fit_lbfgs`) and nlme's
+Lindström–Bates alternation (:func:`_fit_lindstrom_bates`); their options and progress."""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import batching
+
+__all__: list[str] = []
+
+
+def _two_loop(g, S, Y, rho, count, head, m):
+    """L-BFGS two-loop recursion: −H_k g from the last ``count`` pairs (ring buffer)."""
+    q = g
+    idx = (head - 1 - jnp.arange(m)) % m  # newest first
+    valid = jnp.arange(m) < count
+
+    def first(q, i):
+        k, ok = idx[i], valid[i]
+        a = jnp.where(ok, rho[k] * jnp.vdot(S[k], q), 0.0)
+        return q - a * Y[k], a
+
+    q, alphas = jax.lax.scan(first, q, jnp.arange(m))
+    newest = idx[0]
+    gamma = jnp.where(
+        count > 0, jnp.vdot(S[newest], Y[newest]) / jnp.vdot(Y[newest], Y[newest]), 1.0
+    )
+    r = gamma * q
+
+    def second(r, i):
+        k, ok, a = idx[i], valid[i], alphas[i]
+        b = jnp.where(ok, rho[k] * jnp.vdot(Y[k], r), 0.0)
+        return r + jnp.where(ok, a - b, 0.0) * S[k], None
+
+    r, _ = jax.lax.scan(second, r, jnp.arange(m)[::-1])
+    return -r
+
+
+def _info0(pop, arrays, q, n):
+    N, M = arrays.obs_t.shape
+    d = len(pop.model.params)
+    return {
+        "ok": jnp.zeros(N, bool),
+        "inner_converged": jnp.zeros(N, bool),
+        "inner_step": jnp.zeros(N),
+        "inner_steps": jnp.zeros(N, int),
+        "ipred": jnp.zeros((N, M)),
+        "J": jnp.zeros((N, M, d)),
+        "nll": jnp.zeros(N),
+        "deta_dz": jnp.zeros((N, q, n)),
+    }
+
+
+@eqx.filter_jit
+def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None):
+    """The exact maximum of the approximate likelihood by :func:`_lbfgs`; every evaluation
+    solves the inner problems from the first-order prediction of η* at the trial point.
+    ``valid``/``mesh``: see :meth:`Population.value_and_grad` and :func:`_shard_subjects`."""
+    inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
+
+    def evaluate(z_t, z, eta, info):
+        # Warm start at η* + (dη*/dz)Δz: first-order accurate, so Newton needs ~2 steps.
+        eta_guess = eta + info["deta_dz"] @ (z_t - z)
+        return pop.value_and_grad(
+            space, z_t, eta_guess, arrays, inner_tol, inner_max, valid=valid, mesh=mesh, chunk=chunk
+        )
+
+    info0 = _info0(pop, arrays, eta0.shape[1], z0.shape[0])
+    progress = opts.get("progress")
+    on_step = None if progress is None else functools.partial(progress, "lbfgs")
+    out = _lbfgs(evaluate, z0, eta0, info0, opts, on_step)
+    out["n_history"] = out["iter"] + 1
+    out["n_inner"] = out["evals"]
+    return out
+
+
+@eqx.filter_jit
+def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None):
+    """nlme's algorithm (Lindstrom & Bates 1990; Pinheiro & Bates 2000, §7.2): solve the
+    inner problems at θ_k, linearize the predictions there, maximize the linear
+    mixed-effects likelihood over θ by :func:`_lbfgs` (no ODE solve in that loop), repeat
+    until θ stops moving. Its fixed point zeroes the gradient of the likelihood with the
+    linearization held fixed: not the maximum of the FOCEI objective (which also follows
+    the linearization point), but what nlme reports."""
+    inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
+    n, q = z0.shape[0], eta0.shape[1]
+    info0 = _info0(pop, arrays, q, n)
+    hist = opts["history"]
+
+    def relinearize(c):
+        theta = space.to_theta(c["z"])
+
+        eta, dec, steps, ok, jets, conv = batching.map_batched(
+            lambda e, s: pop.solve_inner(e, theta, s, inner_tol, inner_max),
+            c["eta"],
+            arrays,
+            chunk=chunk,
+            mesh=mesh,
+            vectorized=True,
+        )
+        ok = ok | ~valid
+        conv = conv | ~valid
+        phi_hat = jax.vmap(lambda e, s: pop.phi(e, theta, s.cov))(eta, arrays)
+        lin = (jets[0], jets[1], phi_hat, eta)
+
+        def evaluate(z_t, z, e, info):
+            def total(zz):
+                vals, eta_lin = jax.vmap(
+                    lambda l0, l1, ph, eh, s: pop.linearized_value(space, (l0, l1, ph, eh), zz, s)
+                )(*lin, arrays)
+                vals = jnp.where(valid, vals, 0.0)  # padding copies count for nothing
+                ok_i = ok & jnp.isfinite(vals)
+                return jnp.where(jnp.all(ok_i), jnp.sum(vals), jnp.inf), (vals, eta_lin, ok_i)
+
+            (f, (vals, eta_lin, ok_i)), g = jax.value_and_grad(total, has_aux=True)(z_t)
+            g = jnp.where(jnp.isfinite(f), g, 0.0)
+            new = dict(info)
+            new.update(
+                ok=ok_i,
+                inner_converged=conv,
+                inner_step=dec,
+                inner_steps=steps,
+                ipred=jets[0],
+                J=jets[1],
+                nll=vals,
+            )
+            return f, g, eta_lin, new
+
+        run = _lbfgs(evaluate, c["z"], eta, info0, opts)
+        th_old = jnp.stack(list(theta.values()))
+        th_new = jnp.stack(list(space.to_theta(run["z"]).values()))
+        change = jnp.max(jnp.abs(th_new - th_old) / (1.0 + jnp.abs(th_old)))
+        k = c["k"]
+        if opts.get("progress") is not None:
+            step = functools.partial(opts["progress"], "lindstrom-bates")
+            _report(step, jnp.asarray(True), k + 1, run["f"])
+        return {
+            "z": run["z"],
+            "eta": run["eta"],
+            "f": run["f"],
+            "info": run["info"],
+            "k": k + 1,
+            "change": change,
+            "evals": c["evals"] + run["evals"],
+            "lme_iter": c["lme_iter"] + run["iter"],
+            "history": c["history"].at[jnp.minimum(k, hist - 1)].set(run["f"]),
+            "inner_history": c["inner_history"].at[jnp.minimum(k, hist - 1)].set(jnp.max(steps)),
+            "lme_status": run["status"],
+        }
+
+    def cond(c):
+        return (c["k"] < opts["max_iter"]) & (c["change"] > opts["xtol"]) & jnp.isfinite(c["f"])
+
+    c0 = {
+        "z": z0,
+        "eta": eta0,
+        "f": jnp.asarray(0.0),
+        "info": info0,
+        "k": jnp.asarray(0),
+        "change": jnp.asarray(jnp.inf),
+        "evals": jnp.asarray(0),
+        "lme_iter": jnp.asarray(0),
+        "history": jnp.full((hist,), jnp.nan),
+        "inner_history": jnp.zeros((hist,), int),
+        "lme_status": jnp.asarray(0),
+    }
+    c = jax.lax.while_loop(cond, relinearize, c0)
+    status = jnp.where(~jnp.isfinite(c["f"]), 4, jnp.where(c["change"] <= opts["xtol"], 6, 5))
+    return {
+        "z": c["z"],
+        "f": c["f"],
+        "eta": c["eta"],
+        "info": c["info"],
+        "iter": c["k"],
+        "evals": c["evals"],
+        "history": c["history"],
+        "inner_history": c["inner_history"],
+        "status": status,
+        "n_history": c["k"],
+        "n_inner": c["k"],
+    }
+
+
+def _report(callback, accepted, iteration, objective):
+    """``callback(iteration, objective)`` on the host, from inside the compiled loop, when
+    ``accepted`` (progress of a long fit; the loop does not wait for it)."""
+
+    def host(acc, it, f):
+        if bool(acc):
+            callback(int(it), float(f))
+
+    jax.debug.callback(host, accepted, iteration, objective)
+
+
+def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None):
+    """L-BFGS (memory 10) with backtracking (Armijo) line search, as one ``while_loop``
+    with one call of ``evaluate(z_trial, z, eta, info) -> (f, g, eta, info)`` per pass (so
+    the objective, and the ODE solves in it, are compiled once). The first pass evaluates
+    z0 itself; trial steps are capped at ``max_step`` in every coordinate. ``on_step``
+    (host callback): called with (iteration, objective) after each accepted step."""
+    m = 10
+    n = z0.shape[0]
+    max_iter, gtol, ftol, max_step = (
+        opts["max_iter"],
+        opts["gtol"],
+        opts["ftol"],
+        opts["max_step"],
+    )
+
+    state = {
+        "z": z0,
+        "f": jnp.asarray(jnp.inf),
+        "g": jnp.zeros(n),
+        "eta": eta0,
+        "d": jnp.zeros(n),
+        "alpha": jnp.asarray(0.0),
+        "started": jnp.asarray(False),
+        "S": jnp.zeros((m, n)),
+        "Y": jnp.zeros((m, n)),
+        "rho": jnp.zeros(m),
+        "count": jnp.asarray(0),
+        "head": jnp.asarray(0),
+        "iter": jnp.asarray(0),
+        "evals": jnp.asarray(0),
+        "ls": jnp.asarray(0),
+        "done": jnp.asarray(False),
+        "status": jnp.asarray(0),
+        "small": jnp.asarray(0),
+        "history": jnp.full((opts["history"],), jnp.nan),
+        "inner_history": jnp.zeros((opts["history"],), int),
+        "info": info0,
+    }
+
+    def cond(s):
+        return ~s["done"]
+
+    def body(s):
+        z_t = s["z"] + s["alpha"] * s["d"]
+        f_t, g_t, eta_t, info_t = evaluate(z_t, s["z"], s["eta"], s["info"])
+        slope = jnp.vdot(s["g"], s["d"])
+        armijo = jnp.isfinite(f_t) & (f_t <= s["f"] + 1e-4 * s["alpha"] * slope)
+        accept = armijo | ~s["started"]
+        # -- accepted: update the memory and the direction -------------------------
+        sv, yv = z_t - s["z"], g_t - s["g"]
+        sy = jnp.vdot(sv, yv)
+        push = accept & s["started"] & (sy > 1e-12 * jnp.linalg.norm(sv) * jnp.linalg.norm(yv))
+        head = s["head"]
+        S = jnp.where(push, s["S"].at[head].set(sv), s["S"])
+        Y = jnp.where(push, s["Y"].at[head].set(yv), s["Y"])
+        rho = jnp.where(push, s["rho"].at[head].set(1.0 / jnp.where(push, sy, 1.0)), s["rho"])
+        head = jnp.where(push, (head + 1) % m, head)
+        count = jnp.where(push, jnp.minimum(s["count"] + 1, m), s["count"])
+        d_new = _two_loop(g_t, S, Y, rho, count, head, m)
+        descent = jnp.vdot(d_new, g_t) < 0
+        d_new = jnp.where(descent, d_new, -g_t)
+        count = jnp.where(descent, count, 0)
+        dmax = jnp.max(jnp.abs(d_new))
+        alpha_new = jnp.where(dmax > 0, jnp.minimum(1.0, max_step / jnp.maximum(dmax, 1e-300)), 0.0)
+        # -- rejected: backtrack by safeguarded quadratic interpolation ---------------
+        a = s["alpha"]
+        denom = 2.0 * (f_t - s["f"] - a * slope)
+        a_q = jnp.where(jnp.isfinite(f_t) & (denom > 0), -slope * a * a / denom, 0.1 * a)
+        a_back = jnp.clip(a_q, 0.1 * a, 0.5 * a)
+        f_prev = s["f"]
+        new = {
+            "z": jnp.where(accept, z_t, s["z"]),
+            "f": jnp.where(accept, f_t, s["f"]),
+            "g": jnp.where(accept, g_t, s["g"]),
+            "eta": jnp.where(accept, eta_t, s["eta"]),
+            "d": jnp.where(accept, d_new, s["d"]),
+            "alpha": jnp.where(accept, alpha_new, a_back),
+            "started": jnp.asarray(True),
+            "S": S,
+            "Y": Y,
+            "rho": rho,
+            "count": count,
+            "head": head,
+            "iter": s["iter"] + jnp.where(accept & s["started"], 1, 0),
+            "evals": s["evals"] + 1,
+            "ls": jnp.where(accept, 0, s["ls"] + 1),
+            "info": jax.tree_util.tree_map(
+                lambda a_, b_: jnp.where(accept, a_, b_), info_t, s["info"]
+            ),
+        }
+        rel = jnp.abs(f_prev - f_t) / (1.0 + jnp.abs(f_t))
+        small = jnp.where(
+            accept & s["started"], jnp.where(rel <= ftol, s["small"] + 1, 0), s["small"]
+        )
+        gmax = jnp.max(jnp.abs(new["g"]))
+        history = jnp.where(
+            accept,
+            s["history"].at[jnp.minimum(new["iter"], opts["history"] - 1)].set(f_t),
+            s["history"],
+        )
+        status = jnp.where(
+            ~jnp.isfinite(new["f"]),
+            4,  # the starting point failed
+            jnp.where(
+                gmax <= gtol,
+                1,
+                jnp.where(
+                    small >= 3,
+                    2,
+                    jnp.where(new["ls"] >= 30, 3, jnp.where(new["iter"] >= max_iter, 5, 0)),
+                ),
+            ),
+        )
+        inner_history = (
+            s["inner_history"]
+            .at[jnp.minimum(s["evals"], opts["history"] - 1)]
+            .set(jnp.max(info_t["inner_steps"]))
+        )
+        new.update(
+            history=history,
+            inner_history=inner_history,
+            small=small,
+            status=status,
+            done=status > 0,
+        )
+        if on_step is not None:
+            _report(on_step, accept, new["iter"], new["f"])
+        return new
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+_STATUS = {
+    1: "converged: gradient norm below gtol",
+    2: "converged: relative change of the objective below ftol",
+    3: "stopped: the line search failed to decrease the objective",
+    4: "failed: the objective is not finite at the starting point",
+    5: "stopped: max_iter reached",
+    6: "converged: Lindstrom-Bates fixed point (relative change of theta below xtol)",
+}
+
+
+def _options(
+    max_iter,
+    gtol,
+    ftol,
+    inner_tol,
+    inner_max_steps,
+    max_step,
+    *,
+    min_iter=1,
+    xtol=1e-7,
+    progress=None,
+):
+    for name, v, lo in (("max_iter", max_iter, min_iter), ("inner_max_steps", inner_max_steps, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}.")
+    for name, v in (
+        ("gtol", gtol),
+        ("ftol", ftol),
+        ("inner_tol", inner_tol),
+        ("max_step", max_step),
+        ("xtol", xtol),
+    ):
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive number; got {v!r}.")
+    # Arrays, not Python numbers: changing an option must not recompile the fit.
+    return {
+        "max_iter": jnp.asarray(int(max_iter)),
+        "gtol": jnp.asarray(float(gtol)),
+        "ftol": jnp.asarray(float(ftol)),
+        "inner_tol": jnp.asarray(float(inner_tol)),
+        "inner_max_steps": jnp.asarray(int(inner_max_steps)),
+        "max_step": jnp.asarray(float(max_step)),
+        "xtol": jnp.asarray(float(xtol)),
+        "history": 512,
+        "progress": _progress_callback(progress),
+    }
+
+
+def _print_progress(algorithm, iteration, objective):
+    print(
+        f"fit_population [{algorithm}] iteration {iteration}: objective {objective:.10g}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _progress_callback(progress):
+    """``progress`` of :func:`fit_population` as a host callback, or None. A module-level
+    function for ``True``, so repeated fits reuse the compiled loop."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        return _print_progress
+    if not callable(progress):
+        raise TypeError(
+            "progress must be None, True (a line per iteration on stderr) or a callable "
+            f"progress(algorithm, iteration, objective); got {progress!r}."
+        )
+    return progress
