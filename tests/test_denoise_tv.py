@@ -164,3 +164,22 @@ def test_estimate_sigma():
     assert abs(estimate_sigma(add_noise(img, 0.1, seed=1)) / 0.1 - 1) < 0.05
     with pytest.raises(ValueError, match="at least 8×8"):
         estimate_sigma(np.zeros((4, 40)))
+
+
+def test_fast_schedule_on_a_large_image():
+    # from 2**17 pixels: one probe, 20-iteration estimators, grid then parabolic steps
+    truth = load_image("camera", 384)
+    noisy = add_noise(truth, 0.1, seed=2).astype(np.float32)
+    out, info = denoise_tv(noisy, sigma=0.1, return_info=True)
+    assert info.probes == 1 and info.estimator_steps == 20
+    assert 4 <= len(info.search) <= 8 and info.sure == min(r[1] for r in info.search)
+    assert out.dtype == np.float32 and info.converged
+    grid = 0.1 * np.exp(np.linspace(np.log(0.25), np.log(4.0), 21))
+    scores = [float(psnr(denoise_tv(noisy, float(w)), truth)) for w in grid]
+    # measured (float32): 0.01 dB above the best of the grid
+    assert float(psnr(out, truth)) > max(scores) - 0.1
+    # the thorough schedule on request (two probes, 100 iterations, Brent)
+    _, slow = denoise_tv(noisy, sigma=0.1, return_info=True, num_steps=100, probes=2)
+    assert slow.probes == 2 and slow.estimator_steps == 100
+    small = denoise_tv(noisy[:256, :256], sigma=0.1, return_info=True)[1]
+    assert small.probes == 2 and small.estimator_steps == 100

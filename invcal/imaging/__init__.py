@@ -29,8 +29,8 @@ from .operators import (
     random_mask,
     variable_density_mask,
 )
-from .reconstruct import Reconstruction, reconstruct
 from .reconstruct_report import reconstruct_file
+from .reconstruction import Reconstruction, reconstruct
 from .tuning import MSE, PSNR, SURE, AbstractTVCriterion, tv_problem
 from .tv import (
     AbstractTVNorm,

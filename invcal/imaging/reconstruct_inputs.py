@@ -196,8 +196,8 @@ def _prepare(
     blur_sigma=None,
     mask=None,
     reference=None,
-    num_steps=100,
-    probes=2,
+    num_steps=None,
+    probes=None,
     max_steps=None,
     warm_steps=None,
 ):
@@ -223,13 +223,19 @@ def _prepare(
         y = y * mask
     elif mask is not None:
         raise ValueError(f"mask is for task 'inpaint', not {task!r}.")
-    if warm_steps is not None and (
-        isinstance(warm_steps, bool)
-        or not isinstance(warm_steps, (int, np.integer))
-        or warm_steps < 1
+    if (
+        warm_steps is not None
+        and warm_steps != "auto"
+        and (
+            isinstance(warm_steps, bool)
+            or not isinstance(warm_steps, (int, np.integer))
+            or warm_steps < 1
+        )
     ):
         raise ValueError(f"warm_steps must be a positive integer or None; got {warm_steps!r}.")
     for name, v in (("num_steps", num_steps), ("probes", probes)):
+        if v is None:
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer; got {v!r}.")
     if max_steps is None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .reconstruct import Reconstruction, reconstruct, validate
 from .reconstruct_io import read_image, write_image
+from .reconstruction import Reconstruction, reconstruct, validate
 
 __all__ = ["reconstruct_file", "write_reconstruction_report"]
 

@@ -34,6 +34,17 @@ that need no ground truth, only the noise level σ (given, or estimated from the
   chosen λ. SURE is minimized from its values (a log grid of λ/σ, extended while its best
   point is at an edge, then bounded Brent between the grid neighbours), as in
   :func:`~invcal.imaging.denoise_tv`.
+
+  **The fast schedule** (TV with SURE, for denoising from 2¹⁷ measurements and deblurring
+  from 2¹⁶; ``details["schedule"]`` says which ran): every estimator cold, 20 iterations from
+  the fixed start; one probe from 2¹⁷ measurements, two below; denoising searches as
+  :func:`~invcal.imaging.denoise_tv` does on large images (the grid (0.59, 0.84, 1.19,
+  1.68)σ, then at most two parabolic steps on log λ); deblurring, whose λ/σ sits far below 1,
+  a grid 4× apart (σ/64, σ/16, σ/4), extended while its best point is at an edge, then at
+  most four parabolic steps. Measured (``benchmarks/reconstruct.py``, camera 256×256, PSF
+  width 1.5 px, noise 0.01, float32): 5–7 evaluations instead of 20, the λ chosen at least as
+  good as before (28.55 dB against 28.54, the oracle of a 21-point grid 28.55). Explicit
+  ``num_steps``, ``probes`` or ``warm_steps`` override the schedule's choices.
 * ``"discrepancy"`` — Morozov's discrepancy principle: λ with ‖A u(λ) − y‖² = mσ² (the
   residual of the reconstruction is as large as the noise), found by bracketing on a log grid
   and Brent's root finder on log λ. It tends to over-smooth (the residual of the best
@@ -68,7 +79,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..prox import prox_elastic_net
-from .denoise import _EPS, _GRID, _MAX_REFINE, _Z_TOL
+from .denoise import (
+    _EPS,
+    _GRID,
+    _LARGE,
+    _MAX_REFINE,
+    _SEARCH_GRID,
+    _STEPS_LARGE,
+    _Z_TOL,
+    search_log_grid,
+)
 from .operators import Blur, Inpainting, Periodic
 from .reconstruct_inputs import (
     REGULARIZERS,
@@ -89,6 +109,10 @@ _MAX_GRID = 16  # criterion evaluations of the grid phase (deblurring's λ/σ si
 _MAX_BRACKET = 24  # evaluations to bracket the discrepancy root
 _LAM2 = 1e-3  # the elastic net's fixed ridge weight λ₂
 _KEEP = 4  # estimator states kept for warm starts (each is a few images per batch member)
+# The fast schedule (TV, SURE; denoising from _LARGE measurements, deblurring from _LARGE/2):
+# cold estimators of few iterations, fewer probes, a grid then parabolic steps.
+_DEBLUR_STEPS = 20
+_DEBLUR_PARABOLA_STEPS = 4
 _EN_LEVELS = 4  # wavelet levels at most (fewer when H or W is not divisible by 2^4)
 COLOUR = "per-channel, one shared λ (SURE and the residual summed over the channels)"
 
@@ -514,6 +538,28 @@ def _search_sure(crit: _Criterion, sigma):
     return math.exp(z), True
 
 
+def _search_sure_fast(crit: _Criterion, sigma, task):
+    """argmin_λ SURE(λ), the fast schedule: denoising, the log grid of λ/σ that
+    :func:`~invcal.imaging.denoise_tv` uses (√2 apart around σ) and two parabolic steps;
+    deblurring (λ/σ far below 1: 0.06 measured at a blur of 1.5 px), a grid 4× apart from
+    σ/4 down, extended while its best point is at an edge, then up to four parabolic steps
+    (each through the best point and its neighbours, which get closer with every step)."""
+    zs = {}
+
+    def evaluate(z):
+        v = crit.sure(math.exp(z))
+        zs[z] = v
+        return v
+
+    if task == "denoise":
+        search_log_grid(evaluate, [math.log(r * sigma) for r in _SEARCH_GRID], _MAX_GRID)
+    else:
+        grid = [math.log(sigma / 64), math.log(sigma / 16), math.log(sigma / 4)]
+        search_log_grid(evaluate, grid, _MAX_GRID, parabola_steps=_DEBLUR_PARABOLA_STEPS)
+    z = min(zs, key=zs.get)
+    return math.exp(z), True
+
+
 def _search_discrepancy(crit: _Criterion, sigma):
     """λ with ‖Au(λ) − y‖² = mσ²: the residual grows with λ; bracket the root of
     log(ratio) on a doubling grid of λ from σ, then Brent (brentq) on log λ. When no λ of the
@@ -572,9 +618,9 @@ def reconstruct(
     blur_sigma: float | None = None,
     mask=None,
     reference=None,
-    num_steps: int = 100,
-    warm_steps: int | None = 40,
-    probes: int = 2,
+    num_steps: int | None = None,
+    warm_steps: int | None | str = "auto",
+    probes: int | None = None,
     seed: int = 0,
     tol: float = 1e-4,
     max_steps: int | None = None,
@@ -601,7 +647,9 @@ def reconstruct(
       start; ``warm_steps``: after the first evaluation, the estimator at λ is ``warm_steps``
       iterations from the state reached at the nearest λ evaluated before (``None``: every
       evaluation cold, ``num_steps`` from the start, as :func:`~invcal.imaging.denoise_tv`);
-      ``probes`` and ``seed``: SURE's Monte-Carlo probes.
+      ``probes`` and ``seed``: SURE's Monte-Carlo probes. Defaults (``None`` / ``"auto"``):
+      the fast schedule's choices where it applies (see the module docstring), else
+      ``num_steps=100``, ``warm_steps=40``, ``probes=2``.
     - ``tol`` / ``max_steps``: the final solve stops when the RMS change between iterations
       is below ``tol`` × the range of y (default ``max_steps``: 300 for TV denoising, 1000
       otherwise).
@@ -637,6 +685,24 @@ def reconstruct(
         sigma_value = given_sigma
     t_sigma = time.perf_counter() - t0
 
+    m = int(y.shape[0] * (y[0].size if mask is None else np.asarray(mask).sum()))
+    fast = (
+        rule == "sure"
+        and regularizer == "tv"
+        and ((task == "denoise" and m >= _LARGE) or (task == "deblur" and m >= _LARGE // 2))
+    )
+    if fast:
+        schedule = "fast"
+        if num_steps is None:
+            num_steps = _STEPS_LARGE if task == "denoise" else _DEBLUR_STEPS
+        probes = (1 if m >= _LARGE else 2) if probes is None else probes
+        warm_steps = None if warm_steps == "auto" else warm_steps
+    else:
+        schedule = "thorough"
+        num_steps = 100 if num_steps is None else num_steps
+        probes = 2 if probes is None else probes
+        warm_steps = 40 if warm_steps == "auto" else warm_steps
+
     dtype = jnp.zeros(()).dtype  # JAX's current float precision
     yj = jnp.asarray(y, dtype)
     model = _Model(
@@ -653,7 +719,9 @@ def reconstruct(
         model, sigma_value, probes=probes, seed=seed, progress=progress, warm_steps=warm_steps
     )
     t0 = time.perf_counter()
-    if rule == "sure":
+    if rule == "sure" and fast:
+        lam, met = _search_sure_fast(crit, sigma_value, task)
+    elif rule == "sure":
         lam, met = _search_sure(crit, sigma_value)
     else:
         lam, met = _search_discrepancy(crit, sigma_value)
@@ -690,6 +758,7 @@ def reconstruct(
         "eps": crit.eps if rule == "sure" else None,
         "dtype": str(dtype),
         "rule_met": bool(met),
+        "schedule": schedule,
         "solver": "Split Bregman (isotropic TV)"
         if regularizer == "tv"
         else f"FISTA (db4 wavelets, {model.levels} levels, λ₂ = {_LAM2:g})",
