@@ -14,22 +14,31 @@ same image ``denoise_tv(image, weight)`` gives. SURE is minimized from its value
 grid of w/σ extended while its best point is at an edge, then refined. Two schedules, by the
 number of pixels N:
 
-* **N ≥ 2¹⁷** (e.g. 512×512; the fast schedule): one probe, 20-iteration estimators, the grid
-  (0.59, 0.84, 1.19, 1.68)σ and at most two parabolic steps on log w (each through the best
-  point and its two neighbours): 5–6 SURE evaluations, each one batched solve of (f, f + εδ).
-  The variance of the Monte-Carlo divergence per pixel falls as 1/(probes·N), so one probe at
-  N ≥ 2¹⁷ is no noisier than the two that were validated at 256×256 (below); 20 iterations
-  are about as many as the final solve takes there (22 on camera 512², σ = 0.1). Measured
-  (``benchmarks/reconstruct.py``, float32, 512² camera / astronaut / coffee, σ = 0.05–0.2):
-  0.00–0.02 dB from the oracle of a 21-point grid, against 0.00 for the thorough schedule, at
-  6–9× the time of one fixed-weight solve instead of 40–130×. At 256² a 20-iteration
-  estimator was not enough (clock, σ = 0.2: 0.13–0.33 dB from the oracle over five probe
-  seeds with one probe, 0.09–0.16 with two), hence the size threshold.
+* **N ≥ 2¹⁷** (e.g. 512×512; the fast schedule): one probe; the estimator at each w is the
+  ``tol``-stopped solve itself, run on the batch (f, f + εδ) with the iteration count set by
+  f's copy (every copy takes as many iterations, so it is the k-iteration map for the k that f
+  sets), and f's copy at the chosen w is the returned image (the same iterations and stopping
+  rule as ``denoise_tv(image, w)``, computed in a batch: equal up to rounding), so no final
+  solve follows; the grid (0.59, 0.84, 1.19)σ, extended while its best point is at an edge,
+  and at most two parabolic steps on log w (each through the best point and its two
+  neighbours): 3–6 SURE evaluations, each about two solves' work (a fourth grid point at
+  1.68σ cost one more, expensive, evaluation on camera 512², σ = 0.1, and changed no choice).
+  The variance of the Monte-Carlo divergence per pixel falls as 1/(probes·N), so one probe
+  at N ≥ 2¹⁷ is no noisier than the two validated at 256×256 (below). Measured
+  (float32, σ known, the oracle the best of a 21-point grid σ/4–4σ of ``denoise_tv(f, w)``):
+  camera 512² σ = 0.05 / 0.1, coffee 512² σ = 0.1, chelsea σ = 0.2, cell σ = 0.2:
+  −0.03 to +0.06 dB from the oracle. Fixed-iteration estimators were tried first: 20
+  iterations chose well on camera, astronaut, coffee and chelsea (within 0.02 dB) but 0.31 dB
+  from the oracle on cell, σ = 0.2 (its solve needs many more iterations: a short estimator
+  is biased towards larger w); warm-starting the stopped solves from the nearest evaluated
+  weight made the answer path-dependent (0.16 dB on cell). Timings:
+  ``benchmarks/reconstruct.py``.
 * **N < 2¹⁷** (the thorough schedule): two probes, 100-iteration estimators, the grid
   (0.71, 1, 1.41, 2)σ and bounded Brent between the grid neighbours of its best point (about
   eleven SURE evaluations, each one solve of the batch (f, f + εδ₁, f + εδ₂)).
 
-``num_steps=`` and ``probes=`` override either schedule's choice.
+``num_steps=`` and ``probes=`` override either schedule's choice (a given ``num_steps`` makes
+the estimator that many iterations, and the tol-stopped solve at the chosen w follows).
 
 SURE's derivative in w is not used: measured on clock
 256×256, σ = 0.2, that derivative (forward mode through the iterations) changed sign five
@@ -75,7 +84,7 @@ import numpy as np
 
 from .noise import estimate_sigma
 from .tuning import SURE, _sure_value
-from .tv import Anisotropic, Isotropic, SplitBregman, split_bregman
+from .tv import Anisotropic, Isotropic, SplitBregman, TVSolution, split_bregman
 
 __all__ = ["DenoiseInfo", "denoise_tv"]
 
@@ -89,7 +98,8 @@ class DenoiseInfo:
     ``num_steps``-iteration estimator (an estimate of its mean squared error per pixel);
     ``num_steps``, ``change`` (last RMS change of u) and ``converged`` of the final solve;
     ``search``: one row per SURE evaluation, ``(weight, sure)``; ``estimator_steps`` and
-    ``probes``: the SURE estimator's iterations and probes (``None`` for a given weight).
+    ``probes``: the SURE estimator's iterations (at the chosen weight, for the tol-stopped
+    estimator) and probes (``None`` for a given weight).
     """
 
     weight: float
@@ -191,8 +201,8 @@ def denoise_tv(
       a solve that reaches ``max_steps`` first warns (``RuntimeWarning``).
     - ``num_steps``: Split Bregman iterations of the estimator whose SURE is minimized;
       ``seed``: the seed of SURE's Monte-Carlo probes, ``probes`` their number. ``None``
-      (default): 20 and 1 for images of 2¹⁷ pixels or more, 100 and 2 below (see the module
-      docstring: the two search schedules).
+      (default): the tol-stopped solve and 1 for images of 2¹⁷ pixels or more, 100 and 2
+      below (see the module docstring: the two search schedules).
 
     Returns the denoised image as a NumPy array of the input's dtype (and the info).
     Computes in JAX's current precision (float32 in its default configuration, enough for
@@ -238,16 +248,30 @@ def denoise_tv(
                     "denoise_tv: the estimated noise level is 0 (a noise-free or constant "
                     "image?); pass sigma= or a numeric weight."
                 )
-        large = f.size >= _LARGE
-        num_steps = (_STEPS_LARGE if large else _STEPS_SMALL) if num_steps is None else num_steps
-        probes = (1 if large else 2) if probes is None else probes
-        w, sure_value, search = _sure_weight(
-            fj, sigma, method, int(num_steps), int(seed), int(probes), fast=large
-        )
     # The stopping rule is relative to the image's range: TV denoising commutes with scaling
     # (denoise_tv(c·f, c·w) = c·denoise_tv(f, w)), and so must the point where it stops.
     scale = float(np.ptp(f)) or 1.0
-    sol = split_bregman(fj, w, method, tol=tol * scale, max_steps=int(max_steps))
+    sol = None
+    if auto:
+        large = f.size >= _LARGE
+        # from _LARGE pixels, by default the estimator is the tol-stopped solve itself (its
+        # iteration count set by f's copy of the batch), and its f copy is the answer
+        stopped = large and num_steps is None
+        if num_steps is None:
+            num_steps = 0 if stopped else _STEPS_SMALL
+        probes = (1 if large else 2) if probes is None else probes
+        w, sure_value, search, sol = _sure_weight(
+            fj,
+            sigma,
+            method,
+            int(num_steps),
+            int(seed),
+            int(probes),
+            fast=large,
+            stop=(tol * scale, int(max_steps)) if stopped else None,
+        )
+    if sol is None:
+        sol = split_bregman(fj, w, method, tol=tol * scale, max_steps=int(max_steps))
     out = np.asarray(sol.u).astype(f.dtype, copy=False)
     if not bool(sol.converged):
         warnings.warn(
@@ -269,7 +293,7 @@ def denoise_tv(
         converged=bool(sol.converged),
         isotropic=bool(isotropic),
         search=search,
-        estimator_steps=int(num_steps) if auto else None,
+        estimator_steps=(int(num_steps) or int(sol.num_steps)) if auto else None,
         probes=int(probes) if auto else None,
     )
     return out, info
@@ -290,11 +314,12 @@ def denoise_tv(
 # refines it inside the two neighbouring grid points, from _LARGE on at most two parabolic
 # steps do (5–6 evaluations instead of about 11; see the module docstring).
 _GRID = (0.71, 1.0, 1.41, 2.0)  # reconstruct's grid (Brent refines it there)
-_SEARCH_GRID = (0.59, 0.84, 1.19, 1.68)  # denoise_tv's: √2 apart, centred on w = σ
+_SEARCH_GRID = (0.59, 0.84, 1.19)  # denoise_tv's from _LARGE pixels: √2 apart
 _MAX_GRID = 10
 _PARABOLA_STEPS = 2
 # The defaults of num_steps and probes by image size (see the module docstring): from
-# _LARGE pixels on, one probe and 20 iterations; below, two probes and 100 iterations.
+# _LARGE pixels on, one probe and the tol-stopped solve as the estimator; below, two probes
+# and 100 iterations. _STEPS_LARGE: reconstruct's fast-schedule estimator for denoising.
 _LARGE = 2**17
 _STEPS_LARGE = 20
 _STEPS_SMALL = 100
@@ -315,18 +340,64 @@ def _sure_fixed_steps(method, data, w, num_steps):
     return _sure_value(state.u, data)
 
 
-def _sure_weight(f, sigma, method, num_steps, seed, probes=2, fast=False):
+@eqx.filter_jit
+def _sure_stopped(method, data, w, tol, max_steps):
+    """SURE of the tol-stopped Split Bregman solve, batched as :func:`_sure_fixed_steps`:
+    every copy iterates until the RMS change of f's copy (copy 0) is below ``tol`` (at least
+    two iterations, at most ``max_steps``: the stopping rule of :func:`split_bregman`), so
+    the estimator is the k-iteration map for the k that f sets, and f's copy is the image
+    ``split_bregman(f, w, tol=tol)`` returns (up to rounding). Returns (SURE, f's
+    TVSolution)."""
+    fs = data["f"]
+    w = jnp.asarray(w).astype(fs.dtype)
+    step = jax.vmap(method.step, in_axes=(0, 0, None))
+    n = fs[0].size
+
+    def cond(c):
+        k, _, ch = c
+        return (k < max_steps) & ((ch >= tol) | (k < 2))
+
+    def body(c):
+        k, s, _ = c
+        s_new = step(s, fs, w)
+        ch = jnp.sqrt(jnp.sum((s_new.u[0] - s.u[0]) ** 2) / n)
+        return k + 1, s_new, ch
+
+    init = (jnp.asarray(0), jax.vmap(method.init)(fs), jnp.asarray(jnp.inf, fs.dtype))
+    k, s, ch = jax.lax.while_loop(cond, body, init)
+    first = jax.tree_util.tree_map(lambda a: a[0], s)
+    sol = TVSolution(u=first.u, state=first, num_steps=k, change=ch, converged=ch < tol)
+    return _sure_value(s.u, data), sol
+
+
+def _sure_weight(f, sigma, method, num_steps, seed, probes=2, fast=False, stop=None):
     """argmin_w SURE(w): a coarse log grid of w/σ, extended while its best point is at an
-    edge, then one parabolic step on log w through the best grid point and its two neighbours
-    (see the comment above). Returns (w, SURE(w), rows (w, SURE))."""
+    edge, then Brent or (``fast``) parabolic steps on log w (see the comment above). The
+    estimator is ``num_steps`` iterations, or with ``stop`` = (tol, max_steps) the solve
+    stopped when the RMS change of f's copy falls below tol (every copy takes as many
+    iterations). Returns (w, SURE(w), rows (w, SURE), the TVSolution of f's copy at w with
+    ``stop``, else None)."""
     eps = _EPS * sigma / f.size**0.3
     data = SURE(sigma, seed=seed, probes=probes, eps=eps).data(f[None], None)
     rows = []  # (z, SURE)
     steps = jnp.asarray(int(num_steps))  # an array: one compiled program for every num_steps
+    best = {}
 
     def evaluate(z):
         w = jnp.asarray(math.exp(z), f.dtype)
-        value = float(_sure_fixed_steps(method, data, w, steps))
+        if stop is None:
+            value = float(_sure_fixed_steps(method, data, w, steps))
+        else:
+            tol, max_steps = stop
+            # cold, as the final solve: warm-started from the state at the nearest weight
+            # evaluated, the tol-stopped images depend on the path (measured on cell, σ = 0.2:
+            # 0.1 dB below the cold solve at the same weight)
+            value, sol = _sure_stopped(
+                method, data, w, jnp.asarray(tol, f.dtype), jnp.asarray(max_steps)
+            )
+            value = float(value)
+            if not best or value < best["value"]:
+                best.update(value=value, sol=sol)
         if not math.isfinite(value):
             raise FloatingPointError(f"denoise_tv: SURE is not finite at weight {math.exp(z):.4g}.")
         rows.append((z, value))
@@ -337,7 +408,7 @@ def _sure_weight(f, sigma, method, num_steps, seed, probes=2, fast=False):
     else:
         _grid_then_brent(evaluate, [math.log(r * sigma) for r in _GRID], _MAX_GRID)
     z, e = min(rows, key=lambda r: r[1])
-    return math.exp(z), e, [(math.exp(r[0]), r[1]) for r in rows]
+    return math.exp(z), e, [(math.exp(r[0]), r[1]) for r in rows], best.get("sol")
 
 
 def _extend_grid(evaluate, zs, max_evaluations):

@@ -37,9 +37,12 @@ that need no ground truth, only the noise level σ (given, or estimated from the
 
   **The fast schedule** (TV with SURE, for denoising from 2¹⁷ measurements and deblurring
   from 2¹⁶; ``details["schedule"]`` says which ran): every estimator cold, 20 iterations from
-  the fixed start; one probe from 2¹⁷ measurements, two below; denoising searches as
-  :func:`~invcal.imaging.denoise_tv` does on large images (the grid (0.59, 0.84, 1.19,
-  1.68)σ, then at most two parabolic steps on log λ); deblurring, whose λ/σ sits far below 1,
+  the fixed start (where :func:`~invcal.imaging.denoise_tv` on a large image takes the
+  tol-stopped solve as its estimator; reconstruct keeps its fixed-iteration estimators,
+  shared with inpainting and the elastic net, and ends with the tol-stopped solve); one probe
+  from 2¹⁷ measurements, two below; denoising searches on denoise_tv's grid (0.59, 0.84,
+  1.19)σ, extended while its best point is at an edge, then at most two parabolic steps on
+  log λ; deblurring, whose λ/σ sits far below 1,
   a grid 4× apart (σ/64, σ/16, σ/4), extended while its best point is at an edge, then at
   most four parabolic steps. Measured (``benchmarks/reconstruct.py``, camera 256×256, PSF
   width 1.5 px, noise 0.01, float32): 5–7 evaluations instead of 20, the λ chosen at least as
