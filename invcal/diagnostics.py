@@ -88,6 +88,9 @@ class Diagnostics(eqx.Module):
     # The inner solution's smallest relative Hessian eigenvalue (Newton on an objective;
     # NaN elsewhere): negative means a saddle or maximum, reported as not converged.
     inner_curvature: jax.Array = eqx.field(default_factory=lambda: jnp.asarray(jnp.nan))
+    # The implicit system's condition number, for dense (direct) linear solves (NaN
+    # otherwise): the error of their solution is about cond·eps whatever the residual.
+    linear_condition: jax.Array = eqx.field(default_factory=lambda: jnp.asarray(jnp.nan))
 
     @property
     def converged(self):
@@ -110,6 +113,9 @@ class Diagnostics(eqx.Module):
             "inner_curvature": float(np.nanmin(np.asarray(self.inner_curvature)))
             if np.any(np.isfinite(np.asarray(self.inner_curvature)))
             else None,
+            "linear_condition": float(np.nanmax(np.asarray(self.linear_condition)))
+            if not np.all(np.isnan(np.asarray(self.linear_condition)))
+            else None,
         }
 
 
@@ -122,6 +128,13 @@ def no_linear_solve(inner_steps, inner_residual, inner_converged) -> Diagnostics
         linear_residual=jnp.asarray(0.0),
         linear_converged=jnp.asarray(True),
     )
+
+
+def _eps(dtype) -> float:
+    try:
+        return float(np.finfo(dtype).eps)
+    except (TypeError, ValueError):
+        return float(np.finfo(np.float64).eps)
 
 
 def _message(d: dict, where: str, dtype=None) -> str:
@@ -152,7 +165,15 @@ def _message(d: dict, where: str, dtype=None) -> str:
             "finished (the criterion is not defined at x*(θ), e.g. the log of a negative "
             "number; or a fixed number of steps overflowed: a step size above 2/L)"
         )
-    if not d["linear_converged"]:
+    cond = d.get("linear_condition")
+    if not d["linear_converged"] and cond is not None and (cond * _eps(dtype) > 1e-3):
+        parts.append(
+            f"the implicit linear system is nearly singular (condition number {cond:.3g}): a "
+            "dense solve of it has lost nearly all its digits whatever its residual (a "
+            "duplicated or collinear column, a regularization weight near 0, say; check "
+            "the problem at this θ, or bound θ away from it with the space's transform)"
+        )
+    elif not d["linear_converged"]:
         if math.isfinite(d["linear_residual"]):
             hint = (
                 "raise the linear solver's max_steps, or use a solver suited to the system: "

@@ -33,7 +33,6 @@ from .implicit import (
     AbstractSystem,
     ActiveSet,
     Forward,
-    LinearSolve,
     Reverse,
     adjoint_solve,
     as_mode,
@@ -121,6 +120,7 @@ class AbstractImplicitMethod(AbstractHypergradient):
             linear_residual=lin.residual,
             linear_converged=lin.ok,
             inner_curvature=sol.curvature,
+            linear_condition=lin.condition,
         )
         grad = jax.tree_util.tree_map(jnp.add, gth, term)
         return Hypergradient(value=value, grad=grad, x=sol.x, diagnostics=diag, adjoint=adjoint)
@@ -252,16 +252,14 @@ class Implicit(AbstractImplicitMethod):
                 # lineax wants y0 exactly like the right-hand side (the zero cold start is
                 # made from x0, whose dtype may differ).
                 y0 = jax.tree_util.tree_map(lambda y, g: jnp.asarray(y, g.dtype), adjoint0, gx)
-            v, term, steps, rel, ok = adjoint_solve(
+            sol, term = adjoint_solve(
                 problem, spec, x, theta, data, gx, linear_solver=lin, mask=mask, y0=y0
             )
-            return term, LinearSolve(value=v, steps=steps, residual=rel, ok=ok), v
+            return term, sol, sol.value
         flat, unravel = ravel_pytree(theta)
-        Z, steps, rel, ok = tangent_solve(
-            problem, spec, x, flat, unravel, data, linear_solver=lin, mask=mask
-        )
-        term = unravel(jax.vmap(lambda z: _tree_vdot(z, gx))(Z))
-        return term, LinearSolve(value=Z, steps=steps, residual=rel, ok=ok), adjoint0
+        sol = tangent_solve(problem, spec, x, flat, unravel, data, linear_solver=lin, mask=mask)
+        term = unravel(jax.vmap(lambda z: _tree_vdot(z, gx))(sol.value))
+        return term, sol, adjoint0
 
 
 # --------------------------------------------------------------------------------------

@@ -182,6 +182,7 @@ def test_diagnostics_as_dict():
         "linear_converged",
         "finite",
         "inner_curvature",
+        "linear_condition",
     }
     assert d["inner_converged"] and d["linear_converged"]
     assert 0 < d["inner_steps"] < GOOD.max_steps and 0 < d["linear_steps"] <= 20

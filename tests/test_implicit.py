@@ -265,7 +265,7 @@ def test_the_absolute_tolerance_is_floored_at_rtol_times_the_rms_of_b(atol):
     spec = SystemSpec(use_fixed_point=True, symmetric=True)
     mask = support(_X_STAR, THETA, PROBLEM.data)
     grad_x = jax.grad(criterion)(_X_STAR, THETA, PROBLEM.data)
-    _, _, steps, rel, ok = adjoint_solve(
+    sol, _ = adjoint_solve(
         PROBLEM,
         spec,
         _X_STAR,
@@ -275,7 +275,8 @@ def test_the_absolute_tolerance_is_floored_at_rtol_times_the_rms_of_b(atol):
         linear_solver=lx.CG(rtol=1e-10, atol=atol, max_steps=1000),
         mask=mask,
     )
-    assert float(rel) < 1e-9 and bool(ok) and int(steps) <= int(mask.sum()) + 2
+    assert float(sol.residual) < 1e-9 and bool(sol.ok)
+    assert int(sol.steps) <= int(mask.sum()) + 2
 
 
 def test_implicit_refuses_fixed_step_solutions():
