@@ -2,20 +2,26 @@
 
     python benchmarks/reconstruct.py [--quick] [--out benchmarks/results/reconstruct.json]
 
-JAX's default configuration (float32), this CPU, one process; warm timings (the median of 3
-calls after one call that compiles), the first call's time reported too.
+JAX's default configuration (float32), this CPU, one process; the load average is recorded
+(the machine is shared: compare the figures of one run, taken side by side).
 
-1. ``denoise`` — 512×512 float32 camera + N(0, σ²), σ = 0.1, isotropic TV: the automatic λ
-   (SURE, σ estimated; the default warm-started estimators, and cold ones as in
-   ``denoise_tv``) against one solve at a fixed weight (the same tol-stopped Split
-   Bregman solve the automatic call ends with, at the oracle weight): wall-time ratio (target
-   ≤ 10×), and its PSNR against the oracle, the best of a 21-point log grid of weights from
-   σ/4 to 4σ, each scored by that same solve (target: within 0.2 dB).
-2. ``deblur`` — 256×256 camera blurred by a Gaussian PSF (width 1.5 px, periodic) + N(0,
-   0.01²): the automatic λ (SURE, σ estimated) against
+0. ``solve_vs_skimage`` — target 2: one fixed-weight 512×512 anisotropic solve,
+   ``denoise_tv(f, w, isotropic=False)`` against ``skimage.restoration.denoise_tv_bregman(f,
+   1/w, isotropic=False)`` at both defaults (tol 1e-4 × range against eps 1e-3), and
+   ``split_bregman`` against it at the same stopping rule; interleaved, best and median of 7.
+1. ``denoise_tv_auto`` — target 1: ``denoise_tv(f, weight="auto", sigma=σ)`` on 512×512
+   camera + N(0, 0.1²) against one ``denoise_tv(f, w)`` at the oracle weight (the best of a
+   21-point log grid σ/4–4σ scored by that same solve), interleaved (medians of 5); the
+   previous default search (100-iteration estimators, two probes, grid then Brent) in the
+   same run; and the fast schedule's accuracy on other images and noise levels.
+2. ``denoise`` — ``reconstruct(f)`` (SURE, σ estimated) on the same image, against one
+   solve at a fixed weight: ratio and PSNR gap to the 21-point oracle.
+3. ``deblur`` — target 3: 256×256 camera blurred by a Gaussian PSF (width 1.5 px, periodic)
+   + N(0, 0.01²): ``reconstruct(y, task="deblur", psf=…)`` (SURE, σ estimated) against
    ``skimage.restoration.unsupervised_wiener`` (Orieux, Giovannelli & Rodet 2010: a Gibbs
    sampler for the Wiener filter's hyperparameters; same PSF, its default settings, seeded):
-   PSNR and wall time. The oracle of a 21-point λ grid is reported too.
+   PSNR and wall time, interleaved (medians of 5). The oracle of a 21-point λ grid is
+   reported too.
 
 ``--quick``: 256×256 denoising, 128×128 deblurring, 9-point grids.
 """

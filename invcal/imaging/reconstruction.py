@@ -40,7 +40,9 @@ that need no ground truth, only the noise level σ (given, or estimated from the
   the fixed start (where :func:`~invcal.imaging.denoise_tv` on a large image takes the
   tol-stopped solve as its estimator; reconstruct keeps its fixed-iteration estimators,
   shared with inpainting and the elastic net, and ends with the tol-stopped solve); one probe
-  from 2¹⁷ measurements, two below; denoising searches on denoise_tv's grid (0.59, 0.84,
+  (denoising: from 2¹⁷ measurements, two below; deblurring: always, measured on 256×256
+  camera (PSF widths 1.5 and 2.5 px), astronaut and coffee: 0.00–0.05 dB from the oracle of
+  a 13-point grid with one probe or two alike); denoising searches on denoise_tv's grid (0.59, 0.84,
   1.19)σ, extended while its best point is at an edge, then at most two parabolic steps on
   log λ; deblurring, whose λ/σ sits far below 1,
   a grid 4× apart (σ/64, σ/16, σ/4), extended while its best point is at an edge, then at
@@ -698,7 +700,8 @@ def reconstruct(
         schedule = "fast"
         if num_steps is None:
             num_steps = _STEPS_LARGE if task == "denoise" else _DEBLUR_STEPS
-        probes = (1 if m >= _LARGE else 2) if probes is None else probes
+        if probes is None:
+            probes = 1 if (m >= _LARGE or task == "deblur") else 2
         warm_steps = None if warm_steps == "auto" else warm_steps
     else:
         schedule = "thorough"
