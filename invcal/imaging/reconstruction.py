@@ -46,9 +46,10 @@ that need no ground truth, only the noise level σ (given, or estimated from the
   1.19)σ, extended while its best point is at an edge, then at most two parabolic steps on
   log λ; deblurring, whose λ/σ sits far below 1,
   a grid 4× apart (σ/64, σ/16, σ/4), extended while its best point is at an edge, then at
-  most four parabolic steps. Measured (``benchmarks/reconstruct.py``, camera 256×256, PSF
-  width 1.5 px, noise 0.01, float32): 5–7 evaluations instead of 20, the λ chosen at least as
-  good as before (28.55 dB against 28.54, the oracle of a 21-point grid 28.55). Explicit
+  most two parabolic steps (four gave 0.00–0.05 dB from the oracle on the four cases above
+  too, with 6–8 evaluations instead of 5–6). Measured (``benchmarks/reconstruct.py``, camera
+  256×256, PSF width 1.5 px, noise 0.01, float32): 5 evaluations instead of 20, the λ chosen
+  as good as before (28.54–28.55 dB against 28.54, the oracle of a 21-point grid 28.55). Explicit
   ``num_steps``, ``probes`` or ``warm_steps`` override the schedule's choices.
 * ``"discrepancy"`` — Morozov's discrepancy principle: λ with ‖A u(λ) − y‖² = mσ² (the
   residual of the reconstruction is as large as the noise), found by bracketing on a log grid
@@ -117,7 +118,7 @@ _KEEP = 4  # estimator states kept for warm starts (each is a few images per bat
 # The fast schedule (TV, SURE; denoising from _LARGE measurements, deblurring from _LARGE/2):
 # cold estimators of few iterations, fewer probes, a grid then parabolic steps.
 _DEBLUR_STEPS = 20
-_DEBLUR_PARABOLA_STEPS = 4
+_DEBLUR_PARABOLA_STEPS = 2
 _EN_LEVELS = 4  # wavelet levels at most (fewer when H or W is not divisible by 2^4)
 COLOUR = "per-channel, one shared λ (SURE and the residual summed over the channels)"
 
@@ -545,10 +546,10 @@ def _search_sure(crit: _Criterion, sigma):
 
 def _search_sure_fast(crit: _Criterion, sigma, task):
     """argmin_λ SURE(λ), the fast schedule: denoising, the log grid of λ/σ that
-    :func:`~invcal.imaging.denoise_tv` uses (√2 apart around σ) and two parabolic steps;
-    deblurring (λ/σ far below 1: 0.06 measured at a blur of 1.5 px), a grid 4× apart from
-    σ/4 down, extended while its best point is at an edge, then up to four parabolic steps
-    (each through the best point and its neighbours, which get closer with every step)."""
+    :func:`~invcal.imaging.denoise_tv` uses (√2 apart) and two parabolic steps; deblurring
+    (λ/σ far below 1: 0.04–0.06 measured at a blur of 1.5 px), a grid 4× apart from σ/4
+    down, extended while its best point is at an edge, then up to two parabolic steps (each
+    through the best point and its neighbours, which get closer with every step)."""
     zs = {}
 
     def evaluate(z):
