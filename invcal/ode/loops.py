@@ -57,6 +57,7 @@ def _info0(pop, arrays, q, n):
         "J": jnp.zeros((N, M, d)),
         "nll": jnp.zeros(N),
         "deta_dz": jnp.zeros((N, q, n)),
+        "ift_residual": jnp.zeros(N),
     }
 
 

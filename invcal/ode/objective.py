@@ -125,7 +125,9 @@ class PopulationObjective:
     ``grad_z``: d value/dz in the unconstrained coordinates (ordered as ``names``);
     ``eta``: ηᵢ* (N, q); ``subject_value``: −ℓᵢ; ``ok``/``inner_converged``: per subject
     (a subject whose inner fit did not converge also raises a ``RuntimeWarning``);
-    ``failed``: IDs of the subjects whose terms are not finite.
+    ``failed``: IDs of the subjects whose terms are not finite; ``linear_residual``: per
+    subject, the relative residual of its implicit-function-theorem solve
+    (:func:`invcal.implicit.solve_system`, the engine's one IFT solve).
     """
 
     value: float
@@ -138,6 +140,7 @@ class PopulationObjective:
     ok: np.ndarray
     inner_converged: np.ndarray
     failed: list
+    linear_residual: np.ndarray | None = None
 
     @property
     def loglik(self) -> float:
@@ -225,4 +228,5 @@ def population_objective(
         ok=info["ok"],
         inner_converged=info["inner_converged"],
         failed=failed,
+        linear_residual=info["ift_residual"],
     )

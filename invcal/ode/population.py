@@ -67,9 +67,11 @@ from collections.abc import Mapping
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 
 from .. import batching
+from ..implicit import LinearSolve, solve_system
 from ..solvers.marquardt import levenberg_marquardt
 from ..space import Identity, Log, Param, Space
 from .approximations import (
@@ -96,6 +98,7 @@ __all__ = [
     "Laplace",
     "HeldOut",
     "Population",
+    "solve_dense_ift",
     "L_RESOLUTION",
     "MAX_ETA_STEP",
 ]
@@ -109,6 +112,21 @@ L_RESOLUTION = 1e-12
 #: Largest change of any random effect in one inner step (on the declared scale: for a
 #: log-parameter, a factor e² ≈ 7.4).
 MAX_ETA_STEP = 2.0
+
+
+def solve_dense_ift(H, B) -> LinearSolve:
+    """H⁻¹B for one subject's implicit system (H = ∇²_ηη Lᵢ, q × q; B, q × k: the
+    right-hand sides as columns), through :func:`invcal.implicit.solve_system` (the one place
+    where the IFT's linear system is solved) with lineax's dense LU. Returns the solution
+    (q × k) with the worst relative residual over the columns and ``ok`` for all of them."""
+    op = lx.MatrixLinearOperator(H, lx.symmetric_tag)
+    sols = jax.vmap(lambda b: solve_system(op, b, lx.LU()), in_axes=1)(B)
+    return LinearSolve(
+        value=sols.value.T,
+        steps=jnp.max(sols.steps),
+        residual=jnp.max(sols.residual),
+        ok=jnp.all(sols.ok),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -270,8 +288,10 @@ class Population(eqx.Module):
         return self.approximation.criterion(self, f_of_eta, eta, theta, subject)
 
     # -- one subject, given its jets at φ0 = φ(η*, θ) -------------------------------------
-    def subject_value_grad(self, space, jets, eta, z, subject):
-        """(−ℓᵢ, d(−ℓᵢ)/dz, dηᵢ*/dz) at ηᵢ* = ``eta`` by the implicit function theorem."""
+    def subject_system(self, space, jets, eta, z, subject):
+        """(−ℓᵢ, ∂_z(−ℓᵢ), H, B) at ηᵢ* = ``eta``: the pieces of the implicit hypergradient,
+        H = ∇²_ηη Lᵢ (q, q) and its right-hand sides B = [∂_η(−ℓᵢ), ∂(∇_η Lᵢ)/∂z] (q, 1 + n),
+        solved by :func:`solve_dense_ift` and put together by :meth:`ift_terms`."""
         theta0 = space.to_theta(z)
         phi0 = self.phi(eta, theta0, subject.cov)
 
@@ -293,9 +313,21 @@ class Population(eqx.Module):
         # ∂(∇_η L)/∂z (q, n): the mixed term of the hypergradient and, through
         # dη*/dz = −H⁻¹ ∂(∇_η L)/∂z, a first-order prediction of η* at the next z.
         Lez = jax.jacfwd(lambda zz: jax.grad(L, argnums=0)(eta, zz))(z)
-        v = jnp.linalg.solve(H, g_eta)
-        deta_dz = -jnp.linalg.solve(H, Lez)
-        return value, g_z - Lez.T @ v, deta_dz
+        return value, g_z, H, jnp.concatenate([g_eta[:, None], Lez], axis=1)
+
+    @staticmethod
+    def ift_terms(g_z, B, X):
+        """(d(−ℓᵢ)/dz, dηᵢ*/dz) from X = H⁻¹B: ∂_z(−ℓᵢ) − (∂(∇_η L)/∂z)ᵀ v and −H⁻¹∂(∇_η L)/∂z."""
+        v, W = X[:, 0], X[:, 1:]
+        return g_z - B[:, 1:].T @ v, -W
+
+    def subject_value_grad(self, space, jets, eta, z, subject):
+        """(−ℓᵢ, d(−ℓᵢ)/dz, dηᵢ*/dz, the IFT solve's :class:`invcal.implicit.LinearSolve`)
+        at ηᵢ* = ``eta`` by the implicit function theorem (:func:`solve_dense_ift`)."""
+        value, g_z, H, B = self.subject_system(space, jets, eta, z, subject)
+        sol = solve_dense_ift(H, B)
+        grad, deta_dz = self.ift_terms(g_z, B, sol.value)
+        return value, grad, deta_dz, sol
 
     # -- the inner solve -------------------------------------------------------------
     def lm_eval(self, eta, theta, subject):
@@ -363,7 +395,12 @@ class Population(eqx.Module):
     def subject_terms(self, space, z, eta0, arrays, tol, max_steps):
         """Per-subject terms at z with the inner solves from η0, with no reduction across
         subjects (so the subject axis can be sharded): (−ℓᵢ (N,), d(−ℓᵢ)/dz (N, n), ηᵢ*,
-        info) where ``info`` has per-subject flags, predictions, ∂f/∂φ and dηᵢ*/dz."""
+        info) where ``info`` has per-subject flags, predictions, ∂f/∂φ, dηᵢ*/dz and the
+        relative residual of each subject's IFT solve."""
+        return self.finish_terms(*self.subject_parts(space, z, eta0, arrays, tol, max_steps))
+
+    def subject_parts(self, space, z, eta0, arrays, tol, max_steps):
+        """:meth:`subject_terms` up to the IFT solves: (−ℓᵢ, ∂_z(−ℓᵢ), H, B, η*, info)."""
         theta = space.to_theta(z)
         eta, dec, steps, ok, jets, conv = self.solve_inner(eta0, theta, arrays, tol, max_steps)
         order = self.approximation.order + 1
@@ -374,21 +411,32 @@ class Population(eqx.Module):
                 jt, ok_j = prediction_jets(self.model, s, phi0, order)
             else:
                 ok_j = jnp.asarray(True)
-            v, g, de = self.subject_value_grad(space, jt, e, z, s)
-            return v, g, de, ok_j, jt[0], jt[1]
+            v, g_z, H, B = self.subject_system(space, jt, e, z, s)
+            return v, g_z, H, B, ok_j, jt[0], jt[1]
 
-        vals, grads, deta_dz, ok_j, f, J = jax.vmap(one)(eta, arrays, jets)
-        ok = ok & ok_j & jnp.isfinite(vals) & jnp.all(jnp.isfinite(grads), axis=1)
+        vals, g_z, H, B, ok_j, f, J = jax.vmap(one)(eta, arrays, jets)
         info = {
-            "ok": ok,
+            "ok": ok & ok_j,
             "inner_converged": conv,
             "inner_step": dec,
             "inner_steps": steps,
             "ipred": f,
             "J": J,
             "nll": vals,
-            "deta_dz": deta_dz,
         }
+        return vals, g_z, H, B, eta, info
+
+    def finish_terms(self, vals, g_z, H, B, eta, info):
+        """The IFT solves of :meth:`subject_parts`' systems (:func:`solve_dense_ift`, one
+        per subject, vmapped) and the terms of :meth:`subject_terms`. Outside any
+        ``shard_map`` (see :meth:`value_and_grad`): lineax compares the structures of its
+        operator and vector, shardings included, and inside a ``shard_map`` they differ."""
+        sol = jax.vmap(solve_dense_ift)(H, B)
+        grads, deta_dz = jax.vmap(self.ift_terms)(g_z, B, sol.value)
+        info = dict(info)
+        info["ok"] = info["ok"] & sol.ok & jnp.isfinite(vals) & jnp.all(jnp.isfinite(grads), axis=1)
+        info["deta_dz"] = deta_dz
+        info["ift_residual"] = sol.residual
         return vals, grads, eta, info
 
     def value_and_grad(
@@ -397,30 +445,28 @@ class Population(eqx.Module):
         """(−Σℓᵢ, d/dz, η*, info) at z with the inner solve from η0 (``info`` as in
         :meth:`subject_terms`). ``valid`` (N,) marks real subjects (padding copies count for
         nothing); with a ``mesh`` the subject axis is split across its devices
-        (:func:`invcal.batching.map_batched`: each device runs its subjects' solves on its
-        own), and only the sums cross devices; ``chunk``: subjects solved together (vmapped)
-        per chunk, chunks one after another (see :func:`invcal.batching.map_batched`)."""
+        (:func:`invcal.batching.map_batched`: each device runs its subjects' inner solves
+        on its own; the small dense IFT solves follow on the sharded results), and only the
+        sums cross devices; ``chunk``: subjects solved together (vmapped) per chunk, chunks
+        one after another (see :func:`invcal.batching.map_batched`)."""
         z = jax.lax.stop_gradient(z)
         if valid is None:
             valid = jnp.ones(eta0.shape[0], bool)
 
-        def masked(zz, e0, a, v):
-            vals, grads, eta, info = self.subject_terms(space, zz, e0, a, tol, max_steps)
-            info["ok"] = info["ok"] | ~v
-            vals = jnp.where(v, vals, 0.0)
-            return vals, jnp.where(v[:, None], grads, 0.0), eta, info
-
-        vals, grads, eta, info = batching.map_batched(
-            masked,
+        parts = batching.map_batched(
+            lambda zz, e0, a: self.subject_parts(space, zz, e0, a, tol, max_steps),
             z,
             eta0,
             arrays,
-            valid,
-            in_axes=(None, 0, 0, 0),
+            in_axes=(None, 0, 0),
             chunk=chunk,
             mesh=mesh,
             vectorized=True,
         )
+        vals, grads, eta, info = self.finish_terms(*parts)
+        info["ok"] = info["ok"] | ~valid
+        vals = jnp.where(valid, vals, 0.0)
+        grads = jnp.where(valid[:, None], grads, 0.0)
         ok = jnp.all(info["ok"])
         total = jnp.where(ok, jnp.sum(vals), jnp.inf)
         grad = jnp.where(ok, jnp.sum(grads, axis=0), 0.0)
