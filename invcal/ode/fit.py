@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -10,9 +11,20 @@ import numpy as np
 
 from ..compilation_cache import checks_without_callbacks
 from ..precision import computes_in_float64
+from ..runfolder import claim_run_folder
 from .approximations import FOCEI
 from .errors import Additive
-from .loops import _STATUS, _fit_lbfgs, _fit_lindstrom_bates, _options
+from .fit_record import FitRecord, decode_tree, recording, result_json
+from .loops import (
+    _STATUS,
+    _fit_lbfgs,
+    _fit_lindstrom_bates,
+    _info0,
+    _options,
+    _progress_callback,
+    lbfgs_init,
+    lindstrom_bates_init,
+)
 from .objective import _bad_subjects, _warn_unconverged
 from .population import _prepare
 from .sharding import CHUNK_SIZE, _chunk, _shard_subjects, _unpad, subject_mesh
@@ -44,6 +56,9 @@ def fit_population(
     holdout_seed: int = 0,
     omega: str = "diagonal",
     progress=None,
+    out=None,
+    resume: bool = False,
+    overwrite: bool = False,
 ):
     """Fit a population ODE model by maximizing the FOCEI or Laplace likelihood.
 
@@ -100,18 +115,33 @@ def fit_population(
       objective) to stderr as the compiled fit runs; a callable receives
       ``(algorithm, iteration, objective)`` instead (pass the same function to later fits:
       a new one compiles the fit again).
+    - ``out``: a folder: the fit writes ``out/results.json`` after every outer iteration
+      (θ, objective, gradient norm and the loop's state; :mod:`invcal.ode.fit_record`),
+      holding the folder for the run (a folder with another run, or files no run wrote, is
+      refused unless ``overwrite``). ``resume=True`` continues the fit saved there (same
+      arguments; ``max_iter`` may grow) to the same estimates as an uninterrupted fit.
 
     Returns a :class:`PopulationFit`. Computes in float64 whatever JAX's global
     ``jax_enable_x64`` (scoped to the call, :mod:`invcal.precision`): FOCEI's second
     derivatives through the ODE solves need it. Its estimates are NumPy float64 arrays.
     """
-    from .summary import PopulationFit
-
+    if not isinstance(resume, bool) or not isinstance(overwrite, bool):
+        raise TypeError(
+            f"resume and overwrite must be True or False; got {resume!r}, {overwrite!r}."
+        )
+    if resume and out is None:
+        raise ValueError("resume=True continues the fit saved in out=DIR; pass out=.")
     pop, events, arrays, space = _prepare(
-        model, events, init, random, error, method, covariates, holdout, holdout_seed, omega
-    )
-    opts = _options(
-        max_iter, gtol, ftol, inner_tol, inner_max_steps, max_step, xtol=xtol, progress=progress
+        model,
+        events,
+        init,
+        random,
+        error,
+        method,
+        covariates,
+        holdout,
+        holdout_seed,
+        omega,
     )
     if algorithm not in ("auto", "lbfgs", "lindstrom-bates"):
         raise ValueError(
@@ -122,8 +152,8 @@ def fit_population(
         and isinstance(pop.error, Additive)
         and arrays.cens is None  # censored (M3) terms make the linearized model non-Gaussian
     )
-    auto = algorithm == "auto"
-    if auto:
+    requested = algorithm
+    if algorithm == "auto":
         algorithm = "lindstrom-bates" if linear_mixed else "lbfgs"
     if algorithm == "lindstrom-bates" and not linear_mixed:
         raise ValueError(
@@ -136,13 +166,96 @@ def fit_population(
         )
     mesh = subject_mesh(devices)
     chunk = _chunk(chunk_size)
+    options = {
+        "max_iter": max_iter,
+        "gtol": gtol,
+        "ftol": ftol,
+        "inner_tol": inner_tol,
+        "inner_max_steps": inner_max_steps,
+        "max_step": max_step,
+        "xtol": xtol,
+    }
+    run = functools.partial(
+        _run,
+        pop,
+        events,
+        arrays,
+        space,
+        algorithm,
+        requested == "auto",
+        mesh,
+        chunk,
+        options,
+    )
+    if out is None:
+        return run(progress=progress)
+    header = {
+        "problem": "population",
+        "names": list(space.names),
+        "model_params": list(pop.model.params),
+        "random": list(pop.random),
+        "covariates": [list(c) for c in pop.covariates],
+        "error": type(pop.error).__name__,
+        "approximation": type(pop.approximation).__name__,
+        "omega": pop.omega,
+        "algorithm": requested,
+        "source": events.source,
+        "n_subjects": int(arrays.n_subjects),
+        "n_obs": int(np.sum(np.asarray(arrays.obs_mask))),
+        "devices": 1 if mesh is None else int(mesh.size),
+        "chunk_size": chunk,
+        "options": {k: v for k, v in options.items() if k != "max_iter"},
+    }
+    with claim_run_folder(out, resume=resume, overwrite=overwrite, flag="out") as folder:
+        rec = FitRecord(folder, header, resume=resume, progress=_progress_callback(progress))
+        with recording(rec) as recorder:
+            fit = run(progress=progress, record=recorder, saved=rec.saved_state)
+        rec.finish(result_json(fit))
+    return fit
+
+
+def _run(
+    pop,
+    events,
+    arrays,
+    space,
+    algorithm,
+    auto,
+    mesh,
+    chunk,
+    options,
+    *,
+    progress,
+    record=None,
+    saved=None,
+):
+    """The compiled fit (continued from the ``saved`` state of a results.json, if any)."""
+    from .summary import PopulationFit
+
+    # A recording fit reports progress from the record's callback (after each write), so
+    # that the compiled loop is the same whatever the progress callable.
+    opts = _options(**options, progress=None if record is not None else progress, record=record)
     z0 = space.to_z(space.init())
     eta0 = jnp.zeros((arrays.n_subjects, pop.n_random))
-    fitter = _fit_lbfgs if algorithm == "lbfgs" else _fit_lindstrom_bates
     t0 = time.perf_counter()
     run_arrays, eta0, valid = _shard_subjects(arrays, eta0, mesh)
+    state0 = None
+    if saved is not None:
+        info0 = _info0(pop, run_arrays, pop.n_random, z0.shape[0])
+        phase = saved.get("phase")
+        if phase == "lbfgs" and (auto or algorithm == "lbfgs"):
+            algorithm, like = "lbfgs", lbfgs_init(z0, eta0, info0, opts)
+        elif phase == "lindstrom-bates" and algorithm == "lindstrom-bates":
+            like = lindstrom_bates_init(z0, eta0, info0, opts["history"])
+        else:
+            raise ValueError(
+                f"cannot resume: the saved fit is in phase {phase!r}, this fit runs "
+                f"algorithm={algorithm!r}."
+            )
+        state0 = decode_tree(like, saved.get("leaves"), "the saved results.json")
+    fitter = _fit_lbfgs if algorithm == "lbfgs" else _fit_lindstrom_bates
     with checks_without_callbacks():  # so that JAX's persistent cache keeps the fit
-        out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
+        out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk, state0)
     out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
     status = int(out["status"])
     if auto and algorithm == "lindstrom-bates" and status == 5:
@@ -165,7 +278,13 @@ def fit_population(
             "inner fit failed); check the initial values, the model's max_steps and the "
             "solver (Kvaerno5() for stiff systems)."
         )
-    _warn_unconverged("fit_population", events, out["info"], inner_tol, inner_max_steps)
+    _warn_unconverged(
+        "fit_population",
+        events,
+        out["info"],
+        options["inner_tol"],
+        options["inner_max_steps"],
+    )
     return PopulationFit._from_run(
         population=pop,
         space=space,

@@ -17,6 +17,15 @@ from .. import batching
 
 __all__: list[str] = []
 
+#: Memory (pairs kept) of the outer L-BFGS.
+LBFGS_MEMORY = 10
+
+
+def _theta_vector(space, z):
+    """θ (user values) as one vector in the order of ``space.names`` (for the record)."""
+    theta = space.to_theta(z)
+    return jnp.stack([jnp.ravel(jnp.asarray(theta[k], dtype=float))[0] for k in space.names])
+
 
 def _two_loop(g, S, Y, rho, count, head, m):
     """L-BFGS two-loop recursion: −H_k g from the last ``count`` pairs (ring buffer)."""
@@ -62,10 +71,13 @@ def _info0(pop, arrays, q, n):
 
 
 @eqx.filter_jit
-def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None):
+def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None, state0=None):
     """The exact maximum of the approximate likelihood by :func:`_lbfgs`; every evaluation
     solves the inner problems from the first-order prediction of η* at the trial point.
-    ``valid``/``mesh``: see :meth:`Population.value_and_grad` and :func:`_shard_subjects`."""
+    ``valid``/``mesh``: see :meth:`Population.value_and_grad` and :func:`_shard_subjects`;
+    ``state0``: the loop's carry to continue from (a resumed fit; :func:`lbfgs_init`'s
+    structure). With ``opts["record"]`` (:class:`invcal.ode.fit_record.Recorder`) every
+    accepted iteration's carry goes to results.json, and the progress with it."""
     inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
 
     def evaluate(z_t, z, eta, info):
@@ -76,16 +88,26 @@ def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None)
         )
 
     info0 = _info0(pop, arrays, eta0.shape[1], z0.shape[0])
-    progress = opts.get("progress")
-    on_step = None if progress is None else functools.partial(progress, "lbfgs")
-    out = _lbfgs(evaluate, z0, eta0, info0, opts, on_step)
+    progress, record = opts.get("progress"), opts.get("record")
+    on_step = (
+        None if progress is None or record is not None else functools.partial(progress, "lbfgs")
+    )
+    on_accept = None
+    if record is not None:
+
+        def on_accept(accepted, state):
+            record.emit("lbfgs", accepted, state, _theta_vector(space, state["z"]), state["g"])
+
+    out = _lbfgs(evaluate, z0, eta0, info0, opts, on_step, state0=state0, on_accept=on_accept)
     out["n_history"] = out["iter"] + 1
     out["n_inner"] = out["evals"]
     return out
 
 
 @eqx.filter_jit
-def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None):
+def _fit_lindstrom_bates(
+    pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None, state0=None
+):
     """nlme's algorithm (Lindstrom & Bates 1990; Pinheiro & Bates 2000, §7.2): solve the
     inner problems at θ_k, linearize the predictions there, maximize the linear
     mixed-effects likelihood over θ by :func:`_lbfgs` (no ODE solve in that loop), repeat
@@ -141,10 +163,10 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, c
         th_new = jnp.stack(list(space.to_theta(run["z"]).values()))
         change = jnp.max(jnp.abs(th_new - th_old) / (1.0 + jnp.abs(th_old)))
         k = c["k"]
-        if opts.get("progress") is not None:
+        if opts.get("progress") is not None and opts.get("record") is None:
             step = functools.partial(opts["progress"], "lindstrom-bates")
             _report(step, jnp.asarray(True), k + 1, run["f"])
-        return {
+        c_new = {
             "z": run["z"],
             "eta": run["eta"],
             "f": run["f"],
@@ -157,23 +179,15 @@ def _fit_lindstrom_bates(pop, space, arrays, z0, eta0, opts, valid, mesh=None, c
             "inner_history": c["inner_history"].at[jnp.minimum(k, hist - 1)].set(jnp.max(steps)),
             "lme_status": run["status"],
         }
+        if opts.get("record") is not None:
+            theta_new = _theta_vector(space, run["z"])
+            opts["record"].emit("lindstrom-bates", jnp.asarray(True), c_new, theta_new, run["g"])
+        return c_new
 
     def cond(c):
         return (c["k"] < opts["max_iter"]) & (c["change"] > opts["xtol"]) & jnp.isfinite(c["f"])
 
-    c0 = {
-        "z": z0,
-        "eta": eta0,
-        "f": jnp.asarray(0.0),
-        "info": info0,
-        "k": jnp.asarray(0),
-        "change": jnp.asarray(jnp.inf),
-        "evals": jnp.asarray(0),
-        "lme_iter": jnp.asarray(0),
-        "history": jnp.full((hist,), jnp.nan),
-        "inner_history": jnp.zeros((hist,), int),
-        "lme_status": jnp.asarray(0),
-    }
+    c0 = lindstrom_bates_init(z0, eta0, info0, hist) if state0 is None else state0
     c = jax.lax.while_loop(cond, relinearize, c0)
     status = jnp.where(~jnp.isfinite(c["f"]), 4, jnp.where(c["change"] <= opts["xtol"], 6, 5))
     return {
@@ -202,22 +216,27 @@ def _report(callback, accepted, iteration, objective):
     jax.debug.callback(host, accepted, iteration, objective)
 
 
-def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None):
-    """L-BFGS (memory 10) with backtracking (Armijo) line search, as one ``while_loop``
-    with one call of ``evaluate(z_trial, z, eta, info) -> (f, g, eta, info)`` per pass (so
-    the objective, and the ODE solves in it, are compiled once). The first pass evaluates
-    z0 itself; trial steps are capped at ``max_step`` in every coordinate. ``on_step``
-    (host callback): called with (iteration, objective) after each accepted step."""
-    m = 10
-    n = z0.shape[0]
-    max_iter, gtol, ftol, max_step = (
-        opts["max_iter"],
-        opts["gtol"],
-        opts["ftol"],
-        opts["max_step"],
-    )
+def lindstrom_bates_init(z0, eta0, info0, hist):
+    """The carry of :func:`_fit_lindstrom_bates`'s loop before its first iteration."""
+    return {
+        "z": z0,
+        "eta": eta0,
+        "f": jnp.asarray(0.0),
+        "info": info0,
+        "k": jnp.asarray(0),
+        "change": jnp.asarray(jnp.inf),
+        "evals": jnp.asarray(0),
+        "lme_iter": jnp.asarray(0),
+        "history": jnp.full((hist,), jnp.nan),
+        "inner_history": jnp.zeros((hist,), int),
+        "lme_status": jnp.asarray(0),
+    }
 
-    state = {
+
+def lbfgs_init(z0, eta0, info0, opts, m=LBFGS_MEMORY):
+    """The carry of :func:`_lbfgs`'s loop before its first pass."""
+    n = z0.shape[0]
+    return {
         "z": z0,
         "f": jnp.asarray(jnp.inf),
         "g": jnp.zeros(n),
@@ -240,6 +259,25 @@ def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None):
         "inner_history": jnp.zeros((opts["history"],), int),
         "info": info0,
     }
+
+
+def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None, state0=None, on_accept=None):
+    """L-BFGS (memory 10) with backtracking (Armijo) line search, as one ``while_loop``
+    with one call of ``evaluate(z_trial, z, eta, info) -> (f, g, eta, info)`` per pass (so
+    the objective, and the ODE solves in it, are compiled once). The first pass evaluates
+    z0 itself; trial steps are capped at ``max_step`` in every coordinate. ``on_step``
+    (host callback): called with (iteration, objective) after each accepted step;
+    ``on_accept(accepted, state)`` (traced) after every pass; ``state0``: the carry to
+    start from (:func:`lbfgs_init`'s structure)."""
+    m = LBFGS_MEMORY
+    max_iter, gtol, ftol, max_step = (
+        opts["max_iter"],
+        opts["gtol"],
+        opts["ftol"],
+        opts["max_step"],
+    )
+
+    state = lbfgs_init(z0, eta0, info0, opts) if state0 is None else state0
 
     def cond(s):
         return ~s["done"]
@@ -329,6 +367,8 @@ def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None):
         )
         if on_step is not None:
             _report(on_step, accept, new["iter"], new["f"])
+        if on_accept is not None:
+            on_accept(accept, new)
         return new
 
     return jax.lax.while_loop(cond, body, state)
@@ -355,8 +395,12 @@ def _options(
     min_iter=1,
     xtol=1e-7,
     progress=None,
+    record=None,
 ):
-    for name, v, lo in (("max_iter", max_iter, min_iter), ("inner_max_steps", inner_max_steps, 1)):
+    for name, v, lo in (
+        ("max_iter", max_iter, min_iter),
+        ("inner_max_steps", inner_max_steps, 1),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}.")
     for name, v in (
@@ -379,6 +423,7 @@ def _options(
         "xtol": jnp.asarray(float(xtol)),
         "history": 512,
         "progress": _progress_callback(progress),
+        "record": record,
     }
 
 

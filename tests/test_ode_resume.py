@@ -1,0 +1,102 @@
+"""fit_population(out=DIR) writes DIR/results.json after every outer iteration, and a fit
+stopped after k iterations continues with resume=True to the estimates of an uninterrupted
+fit (to 1e-8). The fit is stopped by raising from its progress callback, which runs inside
+the compiled loop right after the iteration's results.json is written: JAX aborts the loop
+there, as a killed process would stop it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from invcal import ode
+from invcal.runfolder import RunFolderError
+from problems.hierarchical_ode import INIT, load_theoph, theophylline_model
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def theoph():
+    return theophylline_model(), load_theoph()
+
+
+def _stop_after(k, seen):
+    def progress(algorithm, iteration, objective):
+        seen.append((algorithm, iteration, objective))
+        if iteration >= k:
+            raise Stop(f"stopped after iteration {iteration}")
+
+    return progress
+
+
+def _vector(fit):
+    return np.array([fit.theta[k] for k in sorted(fit.theta)])
+
+
+@pytest.mark.parametrize("algorithm, k", [("lbfgs", 4), ("lindstrom-bates", 2)])
+def test_stopped_fit_resumes_to_the_uninterrupted_estimates(tmp_path, theoph, algorithm, k):
+    model, events = theoph
+    ref = ode.fit_population(model, events, init=INIT, algorithm=algorithm)
+    assert ref.iterations > k  # the stop falls inside the fit
+    seen = []
+    with pytest.raises(Exception, match="stopped after iteration"):
+        ode.fit_population(
+            model,
+            events,
+            init=INIT,
+            algorithm=algorithm,
+            out=tmp_path,
+            progress=_stop_after(k, seen),
+        )
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["kind"] == "fit_population" and saved["finished"] is False
+    assert saved["state"]["phase"] == algorithm
+    assert saved["history"][-1]["iteration"] == k
+    rows = saved["history"]
+    assert [r["value"] for r in rows] == pytest.approx([f for _, _, f in seen], rel=1e-15)
+    assert set(rows[-1]["theta"]) == set(ref.theta)
+
+    fit = ode.fit_population(
+        model, events, init=INIT, algorithm=algorithm, out=tmp_path, resume=True
+    )
+    np.testing.assert_allclose(_vector(fit), _vector(ref), rtol=1e-8, atol=1e-8)
+    assert fit.loglik == pytest.approx(ref.loglik, rel=1e-10)
+    assert fit.iterations == ref.iterations
+    done = json.loads((tmp_path / "results.json").read_text())
+    assert done["finished"] is True
+    assert done["result"]["theta"] == pytest.approx(fit.theta, rel=1e-12)
+    # the history continues where it stopped: one row per iteration, no repeats
+    its = [r["iteration"] for r in done["history"]]
+    assert its == sorted(its) and len(set(its)) == len(its)
+
+    # resuming a finished fit runs no iteration and returns the same estimates
+    again = ode.fit_population(
+        model, events, init=INIT, algorithm=algorithm, out=tmp_path, resume=True
+    )
+    np.testing.assert_allclose(_vector(again), _vector(fit), rtol=1e-12, atol=1e-12)
+
+
+def test_run_folder_rules(tmp_path, theoph):
+    model, events = theoph
+    with pytest.raises(ValueError, match="resume=True continues"):
+        ode.fit_population(model, events, init=INIT, resume=True)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a run")
+    with pytest.raises(RunFolderError, match="no invcal run wrote"):
+        ode.fit_population(model, events, init=INIT, out=foreign, max_iter=1)
+    run = tmp_path / "run"
+    ode.fit_population(model, events, init=INIT, algorithm="lbfgs", out=run, max_iter=2)
+    with pytest.raises(RunFolderError, match="holds a previous run"):
+        ode.fit_population(model, events, init=INIT, algorithm="lbfgs", out=run, max_iter=2)
+    with pytest.raises(ValueError, match="other settings.*approximation"):
+        ode.fit_population(
+            model, events, init=INIT, method="laplace", out=run, resume=True, max_iter=2
+        )
+    fit = ode.fit_population(
+        model, events, init=INIT, algorithm="lbfgs", out=run, overwrite=True, max_iter=2
+    )
+    assert fit.iterations == 2
