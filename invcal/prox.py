@@ -78,7 +78,11 @@ def prox_elastic_net(v, t, l1=1.0, l2=0.0, *, nonneg: bool = False):
 def _safe_norm(v, floor):
     """(|v|, mask) with |v| = ‖v‖ over axis 0 where ‖v‖² > floor² and 1 elsewhere: the square
     root is never taken at 0, so its derivative never becomes inf·0 = NaN."""
-    sq = jnp.sum(v * v, axis=0)
+    # the components written out: XLA's reduction over a short leading axis of an image-sized
+    # array was 80 times slower (4.8 ms against 0.06 ms at 512², measured in Split Bregman)
+    sq = v[0] * v[0]
+    for i in range(1, v.shape[0]):
+        sq = sq + v[i] * v[i]
     mask = sq > floor * floor
     return jnp.sqrt(jnp.where(mask, sq, jnp.ones_like(sq))), mask
 
