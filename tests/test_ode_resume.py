@@ -100,3 +100,52 @@ def test_run_folder_rules(tmp_path, theoph):
         model, events, init=INIT, algorithm="lbfgs", out=run, overwrite=True, max_iter=2
     )
     assert fit.iterations == 2
+
+
+KILLED = r"""
+import json, os, signal, sys
+from invcal import ode
+from problems.hierarchical_ode import INIT, load_theoph, theophylline_model
+
+def kill_after_4(algorithm, iteration, objective):
+    if iteration >= 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # as a killed job: no cleanup, no exception
+
+resume = sys.argv[2] == "resume"
+fit = ode.fit_population(
+    theophylline_model(), load_theoph(), init=INIT, algorithm="lbfgs", out=sys.argv[1],
+    resume=resume, progress=None if resume else kill_after_4,
+)
+json.dump({"theta": fit.theta, "iterations": fit.iterations}, sys.stdout)
+"""
+
+
+def test_sigkilled_fit_in_a_fresh_process_resumes(tmp_path, theoph):
+    """JAX's defaults (x64 off) in fresh processes: the first is killed by SIGKILL after
+    iteration 4, the second resumes from results.json to the uninterrupted estimates."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("JAX_ENABLE_X64", None)
+    out = str(tmp_path / "run")
+    first = subprocess.run(
+        [sys.executable, "-c", KILLED, out, "start"], env=env, capture_output=True, text=True
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["finished"] is False and saved["history"][-1]["iteration"] == 4
+    second = subprocess.run(
+        [sys.executable, "-c", KILLED, out, "resume"], env=env, capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    resumed = json.loads(second.stdout)
+    model, events = theoph
+    ref = ode.fit_population(model, events, init=INIT, algorithm="lbfgs")
+    assert resumed["iterations"] == ref.iterations
+    got = np.array([resumed["theta"][k] for k in sorted(ref.theta)])
+    np.testing.assert_allclose(got, _vector(ref), rtol=1e-8, atol=1e-8)

@@ -84,11 +84,29 @@ class Recorder:
     it."""
 
     def emit(self, phase: str, accepted, state, theta, grad):
-        def host(acc, st, th, g):
-            if bool(acc) and _ACTIVE:
-                _ACTIVE[-1].add(phase, st, th, g)
+        # The callback runs on a runtime thread, where JAX's x64 flag is the global one: with
+        # x64 off, float64 arguments reach the host as float32 (a resumed fit would then start
+        # from a rounded state). 8-byte leaves therefore travel bit for bit as uint32 pairs.
+        leaves, treedef = jax.tree_util.tree_flatten((state, theta, grad))
+        dtypes = [jnp.asarray(x).dtype for x in leaves]
+        packed = [
+            jax.lax.bitcast_convert_type(x, jnp.uint32) if d.itemsize == 8 else x
+            for x, d in zip(leaves, dtypes, strict=True)
+        ]
 
-        jax.debug.callback(host, accepted, state, theta, grad)
+        def host(acc, *args):
+            if not (bool(acc) and _ACTIVE):
+                return
+            out = [
+                np.ascontiguousarray(a).view(d).reshape(np.shape(a)[:-1])
+                if d.itemsize == 8
+                else np.asarray(a)
+                for a, d in zip(args, dtypes, strict=True)
+            ]
+            st, th, g = jax.tree_util.tree_unflatten(treedef, out)
+            _ACTIVE[-1].add(phase, st, th, g)
+
+        jax.debug.callback(host, accepted, *packed)
 
 
 @contextlib.contextmanager
