@@ -71,6 +71,7 @@ differ near the image border, the difference decaying inwards (``tests/test_tv.p
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -213,13 +214,16 @@ class SpectralSolve(AbstractUStep):
 
 
 class GaussSeidel(AbstractUStep):
-    """``sweeps`` red-black Gauss–Seidel sweeps on (I + ρ∇ᵀ∇)u = r from the current u.
+    """``sweeps`` red-black Gauss–Seidel sweeps on (M + ρ∇ᵀ∇)u = r from the current u, with
+    M = I (denoising) or M = diag(``mask``) (inpainting: min λTV(u) + ½‖M(u − y)‖², whose
+    step's right-hand side takes f = M y; the diagonal mᵢ + ρnᵢ stays ≥ ρ > 0).
 
     A stationary linear iteration, so its fixed point is the exact solution and its
     derivative is a fixed linear map: implicit and unrolled differentiation both apply.
-    Denoising only (no blur)."""
+    No blur."""
 
     sweeps: int = eqx.field(default=1, static=True)
+    mask: Any = None
 
     def __check_init__(self):
         if int(self.sweeps) < 1:
@@ -238,7 +242,7 @@ class GaussSeidel(AbstractUStep):
         # Constants of the update u_i = (r_i + ρ Σ_{j∈N(i)} u_j) / (1 + ρ n_i); with an
         # edge-padded image the four padded neighbours sum to Σ_{j∈N(i)} u_j + (4 − n_i) u_i.
         rho_n = rho * jnp.asarray(n, u.dtype)
-        inv = 1.0 / (1.0 + rho_n)
+        inv = 1.0 / ((1.0 if self.mask is None else self.mask.astype(u.dtype)) + rho_n)
         extra = 4.0 - jnp.asarray(n, u.dtype)
         red = jnp.asarray(red)
         mode = "wrap" if periodic else "edge"

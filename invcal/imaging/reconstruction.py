@@ -105,7 +105,7 @@ from .reconstruct_inputs import (
     validate,
 )
 from .tuning import SURE
-from .tv import AbstractUStep, GaussSeidel, Isotropic, SpectralSolve, SplitBregman, split_bregman
+from .tv import GaussSeidel, Isotropic, SpectralSolve, SplitBregman, split_bregman
 from .wavelets import Wavelet
 
 __all__ = ["Reconstruction", "reconstruct", "validate", "TASKS", "REGULARIZERS", "RULES"]
@@ -185,48 +185,6 @@ class Reconstruction:
 # The estimators: a fixed number of iterations from a fixed start (for the rules), batched
 # over channels × probes
 # --------------------------------------------------------------------------------------
-class MaskedGaussSeidel(AbstractUStep):
-    """``sweeps`` red-black Gauss–Seidel sweeps on (M + ρ∇ᵀ∇)u = r, M = diag(mask): the
-    Split Bregman u-step of TV inpainting, min λTV(u) + ½‖M(u − y)‖² (the step's right-hand
-    side takes f = M y). Neumann or periodic boundaries; the diagonal mᵢ + ρnᵢ is ≥ ρ > 0."""
-
-    mask: jax.Array
-    sweeps: int = eqx.field(default=1, static=True)
-
-    def __call__(self, u, r, rho, boundary, blur):
-        h, w = u.shape
-        periodic = isinstance(boundary, Periodic)
-        n = _neighbour_counts(periodic, h, w)
-        m = self.mask.astype(u.dtype)
-        rho_n = rho * jnp.asarray(n, u.dtype)
-        inv = 1.0 / (m + rho_n)
-        extra = 4.0 - jnp.asarray(n, u.dtype)
-        red = jnp.asarray((np.add.outer(np.arange(h), np.arange(w)) % 2) == 0)
-        mode = "wrap" if periodic else "edge"
-
-        def half(u, colour):
-            p = jnp.pad(u, 1, mode=mode)
-            s = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - extra * u
-            return jnp.where(colour, (r + rho * s) * inv, u)
-
-        for _ in range(int(self.sweeps)):
-            u = half(u, red)
-            u = half(u, ~red)
-        return u
-
-
-def _neighbour_counts(periodic: bool, h: int, w: int) -> np.ndarray:
-    if periodic:
-        return np.full((h, w), 4.0)
-
-    def one(k):
-        c = np.full(k, 2.0)
-        c[0] = c[-1] = 1.0
-        return c
-
-    return one(h)[:, None] + one(w)[None, :]
-
-
 @eqx.filter_jit
 def _tv_run(method, fs, state, lam, num_steps):
     """The Split Bregman state after ``num_steps`` iterations from ``state``, for each f of the
@@ -325,7 +283,7 @@ class _Model:
                     norm=Isotropic(), boundary=Periodic(), u_step=SpectralSolve(), blur=self.blur
                 )
             elif task == "inpaint":
-                self.method = SplitBregman(norm=Isotropic(), u_step=MaskedGaussSeidel(self.mask))
+                self.method = SplitBregman(norm=Isotropic(), u_step=GaussSeidel(mask=self.mask))
             else:
                 self.method = SplitBregman(norm=Isotropic(), u_step=GaussSeidel())
         else:
