@@ -119,3 +119,12 @@ def test_a_domain_imports_no_other_domain(domain):
         if _in(d, others) and not _in(d, allowed)
     )
     assert not bad, f"{domain} imports another domain: " + ", ".join(bad)
+
+
+def test_no_module_over_800_lines():
+    long = {
+        str(p.relative_to(ROOT.parent)): n
+        for p in ROOT.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 800
+    }
+    assert not long, f"split these modules by concern: {long}"
