@@ -116,6 +116,17 @@ def test_full_omega_bad_arguments():
         ode.fit_population(model, events, init={"p": 2.0, "q": 1.0, "omega_chol_p": 0.3})
 
 
+def test_omega_objects_name_the_structures():
+    """omega=DiagonalOmega() / FullOmega() build the same population as the strings."""
+    model = seed_model()
+    for obj, name in ((ode.DiagonalOmega(), "diagonal"), (ode.FullOmega(), "full")):
+        assert _population(model, None, None, "additive", "focei", obj) == _population(
+            model, None, None, "additive", "focei", name
+        )
+    with pytest.raises(TypeError, match=r"FullOmega\(\), not the class"):
+        _population(model, None, None, "additive", "focei", ode.FullOmega)
+
+
 # --------------------------------------------------------------------------------------
 # Slow: Theoph with a full Omega
 # --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .fit import fit_population
 from .model import ODEModel
 from .models import BuiltinModel, builtin_model, describe_models
 from .objective import PopulationObjective, population_objective, population_problem
-from .population import Population
+from .population import AbstractOmega, DiagonalOmega, FullOmega, Population
 from .population_lm import PopulationLM
 from .sharding import subject_mesh
 from .simulate import predict, prediction_jets, simulate, taylor
@@ -40,6 +40,9 @@ __all__ = [
     "holdout_rows",
     "Laplace",
     "Population",
+    "AbstractOmega",
+    "DiagonalOmega",
+    "FullOmega",
     "PopulationFit",
     "PopulationLM",
     "Proportional",

@@ -71,11 +71,11 @@ def fit_population(
       ``sigma_add``/``sigma_prop`` (residual SDs; default 0.1·mean|DV| / 0.1) and
       ``beta_<p>_<cov>`` (default 0).
     - ``random``: the parameters with random effects (default all).
-    - ``omega``: ``"diagonal"`` (default; nlme's ``pdDiag``: ``omega_<p>`` SDs) or
-      ``"full"`` (nlme's ``pdSymm``: Ω = CCᵀ by its log-Cholesky factor
-      ``omega_chol_<p>``, ``omega_chol_<p>_<r>``; ``init`` may give the SDs ``omega_<p>``
-      instead, for a diagonal start). The fit reports ``random_sd``, ``random_corr`` and
-      ``omega_matrix``.
+    - ``omega``: ``"diagonal"``/``DiagonalOmega()`` (default; nlme's ``pdDiag``:
+      ``omega_<p>`` SDs) or ``"full"``/``FullOmega()`` (nlme's ``pdSymm``: Ω = CCᵀ by its
+      log-Cholesky factor ``omega_chol_<p>``, ``omega_chol_<p>_<r>``; ``init`` may give
+      the SDs ``omega_<p>`` instead, for a diagonal start). The fit reports ``random_sd``,
+      ``random_corr`` and ``omega_matrix``.
     - ``error``: ``"additive"``, ``"proportional"``, ``"combined"`` or an error model object.
     - ``method``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``), or
       ``"heldout"`` (:class:`HeldOut`): minimize −log predictive density of held-out

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -98,6 +99,9 @@ __all__ = [
     "Laplace",
     "HeldOut",
     "Population",
+    "AbstractOmega",
+    "DiagonalOmega",
+    "FullOmega",
     "solve_dense_ift",
     "L_RESOLUTION",
     "MAX_ETA_STEP",
@@ -497,6 +501,43 @@ class Population(eqx.Module):
 _OMEGAS = ("diagonal", "full")
 
 
+class AbstractOmega(eqx.Module):
+    """The structure of the random effects' covariance Ω, the ``omega=`` of the population
+    fits: :class:`DiagonalOmega` or :class:`FullOmega` (the strings ``"diagonal"`` and
+    ``"full"`` name them)."""
+
+    name: ClassVar[str]
+
+
+class DiagonalOmega(AbstractOmega):
+    """Independent random effects (nlme's ``pdDiag``): Ω = diag(ω²) by the SDs
+    ``omega_<p>``."""
+
+    name: ClassVar[str] = "diagonal"
+
+
+class FullOmega(AbstractOmega):
+    """A general positive-definite Ω = CCᵀ by its log-Cholesky factor (nlme's ``pdSymm``):
+    ``omega_chol_<p>`` (diagonal, Log) and ``omega_chol_<p>_<r>`` (below it)."""
+
+    name: ClassVar[str] = "full"
+
+
+def _omega_name(omega) -> str:
+    """``"diagonal"`` or ``"full"`` from an :class:`AbstractOmega` or its string."""
+    if isinstance(omega, AbstractOmega):
+        return omega.name
+    if isinstance(omega, type) and issubclass(omega, AbstractOmega):
+        raise TypeError(f"omega: pass an instance, {omega.__name__}(), not the class.")
+    if not isinstance(omega, str) or omega.lower() not in _OMEGAS:
+        raise ValueError(
+            f"omega must be 'diagonal' (independent random effects, nlme's pdDiag) or 'full' "
+            f"(a general positive-definite covariance, nlme's pdSymm), or DiagonalOmega() / "
+            f"FullOmega(); got {omega!r}."
+        )
+    return omega.lower()
+
+
 def _population(model, random, covariates, error, method, omega="diagonal") -> Population:
     if not isinstance(model, ODEModel):
         raise TypeError(f"model must be an invcal.ode.ODEModel; got {type(model).__name__}.")
@@ -514,11 +555,7 @@ def _population(model, random, covariates, error, method, omega="diagonal") -> P
             )
         for c in (cs,) if isinstance(cs, str) else tuple(cs):
             covs.append((p, str(c)))
-    if not isinstance(omega, str) or omega.lower() not in _OMEGAS:
-        raise ValueError(
-            f"omega must be 'diagonal' (independent random effects, nlme's pdDiag) or 'full' "
-            f"(a general positive-definite covariance, nlme's pdSymm); got {omega!r}."
-        )
+    omega = _omega_name(omega)
     approx = _approximation(method)
     model.check_order(approx.order + 1, f"{type(approx).__name__} hypergradients")
     return Population(
@@ -527,7 +564,7 @@ def _population(model, random, covariates, error, method, omega="diagonal") -> P
         covariates=tuple(covs),
         error=_error_model(error),
         approximation=approx,
-        omega=omega.lower(),
+        omega=omega,
     )
 
 
