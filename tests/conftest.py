@@ -15,11 +15,18 @@ jax.config.update("jax_enable_x64", True)
 # the other idles (alphabetical order put the notebooks last: 11.3 min instead of ~9 on 2
 # cores). Within a file the order is unchanged.
 _LONG_FIRST = (
-    "test_default_config.py",
     "test_notebooks.py",
     "test_default_config_cli.py",
-    "test_ode_population.py",
+    "test_default_config.py",
     "test_ode_sharding.py",
+    "test_petab.py",
+    "test_ode_resume.py",
+    "test_calibrate.py",
+    "test_ode_population.py",
+    "test_reconstruct.py",
+    "test_faults.py",
+    "test_ode_heldout.py",
+    "test_batching.py",
     "test_bpdn.py",
 )
 
