@@ -70,6 +70,7 @@ def test_heldout_hypergradient_matches_finite_differences(setting):
     assert np.all(np.abs(fd) > 1e-3)
 
 
+@pytest.mark.slow  # the held-out value and its hypergradient (FD) stay in the default leg
 def test_heldout_fit(setting):
     model, events = setting
     init = {"p": 1.5, "q": 0.5}

@@ -36,11 +36,10 @@ def _vector(fit):
     return np.array([fit.theta[k] for k in sorted(fit.theta)])
 
 
-# the L-BFGS case is also the SIGKILL test's (in a fresh process, below): slow leg here
-@pytest.mark.parametrize(
-    "algorithm, k",
-    [pytest.param("lbfgs", 4, marks=pytest.mark.slow), ("lindstrom-bates", 2)],
-)
+# the default leg resumes a fit in the SIGKILL test (a fresh process, below); these two
+# in-process variants (both algorithms) run in the slow leg, to keep the default run short
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm, k", [("lbfgs", 4), ("lindstrom-bates", 2)])
 def test_stopped_fit_resumes_to_the_uninterrupted_estimates(tmp_path, theoph, algorithm, k):
     model, events = theoph
     ref = ode.fit_population(model, events, init=INIT, algorithm=algorithm)

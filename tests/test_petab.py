@@ -265,6 +265,7 @@ def test_sensitivity_methods_agree_with_each_other_and_finite_differences(small)
         np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7 * np.abs(ref).max(), err_msg=name)
 
 
+@pytest.mark.slow  # the sensitivity-agreement test differentiates the same function
 def test_pure_function_jits_and_differentiates(small):
     problem, _ = small
     x = problem.x_nominal + 0.05

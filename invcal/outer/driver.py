@@ -4,15 +4,12 @@ solver (:mod:`.solvers`) through one loop, :func:`_drive`."""
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-
-import numpy as np
 
 from ..diagnostics import OnFailure
 from ..hypergradient import AbstractHypergradient, Implicit, _check_args, describe, hypergradient
 from ..runfolder import claim_run_folder
-from .record import TuneResult, _Recorder, _warm_start
+from .record import TuneResult, _check_run, _Recorder, _warm_start
 from .rtho import RTHO, rtho
 from .solvers import Context, outer_solver
 
@@ -53,14 +50,7 @@ def tune(
     - ``on_failure``: policy for unconverged solves (HOAG records and adapts instead).
     - ``meta``: extra top-level entries for results.json.
     """
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-    if not (
-        isinstance(learning_rate, (int, float))
-        and math.isfinite(learning_rate)
-        and learning_rate > 0
-    ):
-        raise ValueError(f"learning_rate must be a positive finite number; got {learning_rate!r}.")
+    _check_run(steps, learning_rate)
     if isinstance(optimizer, RTHO) or (isinstance(optimizer, str) and optimizer.lower() == "rtho"):
         # RTHO advances the inner iteration and its tangents itself: no hypergradient
         # method, no outer solver; it has its own entry point.

@@ -300,6 +300,18 @@ class _Recorder:
         )
 
 
+def _check_run(steps, learning_rate) -> None:
+    """The arguments every outer loop takes, checked before any work."""
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
+    if not (
+        isinstance(learning_rate, (int, float))
+        and math.isfinite(learning_rate)
+        and learning_rate > 0
+    ):
+        raise ValueError(f"learning_rate must be a positive finite number; got {learning_rate!r}.")
+
+
 def _warm_start(problem, x):
     """Where the next inner solve starts: the last solution, except for a solution defined
     by a fixed number of steps from ``problem.x0`` (warm-starting would change its meaning)."""

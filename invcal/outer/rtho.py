@@ -6,19 +6,17 @@ needs no hypergradient method and no outer solver, so it has its own entry point
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ..runfolder import claim_run_folder
 from ..solvers.fixed_point import FixedSteps
-from .record import TuneResult, _Recorder, _to_json, _tree_from_json, _tree_to_json
+from .record import TuneResult, _check_run, _Recorder, _to_json, _tree_from_json, _tree_to_json
 from .search import _check_inner
 from .solvers import _optax_update
 
@@ -69,14 +67,7 @@ def rtho(
     names an optax optimizer); ``out``/``resume``/``progress``/``meta`` as in
     :func:`invcal.tune`."""
     settings = RTHO() if settings is None else settings
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-    if not (
-        isinstance(learning_rate, (int, float))
-        and math.isfinite(learning_rate)
-        and learning_rate > 0
-    ):
-        raise ValueError(f"learning_rate must be a positive finite number; got {learning_rate!r}.")
+    _check_run(steps, learning_rate)
     _check_inner(problem, solver)
     theta0 = problem.space.init() if theta0 is None else theta0
     theta0 = problem.space.validate(theta0, argument="theta0")

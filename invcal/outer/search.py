@@ -35,7 +35,18 @@ def _value_at(problem, solver, theta, x0):
     return problem.criterion(sol.x, theta, problem.data), sol
 
 
-def _evaluate_points(problem, solver, thetas, rec, progress, total):
+def _evaluate_points(problem, solver, thetas, kind, out, resume, meta, progress):
+    total = len(thetas)
+    rec = _Recorder(
+        problem,
+        method=kind,
+        optimizer_name=kind,
+        learning_rate=0.0,
+        steps=total,
+        out=out,
+        resume=resume,
+        meta=meta,
+    )
     done = rec.history
     if len(done) > len(thetas):
         raise ValueError(
@@ -107,17 +118,7 @@ def grid_search(
         for name, v in zip(axes, combo, strict=True):
             theta[name] = jnp.full(base[name].shape, v)
         thetas.append(theta)
-    rec = _Recorder(
-        problem,
-        method="grid",
-        optimizer_name="grid",
-        learning_rate=0.0,
-        steps=len(thetas),
-        out=out,
-        resume=resume,
-        meta=meta,
-    )
-    return _evaluate_points(problem, solver, thetas, rec, progress, len(thetas))
+    return _evaluate_points(problem, solver, thetas, "grid", out, resume, meta, progress)
 
 
 def random_search(
@@ -150,14 +151,4 @@ def random_search(
             zs = rng.uniform(zlo, zhi, size=base[name].shape)
             theta[name] = tr.forward(jnp.asarray(zs))
         thetas.append(theta)
-    rec = _Recorder(
-        problem,
-        method="random",
-        optimizer_name="random",
-        learning_rate=0.0,
-        steps=len(thetas),
-        out=out,
-        resume=resume,
-        meta=meta,
-    )
-    return _evaluate_points(problem, solver, thetas, rec, progress, len(thetas))
+    return _evaluate_points(problem, solver, thetas, "random", out, resume, meta, progress)
