@@ -3,13 +3,11 @@ solver (:mod:`.solvers`) through one loop, :func:`_drive`."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from ..diagnostics import OnFailure
 from ..hypergradient import AbstractHypergradient, Implicit, _check_args, describe, hypergradient
-from ..runfolder import claim_run_folder
-from .record import TuneResult, _check_run, _Recorder, _warm_start
+from .record import TuneResult, _check_run, _Recorder, _run_folder, _warm_start
 from .rtho import RTHO, rtho
 from .solvers import Context, outer_solver
 
@@ -80,12 +78,7 @@ def tune(
     outer.check(problem)
     policy = outer.policy(OnFailure.parse(on_failure))
     # one run at a time per folder: the folder is locked for the whole run
-    folder = (
-        contextlib.nullcontext()
-        if out is None
-        else claim_run_folder(out, resume=resume, flag="out")
-    )
-    with folder:
+    with _run_folder(out, resume):
         rec = _Recorder(
             problem,
             method=describe(method),

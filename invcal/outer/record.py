@@ -3,6 +3,7 @@ every step), the checks of a saved run before it is resumed, and :class:`TuneRes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..history import HistoryRow
-from ..runfolder import RESULTS_FILE
+from ..runfolder import RESULTS_FILE, claim_run_folder
 
 __all__ = ["TuneResult", "atomic_write_json"]
 
@@ -298,6 +299,14 @@ class _Recorder:
             path=self.path,
             evaluations=len(self.history),
         )
+
+
+def _run_folder(out, resume: bool):
+    """The folder lock of a run (one run at a time per folder, for the whole run), or
+    nothing without ``out``."""
+    if out is None:
+        return contextlib.nullcontext()
+    return claim_run_folder(out, resume=resume, flag="out")
 
 
 def _check_run(steps, learning_rate) -> None:

@@ -5,7 +5,6 @@ needs no hypergradient method and no outer solver, so it has its own entry point
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -14,11 +13,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..runfolder import claim_run_folder
 from ..solvers.fixed_point import FixedSteps
-from .record import TuneResult, _check_run, _Recorder, _to_json, _tree_from_json, _tree_to_json
+from .record import (
+    TuneResult,
+    _check_run,
+    _Recorder,
+    _run_folder,
+    _to_json,
+    _tree_from_json,
+    _tree_to_json,
+)
 from .search import _check_inner
-from .solvers import _optax_update
+from .solvers import _optax_update, check_optax_state
 
 __all__ = ["RTHO", "rtho"]
 
@@ -43,12 +49,6 @@ class RTHO(eqx.Module):
             raise ValueError(f"RTHO delta must be >= 1; got {self.delta!r}.")
 
 
-def _check_rtho_state(state, bad, z_list):
-    z_list("state.z", state.get("z"))
-    if not isinstance(state.get("opt_state"), list):
-        bad("state.opt_state", state.get("opt_state"), "the optimizer's state (a list)")
-
-
 def rtho(
     problem,
     *,
@@ -71,12 +71,7 @@ def rtho(
     _check_inner(problem, solver)
     theta0 = problem.space.init() if theta0 is None else theta0
     theta0 = problem.space.validate(theta0, argument="theta0")
-    folder = (
-        contextlib.nullcontext()
-        if out is None
-        else claim_run_folder(out, resume=resume, flag="out")
-    )
-    with folder:
+    with _run_folder(out, resume):
         rec = _Recorder(
             problem,
             method="RTHO",
@@ -86,7 +81,7 @@ def rtho(
             out=out,
             resume=resume,
             meta=meta,
-            check_state=_check_rtho_state,
+            check_state=check_optax_state,
         )
         return _rtho_loop(
             problem, solver, settings, float(learning_rate), int(steps), theta0, rec, progress

@@ -167,9 +167,14 @@ class Optax(AbstractOuterSolver):
         return _OptaxState(z=z, opt_state=_tree_from_json(fresh.opt_state, saved["opt_state"]))
 
     def check_json(self, state, bad, z_list):
-        z_list("state.z", state.get("z"))
-        if not isinstance(state.get("opt_state"), list):
-            bad("state.opt_state", state.get("opt_state"), "the optimizer's state (a list)")
+        check_optax_state(state, bad, z_list)
+
+
+def check_optax_state(state, bad, z_list):
+    """A saved optax state (z and the transformation's leaves), as Optax and RTHO save it."""
+    z_list("state.z", state.get("z"))
+    if not isinstance(state.get("opt_state"), list):
+        bad("state.opt_state", state.get("opt_state"), "the optimizer's state (a list)")
 
 
 class _HOAGState(NamedTuple):
