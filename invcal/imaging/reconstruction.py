@@ -89,10 +89,10 @@ from .denoise import (
     _EPS,
     _GRID,
     _LARGE,
-    _MAX_REFINE,
     _SEARCH_GRID,
     _STEPS_LARGE,
     _Z_TOL,
+    _grid_then_brent,
     search_log_grid,
 )
 from .operators import Blur, Inpainting, Periodic
@@ -470,9 +470,8 @@ class _Criterion:
 
 def _search_sure(crit: _Criterion, sigma):
     """argmin_λ SURE(λ): a log grid of λ/σ, extended while its best point is at an edge, then
-    bounded Brent on log λ between the grid neighbours of its best point."""
-    from scipy.optimize import minimize_scalar
-
+    bounded Brent on log λ between the grid neighbours of its best point (denoise_tv's
+    search, :func:`invcal.imaging.denoise._grid_then_brent`)."""
     zs = {}
 
     def evaluate(z):
@@ -480,24 +479,7 @@ def _search_sure(crit: _Criterion, sigma):
         zs[z] = v
         return v
 
-    step = math.log(_GRID[1] / _GRID[0])
-    for r in _GRID:
-        evaluate(math.log(r * sigma))
-    while len(zs) < _MAX_GRID:
-        ordered = sorted(zs.items())
-        k = min(range(len(ordered)), key=lambda i: ordered[i][1])
-        if 0 < k < len(ordered) - 1:
-            break
-        evaluate(ordered[k][0] + (step if k else -step))
-    ordered = sorted(zs.items())
-    k = min(range(len(ordered)), key=lambda i: ordered[i][1])
-    if 0 < k < len(ordered) - 1:
-        minimize_scalar(
-            evaluate,
-            bounds=(ordered[k - 1][0], ordered[k + 1][0]),
-            method="bounded",
-            options={"xatol": _Z_TOL, "maxiter": _MAX_REFINE},
-        )
+    _grid_then_brent(evaluate, [math.log(r * sigma) for r in _GRID], _MAX_GRID)
     z = min(zs, key=zs.get)
     return math.exp(z), True
 
