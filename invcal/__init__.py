@@ -1,5 +1,10 @@
 """invcal: tune the hyperparameters of inverse problems and ODE models by hypergradients."""
 
+from . import _interrupt
+
+if _interrupt.is_the_command():  # before JAX's import (about a second): Ctrl-C is one line
+    _interrupt.install()
+
 from . import compilation_cache as _compilation_cache
 from . import outer
 from ._version import __version__ as __version__

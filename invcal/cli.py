@@ -25,12 +25,12 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from . import _interrupt
 from .runfolder import RESULTS_FILE
 
 __all__ = ["main", "console"]
@@ -585,24 +585,11 @@ def _message(e: BaseException) -> str:
     return " ".join(str(text).split()) or type(e).__name__
 
 
-def _exit_on_interrupt(signum, frame):  # pragma: no cover - runs in a separate process
-    """SIGINT in the command: one line, exit 130 at once. results.json is always whole (every
-    write is atomic), so nothing is lost by not unwinding; unwinding through JAX's threads at
-    interpreter exit is what crashed (9 of 22 interrupts during compilation ended in a
-    segmentation fault after the message)."""
-    word = "interrupted" if signum == signal.SIGINT else "terminated"
-    try:
-        sys.stderr.write(f"invcal: {word} (a run continues from its last step with --resume).\n")
-        sys.stderr.flush()
-    finally:
-        os._exit(128 + signum)  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
-
-
 def console() -> None:
     """The ``invcal`` script and ``python -m invcal``: :func:`main` with Ctrl-C handled as
-    :func:`_exit_on_interrupt` says (``main`` called from Python leaves signals alone)."""
-    signal.signal(signal.SIGINT, _exit_on_interrupt)
-    signal.signal(signal.SIGTERM, _exit_on_interrupt)
+    :func:`invcal._interrupt.exit_on_interrupt` says (``main`` called from Python leaves
+    signals alone)."""
+    _interrupt.install()
     sys.exit(main())
 
 

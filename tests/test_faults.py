@@ -2,11 +2,13 @@
 that is fixed kept as a test (concurrent runs, folders that hold other files, resumes that
 would splice two problems, unusable output folders)."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -510,6 +512,51 @@ def test_interrupts_exit_with_one_line_and_whole_results(tmp_path):
         assert len(lines) == 1 and "continues from its last step with --resume" in lines[0], err
         if (out / "results.json").exists():
             json.loads((out / "results.json").read_text())  # whole, strict JSON
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler (Linux: /proc/PID/status, SigCgt).
+    Python catches SIGINT from its start, but SIGTERM only once invcal installs its handler,
+    which it does before importing JAX."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (15 - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_interrupts_during_start_up_exit_with_one_line(tmp_path):
+    """Ctrl-C while `import invcal` (JAX's import, about a second) or the command's set-up
+    runs: exit 130 and one line. Before, the same interrupts printed a raw KeyboardInterrupt
+    or ImportError traceback, were swallowed (the run finished, exit 0), or killed the
+    interpreter (exit -2)."""
+    import signal
+    import time
+
+    during_import = []  # whether JAX's compiled library was not yet loaded at the signal
+    for i, delay in enumerate([0.0, 0.1, 0.3, 0.6]):
+        out = tmp_path / f"r{i}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "invcal", "run", "logreg_l2", "--steps", "400"]
+            + ["--no-landscape", "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and not _handles_sigterm(proc.pid):
+            time.sleep(0.002)
+        time.sleep(delay)
+        with contextlib.suppress(OSError):
+            during_import.append("jaxlib" not in Path(f"/proc/{proc.pid}/maps").read_text())
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (delay, proc.returncode, err[-2000:])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines == ["invcal: interrupted (a run continues from its last step with --resume)."]
+    # the handler is there before JAX is imported, so the early interrupts land in its import
+    assert any(during_import), during_import
 
 
 # --------------------------------------------------------------------------------------
