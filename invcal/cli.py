@@ -22,11 +22,13 @@ float64, which the problems' tolerances assume.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -585,6 +587,19 @@ def _message(e: BaseException) -> str:
     return " ".join(str(text).split()) or type(e).__name__
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """A command's warnings as one ``invcal: warning: ...`` line each on stderr, instead of
+    Python's two lines quoting invcal's source."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        _stderr_line(f"invcal: warning: {' '.join(str(message).split())}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def console() -> None:
     """The ``invcal`` script and ``python -m invcal``: :func:`main` with Ctrl-C handled as
     :func:`invcal._interrupt.exit_on_interrupt` says (``main`` called from Python leaves
@@ -609,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with _float64():
+        with _float64(), _warnings_as_lines():
             if args.command in DOMAIN_COMMANDS:
                 return _domain_command(DOMAIN_COMMANDS[args.command][0]).run(args)
             return _COMMANDS[args.command](args)

@@ -646,3 +646,43 @@ def eqx_replace(problem, **changes):
     import equinox as eqx
 
     return eqx.tree_at(lambda p: [getattr(p, k) for k in changes], problem, list(changes.values()))
+
+
+# --------------------------------------------------------------------------------------
+# 21. Theoph with one DV typed as 1e6: the row is named, not an ODE failure
+# --------------------------------------------------------------------------------------
+def _theoph_with_outlier(tmp_path):
+    from invcal import ode
+
+    lines = Path("problems/data/theoph.csv").read_text().splitlines()
+    assert lines[5].split(",")[:3] == ["1", "1.12", "10.50"]
+    fields = lines[5].split(",")
+    fields[2] = "1e6"
+    lines[5] = ",".join(fields)
+    (tmp_path / "theoph.csv").write_text("\n".join(lines) + "\n")
+    return ode.read_events(tmp_path / "theoph.csv")
+
+
+def test_outlying_observation_is_found_and_the_clean_tables_have_none(tmp_path):
+    from invcal import ode
+    from invcal.ode.screening import describe_outliers, outlying_observations
+
+    found = outlying_observations(_theoph_with_outlier(tmp_path))
+    assert [(o["row"], o["id"], o["time"], o["dv"]) for o in found] == [(5, 1, 1.12, 1e6)]
+    assert "row 5 (ID 1, TIME 1.12): DV = 1e+06" in describe_outliers(found)
+    # no false alarm on the shipped table, where concentrations span two decades
+    assert outlying_observations(ode.read_events("problems/data/theoph.csv")) == []
+
+
+@pytest.mark.slow
+def test_fit_with_an_outlier_names_the_row(tmp_path):
+    from invcal import ode
+    from problems.hierarchical_ode import INIT, theophylline_model
+
+    events = _theoph_with_outlier(tmp_path)
+    with (
+        pytest.warns(UserWarning, match=r"row 5 \(ID 1, TIME 1.12\): DV = 1e\+06"),
+        pytest.raises(RuntimeError, match=r"not finite .*row 5 \(ID 1, TIME 1.12\)") as e,
+    ):
+        ode.fit_population(theophylline_model(), events, init=INIT)
+    assert "ODE solve failed" not in str(e.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from .loops import (
 )
 from .objective import _bad_subjects, _warn_unconverged
 from .population import _prepare
+from .screening import describe_outliers, outlying_observations
 from .sharding import CHUNK_SIZE, _chunk, _shard_subjects, _unpad, subject_mesh
 
 __all__ = ["fit_population"]
@@ -147,6 +149,9 @@ def fit_population(
         raise ValueError(
             f"algorithm must be 'auto', 'lbfgs' or 'lindstrom-bates'; got {algorithm!r}."
         )
+    outliers = describe_outliers(outlying_observations(events))
+    if outliers:  # before any compilation: the fit may well fail on them
+        warnings.warn(f"fit_population: {outliers}.", stacklevel=3)
     linear_mixed = (
         isinstance(pop.approximation, FOCEI)
         and isinstance(pop.error, Additive)
@@ -271,10 +276,14 @@ def _run(
     ok = out["info"]["ok"]
     if status == 4 or not np.all(ok):
         bad = _bad_subjects(events, ok)
+        where = "fit_population: the objective is not finite" + (
+            f" for subject(s) {bad}" if bad else ""
+        )
+        outliers = describe_outliers(outlying_observations(events))
+        if outliers:  # the likely cause, rather than a solver failure that may not be one
+            raise RuntimeError(f"{where}; {outliers}.")
         raise RuntimeError(
-            "fit_population: the objective is not finite"
-            + (f" for subject(s) {bad}" if bad else "")
-            + " (an ODE solve failed: max_steps reached or a non-finite state, or the "
+            f"{where} (an ODE solve failed: max_steps reached or a non-finite state, or the "
             "inner fit failed); check the initial values, the model's max_steps and the "
             "solver (Kvaerno5() for stiff systems)."
         )
