@@ -27,15 +27,12 @@ differentiable, and compiled once per problem and sensitivity method.
 
 from __future__ import annotations
 
-import functools
 import re
 
 import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 import petab.v1 as petab
 import sympy as sp
 from petab.v1 import C
@@ -43,20 +40,13 @@ from petab.v1 import C
 from ...precision import computes_in_float64
 from .errors import PEtabError
 from .sbml import TIME, sympify_formula
-from .sensitivities import AbstractSensitivities, Adjoint, Checkpointed, Forward
+from .sensitivities import AbstractSensitivities, Checkpointed, Forward
+from .solve import observe, simulate
 from .tables import Tables, lint, read_tables
 
 __all__ = ["PEtabProblem", "load", "neg_log_likelihood"]
 
 _LN10 = float(np.log(10.0))
-
-
-def _unscale(x, scale):
-    if scale == C.LOG10:
-        return jnp.power(10.0, x)
-    if scale == C.LOG:
-        return jnp.exp(x)
-    return x
 
 
 def _scale(value: float, scale: str) -> float:
@@ -262,172 +252,15 @@ def _check_sensitivities(sensitivities):
 # ----------------------------------------------------------------------------- objective
 
 
-class _Dynamics(eqx.Module):
-    """What a solve needs from the problem (all static: hashable for custom_vjp)."""
-
-    rhs: _Lambdified = eqx.field(static=True)
-    solver: dfx.AbstractSolver = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-
-    def field(self, t, y, args):
-        return self.rhs(jnp.asarray(t), y, args)
-
-    def solve(self, t0, t1, y0, args, *, saveat, adjoint=None, field=None):
-        return dfx.diffeqsolve(
-            dfx.ODETerm(self.field if field is None else field),
-            self.solver,
-            t0,
-            t1,
-            None,
-            y0,
-            args=args,
-            saveat=saveat,
-            stepsize_controller=dfx.PIDController(rtol=self.rtol, atol=self.atol),
-            adjoint=dfx.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
-            max_steps=self.max_steps,
-            throw=False,
-        )
-
-
-def _dynamics(problem: PEtabProblem) -> _Dynamics:
-    return _Dynamics(problem.rhs, problem.solver, problem.rtol, problem.atol, problem.max_steps)
-
-
-def _solve(problem: PEtabProblem, sensitivities, x0, p, ts, t1):
-    """(x at ts, success) of one experiment."""
-    dyn = _dynamics(problem)
-    if isinstance(sensitivities, Adjoint):
-        return _solve_adjoint(dyn, x0, p, ts, t1)
-    sol = dyn.solve(
-        0.0, t1, x0, p, saveat=dfx.SaveAt(ts=ts), adjoint=sensitivities.diffrax_adjoint()
-    )
-    return sol.ys, sol.result == dfx.RESULTS.successful
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _solve_adjoint(dyn, x0, p, ts, t1):
-    sol = dyn.solve(0.0, t1, x0, p, saveat=dfx.SaveAt(ts=ts))
-    return sol.ys, sol.result == dfx.RESULTS.successful
-
-
-def _solve_adjoint_fwd(dyn, x0, p, ts, t1):
-    sol = dyn.solve(0.0, t1, x0, p, saveat=dfx.SaveAt(ts=ts, dense=True))
-    return (sol.ys, sol.result == dfx.RESULTS.successful), (sol, p, ts, t1)
-
-
-def _solve_adjoint_bwd(dyn, residuals, cotangents):
-    """λ, μ backwards from the last save time, λ jumping by ȳₖ at each save time tₖ."""
-    sol, p, ts, t1 = residuals
-    ys_bar = cotangents[0]
-
-    def field(t, z, args):
-        lam, _ = z
-        x = sol.evaluate(t)
-        _, vjp = jax.vjp(lambda xx, pp: dyn.field(t, xx, pp), x, p)
-        dx, dp = vjp(lam)
-        return -dx, -dp
-
-    def segment(carry, k):
-        (lam, mu), ok = carry
-        lam = lam + ys_bar[k]
-        t_lo = jnp.where(k > 0, ts[jnp.maximum(k - 1, 0)], 0.0)
-        seg = dyn.solve(ts[k], t_lo, (lam, mu), None, saveat=dfx.SaveAt(t1=True), field=field)
-        z = jax.tree_util.tree_map(lambda a: a[-1], seg.ys)
-        return (z, ok & (seg.result == dfx.RESULTS.successful)), None
-
-    z0 = (jnp.zeros_like(sol.ys[0]), jnp.zeros_like(p))
-    ks = jnp.arange(ts.shape[0] - 1, -1, -1)
-    ((lam, mu), ok), _ = jax.lax.scan(segment, (z0, jnp.asarray(True)), ks)
-    # A failed backward solve must not pass for a gradient.
-    lam = jnp.where(ok, lam, jnp.nan)
-    mu = jnp.where(ok, mu, jnp.nan)
-    return lam, mu, jnp.zeros_like(ts), jnp.zeros_like(t1)
-
-
-_solve_adjoint.defvjp(_solve_adjoint_fwd, _solve_adjoint_bwd)
-
-
-def _steady_state(problem: PEtabProblem, x0, p):
-    """x̄ with f(x̄, p) = 0: integrate to a steady state (no derivatives), then Newton's
-    method, differentiated by the implicit function theorem (optimistix)."""
-    x_start = jax.lax.stop_gradient(x0)
-    p_start = jax.lax.stop_gradient(p)
-    dyn = _dynamics(problem)
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(dyn.field),
-        problem.solver,
-        0.0,
-        jnp.inf,
-        1e-3,
-        x_start,
-        args=p_start,
-        stepsize_controller=dfx.PIDController(rtol=problem.rtol, atol=problem.atol),
-        event=dfx.Event(dfx.steady_state_event(rtol=problem.rtol, atol=problem.atol)),
-        max_steps=problem.max_steps,
-        throw=False,
-    )
-    t_end = jax.lax.stop_gradient(sol.ts[-1])
-    root = optx.root_find(
-        lambda y, args: problem.rhs(t_end, y, args),
-        optx.Newton(rtol=problem.rtol, atol=problem.atol),
-        sol.ys[-1],
-        args=p,
-        max_steps=100,
-        throw=False,
-    )
-    ok = (sol.result == dfx.RESULTS.event_occurred) & (root.result == optx.RESULTS.successful)
-    return root.value, ok
-
-
 def _evaluate(problem: PEtabProblem, x, sensitivities: AbstractSensitivities):
     """(J(x), ok per experiment)."""
-    x = jnp.asarray(x)
-    dtype = jnp.result_type(x, float)
-    theta = [_unscale(x[k], s) for k, s in enumerate(problem.scales)]
-    v = jnp.concatenate(
-        [
-            jnp.stack(theta).astype(dtype) if theta else jnp.zeros(0, dtype),
-            jnp.asarray(problem.constants, dtype),
-        ]
-    )
-    p = v[problem.inputs_index]
-    base = jax.vmap(problem.initial)(p)
-    ok = jnp.ones(len(problem.experiments), bool)
-    if problem.preequilibrated:
-        pre = np.asarray(problem.preequilibrated)
-        pp = v[problem.pre_inputs_index]
-        xp0 = jnp.where(problem.pre_x0_mask, v[problem.pre_x0_index], jax.vmap(problem.initial)(pp))
-        x_ss, ok_ss = jax.vmap(lambda a, b: _steady_state(problem, a, b))(xp0, pp)
-        base = base.at[pre].set(x_ss)
-        ok = ok.at[pre].set(ok_ss)
-    x0 = jnp.where(problem.x0_mask, v[problem.x0_index], base)
-    ts = jnp.asarray(problem.save_times, dtype)
-    ys, ok_solve = jax.vmap(lambda a, b, c, d: _solve(problem, sensitivities, a, b, c, d))(
-        x0, p, ts, jnp.asarray(problem.end_times, dtype)
-    )
-    ok = ok & ok_solve & jnp.all(jnp.isfinite(ys), axis=(1, 2))
-    llh = jnp.zeros((), dtype)
-    for rows, fn, trafo, dist in zip(
-        problem.rows,
-        problem.observables,
-        problem.transformations,
-        problem.distributions,
-        strict=True,
-    ):
-        xs = ys[rows.experiment, rows.time_index]
-        out = jax.vmap(fn, in_axes=(0, 0, 0, 0, 0, None))(
-            xs,
-            p[rows.experiment],
-            jnp.asarray(rows.time, dtype),
-            v[rows.observable_parameters],
-            v[rows.noise_parameters],
-            v[rows.globals_],
-        )
-        m = jnp.asarray(rows.measurement, dtype)
-        llh = llh + jnp.sum(_log_density(m, out[:, 0], out[:, 1], trafo, dist))
-    return -llh, ok
+    sim = simulate(problem, x, sensitivities)
+    llh = jnp.zeros((), sim.v.dtype)
+    pairs = zip(problem.transformations, problem.distributions, strict=True)
+    for k, (trafo, dist) in enumerate(pairs):
+        m, y, sigma = observe(problem, sim, k)
+        llh = llh + jnp.sum(_log_density(m, y, sigma, trafo, dist))
+    return -llh, sim.ok
 
 
 def neg_log_likelihood(
