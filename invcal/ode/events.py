@@ -304,6 +304,18 @@ def read_events(table, *, covariates=None, source: str | None = None) -> Events:
     doses without a positive amount, observations without a finite DV, covariates that are
     not finite, and subjects with no observation.
     """
+    try:
+        return _read_events(table, covariates, source)
+    except ValueError as e:  # every message names the table, whichever check raised it
+        name = source or (
+            os.path.basename(os.fspath(table)) if isinstance(table, (str, os.PathLike)) else ""
+        )
+        if not name or name in str(e):
+            raise
+        raise ValueError(f"{name}: {e}") from None
+
+
+def _read_events(table, covariates, source) -> Events:
     if isinstance(table, (str, os.PathLike)):
         if not os.path.exists(table):
             raise FileNotFoundError(f"no event table at {os.fspath(table)!r}.")
