@@ -686,3 +686,48 @@ def test_fit_with_an_outlier_names_the_row(tmp_path):
     ):
         ode.fit_population(theophylline_model(), events, init=INIT)
     assert "ODE solve failed" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------
+# 6. SIGKILL at random points, then --resume until done: the uninterrupted trajectory
+# --------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "hoag", "secant", "rtho"])
+def test_killed_runs_resume_to_the_uninterrupted_trajectory(tmp_path, optimizer):
+    """Kill `invcal run` (SIGKILL: no handler, no clean-up) at random moments, resume it
+    each time until it finishes: every step recorded once, none lost beyond the one in
+    progress, results.json always strict JSON, and θ equal to an uninterrupted run's."""
+    import signal
+    import time
+
+    steps = 12
+    base = [sys.executable, "-m", "invcal", "run", "logreg_l2", "--steps", str(steps)]
+    base += ["--optimizer", optimizer, "--no-landscape", "--no-progress"]
+    ref_dir = tmp_path / "ref"
+    subprocess.run([*base, "--out", str(ref_dir)], env=_env(), check=True, capture_output=True)
+    ref = json.loads((ref_dir / "results.json").read_text())
+
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(abs(hash(optimizer)) % 2**32)
+    kills = 0
+    for attempt in range(12):
+        cmd = [*base, "--out", str(out), *(["--resume"] if out.exists() else [])]
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if attempt < 4:  # four kills at random moments, then let it finish
+            time.sleep(float(rng.uniform(1.0, 6.0)))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = proc.communicate(timeout=300)
+        if (out / "results.json").exists():
+            saved = json.loads((out / "results.json").read_text())  # strict JSON, whole
+            assert [r["step"] for r in saved["history"]] == list(range(len(saved["history"])))
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert proc.returncode == 0 and kills >= 1, (proc.returncode, kills)
+    got = json.loads((out / "results.json").read_text())
+    assert len(got["history"]) == len(ref["history"]) == steps
+    z_ref = np.array([r["z"] for r in ref["history"]])
+    z_got = np.array([r["z"] for r in got["history"]])
+    np.testing.assert_allclose(z_got, z_ref, rtol=1e-7, atol=1e-9)
