@@ -196,7 +196,9 @@ def test_malformed_table_names_row_and_column(bad_table, tmp_path, capsys):
         rc = main(["calibrate", str(bad_table), *THEOPH_ARGS, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and c.total == 0
-    assert err == "invcal: error: row 3 (ID 1): column DV has 'abc', which is not a number.", err
+    assert (
+        err == "invcal: error: bad.csv: row 3 (ID 1): column DV has 'abc', which is not a number."
+    ), err
 
 
 def test_user_model_file_and_yaml(tmp_path, capsys):
@@ -218,7 +220,7 @@ def test_user_model_file_and_yaml(tmp_path, capsys):
 def theoph_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("theoph")
     argv = ["calibrate", str(THEOPH_CSV), *THEOPH_ARGS, "--covariance", "lme"]
-    argv += ["--simulations", "100", "--no-progress", "--out", str(out)]
+    argv += ["--simulations", "100", "--pcvpc", "--no-progress", "--out", str(out)]
     rc = main(argv)
     return rc, out, argv
 
@@ -369,11 +371,11 @@ def test_vpc_percentiles_against_direct_simulation(theoph_cal):
     noise = rng.standard_normal((K, N_, M))[:, np.asarray(fit._context[3].obs_mask)]
     y = f + fit.residual_sd * noise
     t = cal.diagnostics["TIME"]
-    edges = np.asarray(cal.vpc["edges"])
-    labels = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, edges.size - 2)
-    for b, row in zip(range(edges.size - 1), cal.vpc["bins"], strict=True):
+    labels = np.asarray(cal.vpc["bin"])
+    assert len(cal.vpc["bins"]) == 11  # Theoph's 11 nominal times
+    for b, row in enumerate(cal.vpc["bins"]):
         sel = labels == b
-        assert row["n"] == sel.sum()
+        assert row["n"] == sel.sum() and row["time"] == np.median(t[sel])
         np.testing.assert_allclose(
             row["observed"], np.percentile(cal.diagnostics["DV"][sel], (5, 50, 95))
         )
@@ -382,6 +384,94 @@ def test_vpc_percentiles_against_direct_simulation(theoph_cal):
         np.testing.assert_allclose(row["simulated_hi"], np.percentile(s, 95, axis=1), rtol=1e-6)
     npde = cal.diagnostics["NPDE"]
     assert np.all(np.isfinite(npde)) and abs(np.mean(npde)) < 0.3
+
+
+NOMINAL = [0.0, 0.25, 0.5, 1.0, 2.0, 3.5, 5.0, 7.0, 9.0, 12.0, 24.0]
+
+
+def _theoph_like_times(n=12, seed=0):
+    """Theoph's design: 11 nominal times per subject, the actual times jittered around them
+    (by up to 4% of the nominal time plus 0.05 h; the first sample at exactly 0)."""
+    rng = np.random.default_rng(seed)
+    nominal = np.tile(NOMINAL, n)
+    jitter = (0.04 * nominal + 0.05) * rng.uniform(-1.0, 1.0, nominal.size)
+    return np.where(nominal > 0, nominal + jitter, 0.0), nominal
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vpc_bins_follow_nominal_times(seed):
+    """Bins are the nominal times' clusters: the last holds only the ~24 h samples (quantile
+    bins mixed ~12 h and ~24 h samples on Theoph), each is drawn at its median time, and the
+    observed percentiles per bin equal a direct computation."""
+    from invcal.ode.residuals import _vpc, vpc_bins
+
+    t, nominal = _theoph_like_times(seed=seed)
+    labels = vpc_bins(t)
+    assert labels.max() + 1 == len(NOMINAL)
+    for b, nom in enumerate(NOMINAL):  # one bin per nominal time, in time order
+        np.testing.assert_array_equal(labels == b, nominal == nom)
+    rng = np.random.default_rng(seed)
+    dv = np.exp(-0.1 * t) * rng.lognormal(0.0, 0.3, t.size)
+    ys = np.exp(-0.1 * t) * rng.lognormal(0.0, 0.3, (50, t.size))
+    vpc = _vpc({"TIME": t, "DV": dv, "PRED": np.exp(-0.1 * t)}, ys, None, False)
+    last = vpc["bins"][-1]
+    assert last["t_min"] > 20.0 and last["n"] == 12
+    for b, row in enumerate(vpc["bins"]):
+        sel = nominal == NOMINAL[b]
+        assert row["time"] == np.median(t[sel])
+        np.testing.assert_allclose(row["observed"], np.percentile(dv[sel], (5, 50, 95)))
+    # distinct times only (a simulated design): one bin per time, as before
+    np.testing.assert_array_equal(vpc_bins(nominal), np.searchsorted(NOMINAL, nominal))
+    # a given number of bins: clusters too (contiguous, no nominal time split between two)
+    four = vpc_bins(t, 4)
+    assert four.max() == 3 and np.all(np.diff(four[np.argsort(t)]) >= 0)
+    assert all(len(set(four[nominal == nom])) == 1 for nom in NOMINAL)
+
+
+def test_pcvpc_against_the_formula():
+    """Prediction-corrected VPC (Bergstrand et al. 2011, lower bound 0): y·PRED_bin/PRED with
+    PRED_bin the bin's median PRED, for the observed and every simulated value, by hand on a
+    small case of two nominal times."""
+    from invcal.ode.residuals import _vpc
+
+    t = np.array([1.0, 1.1, 0.9, 1.05, 8.0, 8.2, 7.9])
+    pred = np.array([2.0, 1.8, 2.2, 1.9, 0.5, 0.4, 0.6])
+    dv = np.array([2.5, 1.5, 2.0, 2.1, 0.7, 0.3, 0.5])
+    rng = np.random.default_rng(0)
+    ys = pred * rng.lognormal(0.0, 0.2, (40, t.size))
+    vpc = _vpc({"TIME": t, "DV": dv, "PRED": pred}, ys, 2, True)
+    assert vpc["prediction_corrected"] and vpc["bin"] == [0, 0, 0, 0, 1, 1, 1]
+    for b, sel in enumerate([slice(0, 4), slice(4, 7)]):
+        pb = np.median(pred[sel])  # 1.95, then 0.5
+        pc_obs = dv[sel] * pb / pred[sel]
+        pc_sim = ys[:, sel] * pb / pred[sel]
+        row = vpc["bins"][b]
+        np.testing.assert_allclose(vpc["dv"][sel], pc_obs, rtol=1e-14)
+        np.testing.assert_allclose(row["observed"], np.percentile(pc_obs, (5, 50, 95)))
+        s = np.percentile(pc_sim, (5, 50, 95), axis=1)
+        np.testing.assert_allclose(row["simulated_lo"], np.percentile(s, 5, axis=1))
+        np.testing.assert_allclose(row["simulated_median"], np.percentile(s, 50, axis=1))
+        np.testing.assert_allclose(row["simulated_hi"], np.percentile(s, 95, axis=1))
+    plain = _vpc({"TIME": t, "DV": dv, "PRED": pred}, ys, 2, False)
+    np.testing.assert_allclose(plain["bins"][1]["observed"], np.percentile(dv[4:], (5, 50, 95)))
+
+
+def test_pcvpc_through_the_command(theoph_run):
+    """--pcvpc: results.json's VPC rows from diagnostics.csv's DV and PRED by the formula."""
+    rc, out, argv = theoph_run
+    assert rc == 0 and "--pcvpc" in argv
+    vpc = json.loads((out / "results.json").read_text())["vpc"]
+    assert vpc["prediction_corrected"] and len(vpc["bins"]) == 11
+    rows = (out / "diagnostics.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    cols = {k: np.array([float(r.split(",")[head.index(k)]) for r in rows[1:]]) for k in head}
+    for b, row in enumerate(vpc["bins"]):
+        sel = cols["VPC_BIN"] == b
+        pred, dv = cols["PRED"][sel], cols["DV"][sel]
+        pc = [y if p == 0 else y * np.median(pred) / p for y, p in zip(dv, pred, strict=True)]
+        np.testing.assert_allclose(row["observed"], np.percentile(pc, (5, 50, 95)), rtol=1e-9)
+        assert row["time"] == pytest.approx(np.median(cols["TIME"][sel]))
+    assert vpc["bins"][-1]["t_min"] > 20.0  # the 24 h samples alone
 
 
 # --------------------------------------------------------------------------------------

@@ -40,9 +40,11 @@ Comets, Brendel & Mentré 2008): per subject, the observations and each simulate
 decorrelated by the simulations' mean and covariance (symmetric inverse square root),
 pde = the fraction of decorrelated simulated values below the decorrelated observation
 (clipped to [1/2K, 1 − 1/2K]), NPDE = Φ⁻¹(pde). The visual predictive check bins the
-observations by time and compares the observed 5/50/95th percentiles per bin with the 90%
-intervals of the same percentiles over the simulated replicates (prediction-corrected as
-an option: Bergstrand et al. 2011, DV·median(PRED_bin)/PRED).
+observations by clusters of their times (one bin per nominal time of the design: optimal
+1-D k-means on log(t + c), :func:`invcal.ode.residuals.vpc_bins`) and compares the observed
+5/50/95th percentiles per bin with the 90% intervals of the same percentiles over the
+simulated replicates (prediction-corrected as an option: Bergstrand et al. 2011,
+DV·median(PRED_bin)/PRED).
 """
 
 from __future__ import annotations
@@ -291,6 +293,7 @@ class Calibration:
                 "matrix": np.asarray(self.correlation).tolist(),
             },
             "estimates": self.estimates,
+            "vpc": {k: v for k, v in self.vpc.items() if k not in ("bin", "dv")},
             "theta": dict(fit.theta),
             "covariate_medians": self.covariate_medians,
             "history": [float(v) for v in np.asarray(fit.history)],
@@ -450,8 +453,10 @@ def calibrate(
       ``approximation="laplace"``) or ``"m1"`` (drop them). Their residuals and NPDE are
       NaN (not defined for a censored value).
     - ``n_simulations``, ``seed``: the simulations of NPDE and the VPC (0: none);
-      ``vpc_bins``: number of time bins (default: the distinct times if at most 12, else 10
-      quantile bins, each drawn at its median time); ``prediction_corrected``: pcVPC.
+      ``vpc_bins``: number of time bins (default: the distinct times if at most 12, else
+      clusters of the observation times, their number chosen from the data:
+      :func:`invcal.ode.residuals.vpc_bins`), each drawn at its median time;
+      ``prediction_corrected``: pcVPC.
     - ``progress``: as :func:`fit_population`'s.
     - ``rtol``: the ODE solver's relative tolerance for a built-in model (atol = rtol/100;
       default ODEModel's).
@@ -505,9 +510,11 @@ def calibrate(
     else:
         sims = None
     diag["NPDE"] = diag.get("NPDE", np.full(diag["DV"].shape, np.nan))
-    vpc = (
-        _vpc(diag, sims, vpc_bins, prediction_corrected, fit) if sims is not None else {"bins": []}
-    )
+    if sims is not None:
+        mask = np.asarray(fit._context[3].obs_mask)
+        vpc = _vpc(diag, sims["y"][:, mask], vpc_bins, prediction_corrected)
+    else:
+        vpc = {"bins": []}
     seconds["diagnostics"] = time.perf_counter() - t0
     options = {
         "random": list(prep["random"]),

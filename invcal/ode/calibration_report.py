@@ -74,11 +74,12 @@ def _write_estimates(cal, path):
 def _write_diagnostics(cal, path):
     d = cal.diagnostics
     keys = ("ID", "TIME", "DV", "PRED", "IPRED", "IWRES", "CWRES", "NPDE")
+    vbin = cal.vpc.get("bin")
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(keys)
+        w.writerow(keys + (("VPC_BIN",) if vbin else ()))
         for i in range(len(d["ID"])):
-            w.writerow([d[k][i] for k in keys])
+            w.writerow([d[k][i] for k in keys] + ([vbin[i]] if vbin else []))
 
 
 # --------------------------------------------------------------------------------------
@@ -316,6 +317,21 @@ def _markdown(cal, figures) -> str:
         )
         + ". Per-observation values: diagnostics.csv."
     )
+    vb = cal.vpc.get("bins") or []
+    if vb:
+        lines += [
+            "",
+            "VPC"
+            + (
+                " (prediction-corrected, Bergstrand et al. 2011)"
+                if o["prediction_corrected"]
+                else ""
+            )
+            + f": {len(vb)} time bins, clusters of the observation times (one per nominal time), "
+            "each drawn at its median time: "
+            + ", ".join(f"{_g(b['t_min'], 3)}–{_g(b['t_max'], 3)} (n={b['n']})" for b in vb)
+            + "; the bin of each observation is diagnostics.csv's VPC_BIN.",
+        ]
     lines.append("")
     for caption, name in figures:
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
