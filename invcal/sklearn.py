@@ -19,11 +19,12 @@ values in [α_max·10⁻³, α_max] (warm-started solves, a guard against the CV
 minima; it stops once the CV error rises, once dCV/dα < 0 (the minimum lies at a larger α),
 once in the basin the secant of dCV/dz puts the minimum before the next point, or at an
 unconverged solve),
-then takes Barzilai–Borwein gradient steps in z (for one α, the secant step on dCV/dz = 0)
-inside a trust region s on the largest change of log α: s doubles (up to 1) after an
-accepted step (CV decreased) and halves after a rejected one (a trial whose inner or
-linear solve did not converge counts as rejected), until the step in log α (taken or
-proposed) is below ``tol`` or after ``max_iter`` evaluations. After tuning, the model is
+then takes Barzilai–Borwein gradient steps in z (for one α, the secant step on dCV/dz = 0;
+:class:`invcal.BarzilaiBorwein` driven by :func:`invcal.tune`) inside a trust region s on
+the largest change of log α: s doubles (up to 1) after an accepted step (CV decreased) and
+halves after a rejected one (a trial whose inner or linear solve did not converge counts as
+rejected), until the step in log α (taken or proposed) is below ``tol`` or after
+``max_iter`` evaluations. After tuning, the model is
 refit on all the data with ``alpha_``.
 """
 
@@ -43,6 +44,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import criteria, sparse
 from .hypergradient import AbstractHypergradient, hypergradient
+from .outer import BarzilaiBorwein, tune
 from .precision import computes_in_float64
 from .space import Log, Param, Space
 
@@ -127,52 +129,25 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
             name="lasso-cv",
         )
 
-    def _descend(self, problem, theta, solver, method, x0, history, start=None):
-        """Gradient descent on z = log α: Barzilai–Borwein steps (the secant step for one α),
-        the first one and any step after a rejection normalized so the largest log-change
-        is s; a step is accepted when the CV error decreases, else s is halved. ``start``:
-        the hypergradient at ``theta`` if already computed (then not evaluated again)."""
-        space = problem.space
-        if start is None:
-            hg = hypergradient(problem, theta, solver=solver, method=method, x0=x0)
-            history.append({"alpha": _to_list(theta["alpha"]), "cv_mse": float(hg.value)})
-        else:
-            hg = start
-        z = np.asarray(space.to_z(theta))
-        value, g, x = float(hg.value), self._grad_z(problem, theta, hg.grad), hg.x
-        step, bb, evaluations = 0.5, None, 1
-        while evaluations < self.max_iter and step >= self.tol:
-            scale = float(np.max(np.abs(g)))
-            if scale == 0.0 or not math.isfinite(scale):
-                break
-            direction = -(bb * g if bb is not None else step * g / scale)
-            largest = float(np.max(np.abs(direction)))
-            if largest < self.tol:  # the secant step moves α by less than ``tol``: settled
-                break
-            if largest > step:  # trust region on the largest change of log α
-                direction *= step / largest
-            z_try = z + direction
-            theta_try = space.to_theta(jnp.asarray(z_try))
-            h = hypergradient(
-                problem, theta_try, solver=solver, method=method, x0=x, on_failure="record"
-            )
-            evaluations += 1
-            # An unconverged trial is a rejected step: its value and gradient are not used.
-            ok = bool(h.diagnostics.converged)
-            v = float(h.value) if ok else math.inf
-            history.append({"alpha": _to_list(theta_try["alpha"]), "cv_mse": v})
-            if v < value:
-                g_new = self._grad_z(problem, theta_try, h.grad)
-                dz, dg = z_try - z, g_new - g
-                curv = float(np.vdot(dz, dg))
-                bb = float(np.vdot(dz, dz)) / curv if curv > 0 else None
-                z, theta, value, x, g = z_try, theta_try, v, h.x, g_new
-                step = min(2.0 * step, 1.0)
-                if float(np.max(np.abs(dz))) < self.tol:  # α settled to relative ``tol``
-                    break
-            else:
-                step, bb = 0.5 * min(step, largest), None
-        return theta, value, x, evaluations
+    def _descend(self, problem, theta, solver, method, history, start=None):
+        """Barzilai–Borwein descent on z = log α (:class:`invcal.BarzilaiBorwein`: the secant
+        step for one α, a trust region on the largest log-change, a step accepted when the
+        CV error decreases), driven by :func:`invcal.tune`. ``start``: the hypergradient at
+        ``theta`` if already computed (then not evaluated again)."""
+        result = tune(
+            problem,
+            solver=solver,
+            method=method,
+            optimizer=BarzilaiBorwein(tol=float(self.tol)),
+            steps=int(self.max_iter),
+            theta0=theta,
+            start=start,
+        )
+        for row in result.rows[1:] if start is not None else result.rows:
+            # an unconverged trial is a rejected step: its value is not a CV error
+            value = math.inf if row.failed else row.value
+            history.append({"alpha": row.theta["alpha"], "cv_mse": value})
+        return result.theta, float(result.value), result.x, result.evaluations
 
     @staticmethod
     def _grad_z(problem, theta, grad):
@@ -392,9 +367,7 @@ class BilevelLassoCV(_BilevelLassoBase):
                 prev = (z, v, g)
             alpha0, x0, start = best[1], best[2], best[3]
         theta = {"alpha": jnp.asarray(alpha0)}
-        theta, value, x, n_iter = self._descend(
-            problem, theta, solver, method, x0, history, start=start
-        )
+        theta, value, x, n_iter = self._descend(problem, theta, solver, method, history, start)
         return float(theta["alpha"]), value, history, n_iter, np.asarray(x).mean(0)
 
 
@@ -472,7 +445,7 @@ class BilevelWeightedLassoCV(_BilevelLassoBase):
         problem = self._cv_problem(Xs, ys, splits, init)
         solver, method = self._solver(), self._method()
         theta = {"alpha": jnp.asarray(init)}
-        theta, value, x, n_iter = self._descend(problem, theta, solver, method, problem.x0, history)
+        theta, value, x, n_iter = self._descend(problem, theta, solver, method, history)
         self.alpha_ = np.asarray(theta["alpha"]) * cx * cy
         self.cv_mse_ = value * cy**2
         self.history_ = _unscale_history(history, cx * cy, cy**2)

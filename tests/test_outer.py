@@ -71,8 +71,9 @@ def optimum():
         ("lbfgs", 1.0, 12),
         (ic.HOAG(tol0=1e-4), 1.0, 40),
         ("secant", 1.0, 30),
+        (ic.BarzilaiBorwein(tol=1e-5), 1.0, 30),
     ],
-    ids=["gd", "adam", "lbfgs", "hoag", "secant"],
+    ids=["gd", "adam", "lbfgs", "hoag", "secant", "barzilai-borwein"],
 )
 def test_tune_reaches_grid_optimum(optimizer, lr, steps, optimum):
     res = ic.tune(PROBLEM, solver=SOLVER, optimizer=optimizer, learning_rate=lr, steps=steps)
@@ -132,6 +133,65 @@ def test_secant_brackets_the_optimum_stops_and_resumes(tmp_path, optimum):
     np.testing.assert_allclose(
         [r["z"][0] for r in resumed.history], [r["z"][0] for r in rows], rtol=1e-10
     )
+
+
+def test_barzilai_borwein_is_monotone_stops_resumes_and_reuses_a_start(tmp_path, optimum):
+    bb = ic.BarzilaiBorwein(tol=1e-6)
+    straight = ic.tune(PROBLEM, solver=SOLVER, optimizer=bb, steps=40, theta0={"lam": 1e-3})
+    rows = straight.history
+    assert len(rows) < 40  # stopped on its own
+    accepted = [r["value"] for r in rows if r["accepted"]]
+    assert accepted == sorted(accepted, reverse=True)  # E never increases
+    assert abs(np.log(float(straight.theta["lam"]) / optimum[0])) < 0.02
+    # cut after 4 evaluations and resumed: the same points
+    ic.tune(PROBLEM, solver=SOLVER, optimizer=bb, steps=4, theta0={"lam": 1e-3}, out=tmp_path)
+    resumed = ic.tune(
+        PROBLEM,
+        solver=SOLVER,
+        optimizer=bb,
+        steps=40,
+        theta0={"lam": 1e-3},
+        out=tmp_path,
+        resume=True,
+    )
+    np.testing.assert_allclose(
+        [r["z"][0] for r in resumed.history], [r["z"][0] for r in rows], rtol=1e-10
+    )
+    # a hypergradient already evaluated at θ₀ is used as the first row, not recomputed: the
+    # same trajectory; and a start with a marked value shows it is the one recorded
+    hg0 = ic.hypergradient(PROBLEM, {"lam": 1e-3}, solver=SOLVER)
+    kw = dict(solver=SOLVER, optimizer=bb, theta0={"lam": 1e-3})
+    started = ic.tune(PROBLEM, steps=40, start=hg0, **kw)
+    np.testing.assert_allclose(
+        [r["z"][0] for r in started.history], [r["z"][0] for r in rows], rtol=1e-8
+    )
+    marked = eqx.tree_at(lambda h: h.value, hg0, jnp.asarray(123.0))
+    assert ic.tune(PROBLEM, steps=1, start=marked, **kw).history[0]["value"] == 123.0
+
+
+def test_best_point_is_a_converged_one():
+    """An unconverged evaluation (recorded under on_failure='record', or a rejected trial)
+    can read lower than it is: it is never the reported best while a converged one exists;
+    among approximate rows only (RTHO before its horizon), the lowest is."""
+    from invcal.outer.record import _Recorder
+
+    rec = _Recorder(
+        PROBLEM,
+        method="m",
+        optimizer_name="o",
+        learning_rate=1.0,
+        steps=3,
+        out=None,
+        resume=False,
+        meta=None,
+    )
+    z = jnp.zeros(1)
+    theta = PROBLEM.space.to_theta(z)
+    rec.add(z=z, theta=theta, value=5.0, wall=0.0, converged=False)
+    assert rec.results["best"]["value"] == 5.0  # approximate rows only: the lowest
+    rec.add(z=z, theta=theta, value=2.0, wall=0.0, converged=True)
+    rec.add(z=z, theta=theta, value=1.0, wall=0.0, converged=False)
+    assert rec.results["best"]["value"] == 2.0 and rec.results["best"]["converged"]
 
 
 def test_secant_refuses_several_hyperparameters_and_bad_settings():

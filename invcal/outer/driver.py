@@ -28,6 +28,7 @@ def tune(
     progress=None,
     on_failure: OnFailure | str = OnFailure.RAISE,
     meta: dict | None = None,
+    start=None,
 ) -> TuneResult:
     """Minimize E(x*(θ), θ) over θ by hypergradient steps.
 
@@ -47,6 +48,9 @@ def tune(
     - ``progress``: ``callable(step, total, row)`` called after each step.
     - ``on_failure``: policy for unconverged solves (HOAG records and adapts instead).
     - ``meta``: extra top-level entries for results.json.
+    - ``start``: a :class:`~invcal.Hypergradient` already evaluated at ``theta0`` (by a path
+      or grid search, say): the first step records it instead of evaluating θ₀ again, and
+      the next solve starts from it. Ignored when a run is resumed.
     """
     _check_run(steps, learning_rate)
     if isinstance(optimizer, RTHO) or (isinstance(optimizer, str) and optimizer.lower() == "rtho"):
@@ -90,10 +94,12 @@ def tune(
             meta=meta,
             check_state=outer.check_json,
         )
-        return _drive(problem, solver, method, outer, int(steps), theta0, rec, progress, policy)
+        return _drive(
+            problem, solver, method, outer, int(steps), theta0, rec, progress, policy, start
+        )
 
 
-def _drive(problem, solver, method, outer, steps, theta0, rec, progress, policy):
+def _drive(problem, solver, method, outer, steps, theta0, rec, progress, policy, start=None):
     """The one outer loop: ask the outer solver for a point, evaluate the hypergradient
     there (warm-started from the last accepted evaluation), let the solver update, record
     the row and the solver's state (results.json), until ``steps`` rows or the solver stops."""
@@ -102,22 +108,27 @@ def _drive(problem, solver, method, outer, steps, theta0, rec, progress, policy)
     saved = rec.resumed_state
     state = outer.from_json(saved, z0) if saved is not None and rec.history else outer.init(z0)
     warm = last = None
+    if saved is not None and rec.history:
+        start = None  # a resumed run continues from its saved state
     while len(rec.history) < steps:
         request = outer.point(state)
         if request is None:  # the solver stopped by itself (converged)
             break
         t = time.perf_counter()
         theta = space.to_theta(request.z)
-        hg = hypergradient(
-            problem,
-            theta,
-            solver=solver,
-            method=method,
-            warm=warm,
-            tol=request.tol,
-            linear_tol=request.linear_tol,
-            on_failure=policy,
-        )
+        if start is not None:  # the first point, evaluated by the caller
+            hg, start = start, None
+        else:
+            hg = hypergradient(
+                problem,
+                theta,
+                solver=solver,
+                method=method,
+                warm=warm,
+                tol=request.tol,
+                linear_tol=request.linear_tol,
+                on_failure=policy,
+            )
         gz = space.grad_to_z(theta, hg.grad)
         context = Context(problem, solver, method, _warm_start(problem, hg.x))
         state, info = outer.update(state, request, hg, gz, context)

@@ -267,12 +267,20 @@ class _Recorder:
         )
         self.history.append(row.to_json())
         best = self.results["best"]
-        if math.isfinite(row.value) and (best is None or row.value < best["value"]):
+        # The best point is one whose solves converged, where there is one: an unconverged
+        # trial (recorded under on_failure='record', or rejected by Barzilai–Borwein) can
+        # read lower than it is. RTHO's rows before its full horizon are all approximate.
+        ok = row.converged is not False
+        best_ok = best is None or best.get("converged", True)
+        if math.isfinite(row.value) and (
+            best is None or (ok and not best_ok) or (ok == best_ok and row.value < best["value"])
+        ):
             self.results["best"] = {
                 "step": row.step,
                 "theta": row.theta,
                 "value": row.value,
                 "z": row.z,
+                "converged": ok,
             }
         self.results["state"] = state
         self.write()

@@ -7,7 +7,8 @@ in the space's unconstrained coordinates, and optionally the inner and linear to
 or ``None`` once it has stopped by itself; ``step(state, request, hg, grad_z, context)`` →
 the next state and :class:`StepInfo` (accepted or rejected, extra history fields); and
 ``to_json``/``from_json``/``check_json`` for resuming. Concrete: :class:`Optax` (any optax
-transformation, line searches included), :class:`HOAG` and :class:`Secant`.
+transformation, line searches included), :class:`HOAG`, :class:`Secant` and
+:class:`BarzilaiBorwein`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from ..diagnostics import OnFailure
+from ..diagnostics import OnFailure, enforce
 from .record import _is_number, _to_json, _tree_from_json, _tree_to_json
 
-__all__ = ["AbstractOuterSolver", "HOAG", "Optax", "Request", "Secant", "StepInfo"]
+__all__ = [
+    "AbstractOuterSolver",
+    "BarzilaiBorwein",
+    "HOAG",
+    "Optax",
+    "Request",
+    "Secant",
+    "StepInfo",
+]
 
 
 class Request(NamedTuple):
@@ -404,6 +414,121 @@ class Secant(AbstractOuterSolver):
                 bad(f"state.{key}", v, "null or [z, dE/dz]")
 
 
+class _BBState(NamedTuple):
+    z: Any  # the first point, until it is evaluated
+    accepted: tuple | None  # (z, value, grad_z) of the last accepted point, as NumPy
+    step: float  # the trust radius on the largest change of z
+    bb: float | None  # the Barzilai–Borwein step length; None: a normalized gradient step
+    done: bool = False
+
+
+class BarzilaiBorwein(AbstractOuterSolver):
+    r"""Monotone Barzilai–Borwein descent in z (for one scalar z, the secant step on
+    dE/dz = 0), with a trust region on the largest change of z.
+
+    After an accepted step Δz with gradient change Δg, the next step is −(Δz·Δz / Δz·Δg)·g
+    (the BB1 length; a normalized gradient step of length ``step0`` first, after a rejection
+    or where Δz·Δg ≤ 0), cut to the trust radius. A trial point is accepted when E decreases
+    (the radius then doubles, up to ``max_step``); otherwise, or when its solve did not
+    converge, it is rejected, E stays where it was and the radius halves. The search stops
+    when the radius, the proposed step or an accepted step falls below ``tol`` (in z: a
+    relative change of θ for a ``Log`` parameter). Each evaluation is one hypergradient, and
+    the criterion never increases, so the last accepted point is the best.
+
+    This is the outer loop of :class:`invcal.sklearn.BilevelLassoCV`: for one α it needs
+    no learning rate and settles in a handful of evaluations.
+    """
+
+    step0: float = 0.5
+    max_step: float = 1.0
+    tol: float = 1e-4
+
+    def __check_init__(self):
+        for name in ("step0", "max_step", "tol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"BarzilaiBorwein {name} must be a finite number > 0; got {v!r}.")
+
+    name = "barzilai-borwein"
+
+    def policy(self, on_failure):
+        # an unconverged trial point is a rejected step (its value and gradient are unused)
+        return OnFailure.RECORD
+
+    def init(self, z0):
+        return _BBState(z=z0, accepted=None, step=self.step0, bb=None)
+
+    def point(self, state):
+        if state.accepted is None:
+            return Request(z=state.z)
+        if state.done or state.step < self.tol:
+            return None
+        z, _, g = state.accepted
+        scale = float(np.max(np.abs(g)))
+        if scale == 0.0 or not math.isfinite(scale):
+            return None
+        direction = -(state.bb * g if state.bb is not None else state.step * g / scale)
+        largest = float(np.max(np.abs(direction)))
+        if largest < self.tol:  # the step moves z by less than ``tol``: settled
+            return None
+        if largest > state.step:  # trust region on the largest change of z
+            direction = direction * (state.step / largest)
+        return Request(z=jnp.asarray(z + direction))
+
+    def update(self, state, request, hg, gz, context):
+        z_try, g_try = np.asarray(request.z), np.asarray(gz)
+        converged = bool(np.all(np.asarray(hg.diagnostics.converged)))
+        if state.accepted is None:  # the starting point: it must be usable
+            if not converged:
+                enforce(hg.diagnostics, OnFailure.RAISE, None, where="BarzilaiBorwein")
+            return state._replace(accepted=(z_try, float(hg.value), g_try)), StepInfo()
+        z, value, g = state.accepted
+        v = float(hg.value) if converged else math.inf
+        if v < value:
+            dz, dg = z_try - z, g_try - g
+            curv = float(np.vdot(dz, dg))
+            bb = float(np.vdot(dz, dz)) / curv if curv > 0 else None
+            done = float(np.max(np.abs(dz))) < self.tol  # z settled to ``tol``
+            step = min(2.0 * state.step, self.max_step)
+            new = _BBState(z=state.z, accepted=(z_try, v, g_try), step=step, bb=bb, done=done)
+            return new, StepInfo(accepted=True)
+        step = 0.5 * float(np.max(np.abs(z_try - z)))  # half the rejected step's length
+        return state._replace(step=step, bb=None), StepInfo(accepted=False)
+
+    def to_json(self, state):
+        acc = state.accepted
+        return {
+            "z": _to_json(state.z),
+            "accepted": None if acc is None else [_to_json(acc[0]), acc[1], _to_json(acc[2])],
+            "step": state.step,
+            "bb": state.bb,
+            "done": state.done,
+        }
+
+    def from_json(self, saved, z0):
+        acc = saved.get("accepted")
+        if acc is not None:
+            acc = (np.asarray(acc[0], dtype=float), float(acc[1]), np.asarray(acc[2], dtype=float))
+        z = jnp.asarray(saved["z"], dtype=z0.dtype)
+        return _BBState(
+            z=z,
+            accepted=acc,
+            step=float(saved["step"]),
+            bb=saved.get("bb"),
+            done=bool(saved.get("done", False)),
+        )
+
+    def check_json(self, state, bad, z_list):
+        z_list("state.z", state.get("z"))
+        if not _is_number(state.get("step")):
+            bad("state.step", state.get("step"), "a number")
+        if not _is_number(state.get("bb"), none_ok=True):
+            bad("state.bb", state.get("bb"), "a number (or null)")
+        acc = state.get("accepted")
+        if acc is not None and not (isinstance(acc, list) and len(acc) == 3 and _is_number(acc[1])):
+            bad("state.accepted", acc, "null or [z, value, grad_z]")
+
+
 @functools.lru_cache(maxsize=32)
 def _optax_by_name(name: str, learning_rate: float) -> Optax:
     """The optax transformation a name stands for, one object per (name, rate): the compiled
@@ -433,4 +558,6 @@ def outer_solver(optimizer, learning_rate: float):
             return HOAG()
         if name == "secant":
             return Secant()
+        if name in ("bb", "barzilai-borwein"):
+            return BarzilaiBorwein()
     return None
