@@ -77,7 +77,7 @@ def test_heldout_fit(setting):
     fit = ode.fit_population(
         model, events, init=init, method="heldout", holdout=0.3, holdout_seed=1, max_iter=100
     )
-    assert fit.method == "HeldOut" and fit.n_holdout == 16 and fit.n_obs == 56 - 16
+    assert fit.method == "HeldOutDensity" and fit.n_holdout == 16 and fit.n_obs == 56 - 16
     assert np.isnan(fit.loglik) and np.isnan(fit.aic)
     start = ode.population_objective(
         model, events, {**fit.theta, **init}, method="heldout", holdout=0.3, holdout_seed=1

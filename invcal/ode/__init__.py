@@ -9,7 +9,7 @@ shrinkage, residuals, NPDE and a visual predictive check.
 """
 
 from . import models, plots
-from .approximations import FOCEI, AbstractApproximation, AbstractLaplace, HeldOut, Laplace
+from .approximations import FOCEI, AbstractApproximation, AbstractLaplace, HeldOutDensity, Laplace
 from .calibrate import Calibration, calibrate
 from .errors import AbstractResidualError, Additive, Combined, Proportional
 from .events import Events, SubjectArrays, holdout_rows, read_events, subject_arrays
@@ -36,7 +36,7 @@ __all__ = [
     "describe_models",
     "Events",
     "FOCEI",
-    "HeldOut",
+    "HeldOutDensity",
     "holdout_rows",
     "Laplace",
     "Population",

@@ -1,6 +1,6 @@
 """Marginal-likelihood approximations of a population model: the outer criterion's term of
 one subject at its MAP random effects ηᵢ*(θ) (FOCEI, Laplace), or the held-out criterion
-(:class:`HeldOut`). See :mod:`invcal.ode.population` for the formulas."""
+(:class:`HeldOutDensity`). See :mod:`invcal.ode.population` for the formulas."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["AbstractApproximation", "AbstractLaplace", "FOCEI", "Laplace", "HeldOut"]
+__all__ = ["AbstractApproximation", "AbstractLaplace", "FOCEI", "Laplace", "HeldOutDensity"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -19,7 +19,7 @@ _LOG2PI = math.log(2.0 * math.pi)
 class AbstractApproximation(eqx.Module):
     """The outer criterion, a sum over subjects of a term evaluated at ηᵢ*(θ): an
     approximation of −log-likelihood (:class:`FOCEI`, :class:`Laplace`) or the held-out
-    criterion (:class:`HeldOut`)."""
+    criterion (:class:`HeldOutDensity`)."""
 
     #: Derivative order of the ODE predictions that the value needs (the gradient: +1).
     order: int = eqx.field(static=True, default=1)
@@ -65,8 +65,9 @@ class Laplace(AbstractLaplace):
         return jax.hessian(L)(eta)
 
 
-class HeldOut(AbstractApproximation):
-    """The held-out criterion: minus the log predictive density of each subject's held-out
+class HeldOutDensity(AbstractApproximation):
+    """The held-out predictive density (named apart from :class:`invcal.criteria.HeldOut`,
+    the held-out error of a regression): minus the log predictive density of each subject's held-out
     observations Hᵢ at the MAP random effects fitted to its other observations,
 
         Cᵢ(θ) = ½ Σ_{j∈Hᵢ} [(yᵢⱼ − fᵢⱼ(φ(ηᵢ*(θ), θ)))²/Rᵢⱼ + log 2πRᵢⱼ],
@@ -86,7 +87,7 @@ class HeldOut(AbstractApproximation):
         return 0.5 * jnp.sum(jnp.where(m, r * r / R + jnp.log(R) + _LOG2PI, 0.0))
 
 
-_METHODS = {"focei": FOCEI, "laplace": Laplace, "heldout": HeldOut}
+_METHODS = {"focei": FOCEI, "laplace": Laplace, "heldout": HeldOutDensity}
 
 
 def _approximation(method) -> AbstractApproximation:
@@ -96,7 +97,7 @@ def _approximation(method) -> AbstractApproximation:
         return _METHODS[method.lower()]()
     raise ValueError(
         f"method must be 'focei', 'laplace', 'heldout', invcal.ode.FOCEI(), "
-        f"invcal.ode.Laplace() or invcal.ode.HeldOut(); got {method!r}."
+        f"invcal.ode.Laplace() or invcal.ode.HeldOutDensity(); got {method!r}."
     )
 
 

@@ -80,7 +80,7 @@ def fit_population(
       ``random_corr`` and ``omega_matrix``.
     - ``error``: ``"additive"``, ``"proportional"``, ``"combined"`` or an error model object.
     - ``method``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``), or
-      ``"heldout"`` (:class:`HeldOut`): minimize −log predictive density of held-out
+      ``"heldout"`` (:class:`HeldOutDensity`): minimize −log predictive density of held-out
       observations (``holdout``: a fraction of each subject's observations, drawn with
       ``holdout_seed``, or a boolean array over the table's rows) at the MAP random
       effects fitted to the others.

@@ -79,7 +79,7 @@ from .approximations import (
     FOCEI,
     AbstractApproximation,
     AbstractLaplace,
-    HeldOut,
+    HeldOutDensity,
     Laplace,
     _approximation,
 )
@@ -97,7 +97,7 @@ __all__ = [
     "AbstractLaplace",
     "FOCEI",
     "Laplace",
-    "HeldOut",
+    "HeldOutDensity",
     "Population",
     "AbstractOmega",
     "DiagonalOmega",
@@ -288,7 +288,7 @@ class Population(eqx.Module):
 
     def neg_loglik(self, f_of_eta, eta, theta, subject):
         """Subject i's term of the outer criterion at η = ηᵢ*: −ℓᵢ = Lᵢ(η) + ½ log|Ω| +
-        ½ log|Hᵢ(η)| for FOCEI/Laplace, the held-out term for :class:`HeldOut`."""
+        ½ log|Hᵢ(η)| for FOCEI/Laplace, the held-out term for :class:`HeldOutDensity`."""
         return self.approximation.criterion(self, f_of_eta, eta, theta, subject)
 
     # -- one subject, given its jets at φ0 = φ(η*, θ) -------------------------------------
@@ -614,7 +614,7 @@ def _initial_theta(pop: Population, init: Mapping, events: Events) -> dict:
 
 def _holdout_mask(pop, events, holdout, holdout_seed):
     """The rows held out (None for none), checked against the method."""
-    heldout = isinstance(pop.approximation, HeldOut)
+    heldout = isinstance(pop.approximation, HeldOutDensity)
     if heldout and holdout is None:
         raise ValueError(
             "method='heldout' needs holdout=: a fraction of each subject's observations to "

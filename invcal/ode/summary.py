@@ -35,7 +35,7 @@ class PopulationFit:
       ``residual_sd``: float (a dict for combined error: ``{"sigma_add": …,
       "sigma_prop": …}``).
     - ``loglik``, ``aic``, ``bic``, ``n_params``, ``n_obs``, ``n_subjects``; ``criterion``:
-      the minimized outer criterion (−loglik, or for method HeldOut the held-out −log
+      the minimized outer criterion (−loglik, or for method HeldOutDensity the held-out −log
       predictive density on ``n_holdout`` observations, when loglik, AIC and BIC are NaN).
     - ``individual``: ``{"ID": [...], p: array}`` per-subject parameters φᵢ;
       ``eta``: ``{p: array}`` random effects ηᵢ*.
@@ -132,7 +132,7 @@ class PopulationFit:
             for i, sid in enumerate(events.subjects)
         }
         se = _fixed_effect_se(pop, theta, arrays, info, fixed)
-        heldout = type(pop.approximation).__name__ == "HeldOut"
+        heldout = type(pop.approximation).__name__ == "HeldOutDensity"
         n_iter = int(run["iter"])
         hist = np.asarray(run["history"])[: int(run["n_history"])]
         return cls(
