@@ -25,7 +25,7 @@ from .hypergradient import (
     hypergradient,
     solve,
 )
-from .implicit import Neumann
+from .implicit import NeumannSeries
 from .outer import (
     HOAG,
     RTHO,
@@ -61,6 +61,16 @@ _DOMAIN_NAMES = {
 
 
 def __getattr__(name):
+    if name == "Neumann":  # renamed: invcal.imaging.Neumann is a boundary condition
+        import warnings
+
+        warnings.warn(
+            "invcal.Neumann is now invcal.NeumannSeries (the truncated Neumann-series "
+            "linear solver), named apart from invcal.imaging.Neumann (a boundary condition).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return NeumannSeries
     if name in _DOMAIN_NAMES:
         import importlib
 
@@ -88,7 +98,7 @@ __all__ = [
     "Implicit",
     "InnerSolution",
     "Log",
-    "Neumann",
+    "NeumannSeries",
     "Newton",
     "OnFailure",
     "PopulationLM",

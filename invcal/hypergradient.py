@@ -9,7 +9,7 @@ Every method works on every problem/solver pair (where the maths allows) in two 
   both the inner solve and the adjoint solve. This is what :func:`invcal.tune` uses.
 
 Methods: :class:`Implicit` (implicit function theorem; reverse or forward mode; any lineax
-linear solver or :class:`~invcal.Neumann`; optional active-set restriction),
+linear solver or :class:`~invcal.NeumannSeries`; optional active-set restriction),
 :class:`Unrolled` (REVERSE-HG with √T checkpointing; Maclaurin et al. 2015, Franceschi et al.
 2017), :class:`ForwardUnrolled` (FORWARD-HG: Z_t = A_t Z_{t−1} + B_t by JVPs; Franceschi et al.
 2017) and :class:`Truncated` (reverse through the last k iterations; Shaban et al. 2019).
@@ -136,7 +136,7 @@ class Implicit(AbstractImplicitMethod):
 
     - ``linear_solver``: a lineax solver (``lx.CG`` for symmetric systems;
       ``lx.Normal(lx.CG(...))``, ``lx.GMRES``, ``lx.BiCGStab`` for any; ``lx.LU`` for dense
-      direct) or :class:`invcal.Neumann`. ``None`` picks CG for symmetric systems and GMRES
+      direct) or :class:`invcal.NeumannSeries`. ``None`` picks CG for symmetric systems and GMRES
       otherwise.
     - ``mode``: ``Reverse()`` (one adjoint solve Aᵀv = ∇ₓE; best for many θ) or
       ``Forward()`` (one solve per θ entry; best for few θ), from :mod:`invcal.implicit`;
@@ -173,7 +173,7 @@ class Implicit(AbstractImplicitMethod):
             raise TypeError(
                 "Implicit linear_solver must be a lineax solver (lx.CG(rtol, atol), "
                 "lx.GMRES(...), lx.Normal(lx.CG(...)), lx.BiCGStab(...), lx.LU()) or "
-                f"invcal.Neumann(k); got {self.linear_solver!r}."
+                f"invcal.NeumannSeries(k); got {self.linear_solver!r}."
             )
 
     def _spec(self, problem, lin):

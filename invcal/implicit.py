@@ -47,7 +47,7 @@ __all__ = [
     "as_mode",
     "as_system",
     "LinearSolve",
-    "Neumann",
+    "NeumannSeries",
     "adjoint_solve",
     "implicit_solution",
     "solve_system",
@@ -60,7 +60,7 @@ def _tmap(f, *trees):
     return jax.tree_util.tree_map(f, *trees)
 
 
-class Neumann(lx.AbstractLinearSolver):
+class NeumannSeries(lx.AbstractLinearSolver):
     r"""Truncated Neumann series (Richardson iteration) for A v = b:
 
         v_{j+1} = v_j + s (b − A v_j),   v_0 = y0 (default 0),
@@ -78,17 +78,18 @@ class Neumann(lx.AbstractLinearSolver):
 
     def __check_init__(self):
         if int(self.num_terms) < 1:
-            raise ValueError(f"Neumann num_terms must be >= 1; got {self.num_terms!r}.")
+            raise ValueError(f"NeumannSeries num_terms must be >= 1; got {self.num_terms!r}.")
         if not self.step > 0:
-            raise ValueError(f"Neumann step must be > 0; got {self.step!r}.")
+            raise ValueError(f"NeumannSeries step must be > 0; got {self.step!r}.")
         if not (self.rtol >= 0 and self.atol >= 0):
             raise ValueError(
-                f"Neumann tolerances must be >= 0; got rtol={self.rtol!r}, atol={self.atol!r}."
+                "NeumannSeries tolerances must be >= 0; got "
+                f"rtol={self.rtol!r}, atol={self.atol!r}."
             )
 
     def init(self, operator, options):
         if operator.in_structure() != operator.out_structure():
-            raise ValueError("Neumann needs a square operator.")
+            raise ValueError("NeumannSeries needs a square operator.")
         return operator
 
     def compute(self, state, vector, options):
@@ -233,7 +234,7 @@ def system_spec(problem, linear_solver, system: str | None, active_set: bool = F
             "Truncated(k) or RTHO."
         )
     if system is None:
-        prefer_fp = isinstance(linear_solver, Neumann) and problem.fixed_point is not None
+        prefer_fp = isinstance(linear_solver, NeumannSeries) and problem.fixed_point is not None
         use_fp = prefer_fp or not problem.has_optimality
     elif system == "fixed_point":
         if problem.fixed_point is None:
@@ -331,12 +332,12 @@ def _floored_tolerance(linear_solver, b):
 def _residual_bound(linear_solver, b, bn):
     """Relative residual ‖Av − b‖/‖b‖ that a solve reporting success may have at most.
 
-    lineax's Krylov solvers and Neumann promise |r_i| <= atol + rtol·|b_i| (or the same in
+    lineax's Krylov solvers and NeumannSeries promise |r_i| <= atol + rtol·|b_i| (or the same in
     norm), hence ‖r‖ <= √n·atol + rtol‖b‖; a factor 10 allows for the difference between their
     recursively updated residual and the one recomputed here. Solvers without a tolerance
     (direct ones) and lx.Normal (whose tolerance is on the normal equations) get no bound
     beyond finiteness."""
-    if not isinstance(linear_solver, (*_ELEMENTWISE, Neumann)):
+    if not isinstance(linear_solver, (*_ELEMENTWISE, NeumannSeries)):
         return jnp.inf
     n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(b))
     slack = linear_solver.atol * math.sqrt(n) / jnp.where(bn > 0, bn, 1.0)
@@ -435,7 +436,7 @@ MAX_CONDITION_EPS = 1e-3
 
 
 def _is_direct(linear_solver) -> bool:
-    return not isinstance(linear_solver, (*_ELEMENTWISE, Neumann, lx.Normal))
+    return not isinstance(linear_solver, (*_ELEMENTWISE, NeumannSeries, lx.Normal))
 
 
 def solve_system(

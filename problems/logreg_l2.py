@@ -189,7 +189,7 @@ def _linear_solvers():
         "implicit-bicgstab": lx.BiCGStab(**tol, max_steps=1000),
         "implicit-dense": lx.LU(),
         # On the fixed-point system I − ∂T/∂x the series converges like (1 − μ/L)^k.
-        "implicit-neumann": ic.Neumann(num_terms=_FP_STEPS, rtol=1e-10),
+        "implicit-neumann": ic.NeumannSeries(num_terms=_FP_STEPS, rtol=1e-10),
     }
 
 

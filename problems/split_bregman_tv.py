@@ -214,7 +214,7 @@ def methods(problem) -> dict:
     # reaches a relative residual of 3e-15 in forward mode and still reports a breakdown.
     return {
         "implicit": ic.Implicit(gmres, system="fixed_point"),
-        "implicit-neumann": ic.Implicit(ic.Neumann(_UNROLL, rtol=1e-9), system="fixed_point"),
+        "implicit-neumann": ic.Implicit(ic.NeumannSeries(_UNROLL, rtol=1e-9), system="fixed_point"),
         "unrolled": ic.Unrolled(_UNROLL),
         "truncated-100": ic.Truncated(num_steps=_UNROLL, k=100),
     }

@@ -60,7 +60,7 @@ def _hg(solver, method, **kwargs):
     [
         (SHORT, CG, "inner solve stopped after 3 steps.*raise the solver's max_steps"),
         (GOOD, CG_ONE_STEP, "linear solve stopped after 1 steps.*raise the linear solver's"),
-        (GOOD, ic.Implicit(ic.Neumann(3)), "linear solve stopped after 3 steps"),
+        (GOOD, ic.Implicit(ic.NeumannSeries(3)), "linear solve stopped after 3 steps"),
         (ic.FixedPointIteration(), ic.Unrolled(5), "inner solve stopped after 5 steps"),
     ],
     ids=["inner", "linear", "neumann", "unrolled"],
@@ -160,7 +160,7 @@ def test_grad_of_solve_with_unconverged_inner_solve_raises():
     [
         (CG_ONE_STEP, jax.grad),
         (CG_ONE_STEP, jax.jacfwd),
-        (ic.Implicit(ic.Neumann(3), system="fixed_point"), jax.grad),
+        (ic.Implicit(ic.NeumannSeries(3), system="fixed_point"), jax.grad),
     ],
     ids=["CG-grad", "CG-jacfwd", "Neumann-grad"],
 )

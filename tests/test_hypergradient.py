@@ -80,7 +80,7 @@ METHODS = {
     "Implicit[Normal(CG)]": ic.Implicit(lx.Normal(lx.CG(**TOL))),
     "Implicit[BiCGStab]": ic.Implicit(lx.BiCGStab(**TOL)),
     "Implicit[LU]": ic.Implicit(lx.LU()),
-    "Implicit[Neumann]": ic.Implicit(ic.Neumann(1000, rtol=1e-12)),
+    "Implicit[Neumann]": ic.Implicit(ic.NeumannSeries(1000, rtol=1e-12)),
     "Implicit[default]": ic.Implicit(),
     "Implicit[CG,forward]": ic.Implicit(lx.CG(**TOL), mode="forward"),
     "Implicit[default,forward]": ic.Implicit(mode="forward"),

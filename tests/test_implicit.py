@@ -358,23 +358,23 @@ def test_neumann_series_solves_a_contraction_system():
     mat = jnp.eye(4) - 0.3 * jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (4, 4)))
     b = jnp.arange(1.0, 5.0)
     op = lx.MatrixLinearOperator(mat)
-    sol = lx.linear_solve(op, b, ic.Neumann(200, rtol=1e-12), throw=False)
+    sol = lx.linear_solve(op, b, ic.NeumannSeries(200, rtol=1e-12), throw=False)
     assert sol.result == lx.RESULTS.successful
     np.testing.assert_allclose(sol.value, jnp.linalg.solve(mat, b), rtol=1e-10)
     # It stops once the residual is within tolerance, well before the 200 terms allowed.
     steps = int(sol.stats["num_steps"])
     assert 5 < steps < 200
-    tighter = lx.linear_solve(op, b, ic.Neumann(200, rtol=1e-13), throw=False)
+    tighter = lx.linear_solve(op, b, ic.NeumannSeries(200, rtol=1e-13), throw=False)
     assert int(tighter.stats["num_steps"]) > steps
-    short = lx.linear_solve(op, b, ic.Neumann(2, rtol=1e-12), throw=False)
+    short = lx.linear_solve(op, b, ic.NeumannSeries(2, rtol=1e-12), throw=False)
     assert short.result != lx.RESULTS.successful
     # A fixed number of terms accepted as an approximation, even for b = 0 (no inf·0 = nan).
     for rhs in (b, jnp.zeros(4)):
-        approx = lx.linear_solve(op, rhs, ic.Neumann(2, rtol=float("inf")), throw=False)
+        approx = lx.linear_solve(op, rhs, ic.NeumannSeries(2, rtol=float("inf")), throw=False)
         assert approx.result == lx.RESULTS.successful
         assert int(approx.stats["num_steps"]) == 2
     # Three terms from zero: v3 = v2 + (b − A v2) with v2 = 2b − Ab.
-    three = lx.linear_solve(op, b, ic.Neumann(3, rtol=float("inf")), throw=False).value
+    three = lx.linear_solve(op, b, ic.NeumannSeries(3, rtol=float("inf")), throw=False).value
     v2 = 2 * b - mat @ b
     np.testing.assert_allclose(three, v2 + (b - mat @ v2), rtol=1e-14)
 
@@ -389,7 +389,7 @@ def test_neumann_series_solves_a_contraction_system():
 )
 def test_neumann_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ic.Neumann(**kwargs)
+        ic.NeumannSeries(**kwargs)
 
 
 def test_mode_and_system_objects_are_what_their_names_say():
@@ -405,3 +405,9 @@ def test_mode_and_system_objects_are_what_their_names_say():
         assert float(a.grad["lam"]) == float(b.grad["lam"])
     with pytest.raises(ValueError, match="mode must be 'reverse' or 'forward'"):
         ic.Implicit(mode="sideways")
+
+
+def test_the_old_name_of_the_neumann_series_solver_still_works_and_says_so():
+    with pytest.warns(DeprecationWarning, match="invcal.NeumannSeries"):
+        old = ic.Neumann
+    assert old is ic.NeumannSeries
