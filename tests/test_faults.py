@@ -731,3 +731,43 @@ def test_killed_runs_resume_to_the_uninterrupted_trajectory(tmp_path, optimizer)
     z_ref = np.array([r["z"] for r in ref["history"]])
     z_got = np.array([r["z"] for r in got["history"]])
     np.testing.assert_allclose(z_got, z_ref, rtol=1e-7, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# An unconverged population fit is never returned silently
+# --------------------------------------------------------------------------------------
+def test_unconverged_population_fit_warns_or_records():
+    import warnings
+
+    from invcal import ode
+    from problems.hierarchical_ode import INIT, load_theoph, theophylline_model
+
+    model, events = theophylline_model(), load_theoph(subjects=4)
+    kw = dict(init=INIT, max_iter=2)
+    with pytest.warns(ode.FitNotConvergedWarning, match="max_iter reached after 2 iterations"):
+        fit = ode.fit_population(model, events, **kw)
+    assert not fit.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ode.FitNotConvergedWarning)
+        assert not ode.fit_population(model, events, on_failure="record", **kw).converged
+    with pytest.raises(ValueError, match="on_failure must be one of"):
+        ode.fit_population(model, events, init=INIT, on_failure="ignore")
+
+
+@pytest.mark.slow
+def test_unconverged_population_fit_raises_keeping_its_estimates(tmp_path):
+    import warnings
+
+    from invcal import ode
+    from problems.hierarchical_ode import INIT, load_theoph, theophylline_model
+
+    model, events = theophylline_model(), load_theoph(subjects=4)
+    with pytest.raises(ode.FitNotConverged, match=r"estimates so far: .*results\.json"):
+        ode.fit_population(
+            model, events, init=INIT, max_iter=2, out=tmp_path / "r", on_failure="raise"
+        )
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved["history"]  # the estimates so far are kept, resumable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ode.FitNotConvergedWarning)
+        assert ode.fit_population(model, events, init=INIT).converged  # converged: silent

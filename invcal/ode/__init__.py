@@ -13,7 +13,7 @@ from .approximations import FOCEI, AbstractApproximation, AbstractLaplace, HeldO
 from .calibrate import Calibration, calibrate
 from .errors import AbstractResidualError, Additive, Combined, Proportional
 from .events import Events, SubjectArrays, holdout_rows, read_events, subject_arrays
-from .fit import fit_population
+from .fit import FitNotConverged, FitNotConvergedWarning, fit_population
 from .model import ODEModel
 from .models import BuiltinModel, builtin_model, describe_models
 from .objective import PopulationObjective, population_objective, population_problem
@@ -46,6 +46,8 @@ __all__ = [
     "PopulationFit",
     "PopulationLM",
     "Proportional",
+    "FitNotConverged",
+    "FitNotConvergedWarning",
     "fit_population",
     "models",
     "plots",

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..compilation_cache import checks_without_callbacks
+from ..diagnostics import OnFailure
 from ..precision import computes_in_float64
 from ..runfolder import claim_run_folder
 from .approximations import FOCEI
@@ -31,7 +32,7 @@ from .population import _prepare
 from .screening import describe_outliers, outlying_observations
 from .sharding import CHUNK_SIZE, _chunk, _shard_subjects, _unpad, subject_mesh
 
-__all__ = ["fit_population"]
+__all__ = ["FitNotConverged", "FitNotConvergedWarning", "fit_population"]
 
 
 @computes_in_float64
@@ -61,6 +62,7 @@ def fit_population(
     out=None,
     resume: bool = False,
     overwrite: bool = False,
+    on_failure: OnFailure | str = OnFailure.WARN,
 ):
     """Fit a population ODE model by maximizing the FOCEI or Laplace likelihood.
 
@@ -122,6 +124,11 @@ def fit_population(
       holding the folder for the run (a folder with another run, or files no run wrote, is
       refused unless ``overwrite``). ``resume=True`` continues the fit saved there (same
       arguments; ``max_iter`` may grow) to the same estimates as an uninterrupted fit.
+    - ``on_failure``: a fit that stops unconverged (``max_iter`` reached, or the line
+      search could not decrease the objective) is never returned silently: ``"warn"``
+      (default: a :class:`FitNotConvergedWarning`, and ``fit.converged`` is False),
+      ``"raise"`` (:class:`FitNotConverged`, as nlme stops; with ``out`` the estimates so
+      far are in results.json first) or ``"record"`` (only ``fit.converged``/``message``).
 
     Returns a :class:`PopulationFit`. Computes in float64 whatever JAX's global
     ``jax_enable_x64`` (scoped to the call, :mod:`invcal.precision`): FOCEI's second
@@ -133,6 +140,7 @@ def fit_population(
         )
     if resume and out is None:
         raise ValueError("resume=True continues the fit saved in out=DIR; pass out=.")
+    policy = OnFailure.parse(on_failure)
     pop, events, arrays, space = _prepare(
         model,
         events,
@@ -193,7 +201,7 @@ def fit_population(
         options,
     )
     if out is None:
-        return run(progress=progress)
+        return _enforce(run(progress=progress), policy)
     header = {
         "problem": "population",
         "names": list(space.names),
@@ -216,6 +224,29 @@ def fit_population(
         with recording(rec) as recorder:
             fit = run(progress=progress, record=recorder, saved=rec.saved_state)
         rec.finish(result_json(fit))
+    return _enforce(fit, policy, where=f" (estimates so far: {folder / 'results.json'})")
+
+
+class FitNotConverged(RuntimeError):
+    """``fit_population(on_failure="raise")``: the fit stopped before converging."""
+
+
+class FitNotConvergedWarning(RuntimeWarning):
+    """``fit_population`` (default ``on_failure="warn"``): the fit stopped unconverged."""
+
+
+def _enforce(fit, policy: OnFailure, where: str = ""):
+    """The failure policy on a fit that stopped unconverged (see ``on_failure``)."""
+    if fit.converged or policy is OnFailure.RECORD:
+        return fit
+    msg = (
+        f"fit_population: {fit.message} after {fit.iterations} iterations: the estimates are "
+        "not converged; raise max_iter or continue the fit with out=DIR, resume=True"
+        f"{where}."
+    )
+    if policy is OnFailure.RAISE:
+        raise FitNotConverged(msg)
+    warnings.warn(msg, FitNotConvergedWarning, stacklevel=4)
     return fit
 
 
