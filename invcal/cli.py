@@ -37,7 +37,7 @@ from .runfolder import RESULTS_FILE
 
 __all__ = ["main", "console"]
 
-OPTIMIZERS = ("adam", "gd", "lbfgs", "hoag", "rtho", "secant")
+OPTIMIZERS = ("adam", "gd", "lbfgs", "hoag", "rtho", "secant", "bb")
 USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
 
 

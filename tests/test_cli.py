@@ -353,3 +353,14 @@ def test_format_seconds():
     assert format_seconds(125) == "2m05s"
     assert format_seconds(4000) == "1h06m"
     assert format_seconds(float("nan")) == "?"
+
+
+def test_run_with_barzilai_borwein_stops_by_itself(fake, tmp_path, capsys):
+    out = tmp_path / "bb"
+    argv = ["run", "fake", "--optimizer", "bb", "--steps", "40", "--out", str(out)]
+    assert cli.main([*argv, "--no-progress", "--no-landscape"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["optimizer"] == "barzilai-borwein"
+    assert 2 < len(results["history"]) < 40  # settled before the step budget
+    accepted = [r["value"] for r in results["history"] if r["accepted"]]
+    assert accepted == sorted(accepted, reverse=True)
