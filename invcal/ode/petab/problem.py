@@ -72,12 +72,17 @@ def _log_density(m, y, sigma, transformation, distribution):
 
 class _Lambdified(eqx.Module):
     """A list of sympy expressions as a JAX function of vectors (one per argument
-    group), returning one array (stacked)."""
+    group), returning one array (stacked); ``groups`` and ``exprs`` keep the symbols and
+    the expressions (the hierarchical problem reads their structure)."""
 
     fn: object = eqx.field(static=True)
+    groups: tuple = eqx.field(static=True)
+    exprs: tuple = eqx.field(static=True)
 
     def __init__(self, groups, exprs):
         self.fn = sp.lambdify(groups, list(exprs), modules="jax", cse=True)
+        self.groups = tuple(tuple(g) if isinstance(g, list) else g for g in groups)
+        self.exprs = tuple(exprs)
 
     def __call__(self, *args):
         dtype = jnp.result_type(*[a for a in args if hasattr(a, "dtype")], float)
@@ -116,6 +121,7 @@ class PEtabProblem(eqx.Module):
     file: str = eqx.field(static=True)
     parameter_ids: tuple = eqx.field(static=True)
     scales: tuple = eqx.field(static=True)
+    parameter_types: tuple = eqx.field(static=True)  # parameterType column or ''
     nominal_values: tuple = eqx.field(static=True)
     lower_bounds: tuple = eqx.field(static=True)
     upper_bounds: tuple = eqx.field(static=True)
@@ -595,6 +601,12 @@ def load(
     return PEtabProblem(
         file=tables.yaml,
         parameter_ids=tuple(est),
+        parameter_types=tuple(
+            str(par.loc[pid, "parameterType"])
+            if "parameterType" in par and isinstance(par.loc[pid, "parameterType"], str)
+            else ""
+            for pid in est
+        ),
         scales=tuple(par.loc[pid, C.PARAMETER_SCALE] for pid in est),
         nominal_values=tuple(float(par.loc[pid, C.NOMINAL_VALUE]) for pid in est),
         lower_bounds=tuple(float(par.loc[pid, C.LOWER_BOUND]) for pid in est),
