@@ -210,7 +210,7 @@ def test_user_model_file_and_yaml(tmp_path, capsys):
     assert "ModuleNotFoundError" in err and "not_a_module_anywhere" in err
     rc = main(["calibrate", str(tmp_path / "problem.yaml"), "--model", "seed"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "PEtab calibration is not available in this command yet" in err
+    assert rc == 2 and "no such PEtab problem file" in err  # a .yaml goes to invcal.ode.petab
 
 
 # --------------------------------------------------------------------------------------

@@ -352,8 +352,9 @@ def prepare(
     else:
         if isinstance(table, (str, os.PathLike)) and str(table).endswith((".yaml", ".yml")):
             raise ValueError(
-                f"{table}: a PEtab problem (.yaml); PEtab calibration is not available in "
-                "this command yet. Pass a NONMEM-style CSV table."
+                f"{table}: a PEtab problem (.yaml); calibrate it with invcal.ode.petab."
+                f"calibrate(invcal.ode.petab.load({str(table)!r})) or `invcal calibrate "
+                f"{table}`. This function fits population models to NONMEM-style tables."
             )
         events = read_events(table)
     model_options = dict(model_options or {})

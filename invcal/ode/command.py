@@ -34,7 +34,11 @@ def add_parser(sub, name: str):
         "FOCEI or Laplace; write results.json, estimates.csv, diagnostics.csv and report.md "
         "with figures.",
     )
-    p.add_argument("data", nargs="?", help="the table (CSV: ID, TIME, DV, AMT, EVID, CMT, ...)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        help="the table (CSV: ID, TIME, DV, AMT, EVID, CMT, ...) or a PEtab problem (.yaml)",
+    )
     p.add_argument("--model", help="a built-in model (--list-models) or path/to/file.py:NAME")
     p.add_argument("--list-models", action="store_true", help="list the built-in models")
     p.add_argument("--random", help="parameters with random effects, P,Q,... (default: all)")
@@ -69,6 +73,13 @@ def add_parser(sub, name: str):
     p.add_argument("--resume", action="store_true", help="start from the run found in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run found in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--starts", type=int, help="PEtab: multistart local optimizations (default 20)")
+    p.add_argument("--sensitivities", help="PEtab: forward (default)|adjoint|checkpointed")
+    p.add_argument(
+        "--hierarchical",
+        action="store_true",
+        help="PEtab: scaling, offset and sigma parameters solved in closed form",
+    )
     return p
 
 
@@ -132,11 +143,10 @@ def run(args) -> int:
     if not args.data:
         raise ValueError("calibrate needs a table: invcal calibrate DATA.csv --model NAME.")
     if str(args.data).endswith((".yaml", ".yml")):
-        # dispatch point: a PEtab problem goes to invcal.ode.petab once it has a calibration
-        raise ValueError(
-            f"{args.data}: a PEtab problem (.yaml); PEtab calibration is not available in "
-            "this command yet. Pass a NONMEM-style CSV table."
-        )
+        # a PEtab problem: multistart calibration (invcal/ode/petab/command.py)
+        from .petab.command import run as run_petab
+
+        return run_petab(args)
     if not args.model:
         raise ValueError(
             "calibrate needs --model: a built-in model (invcal calibrate --list-models) or "
