@@ -113,7 +113,7 @@ def write_report(problem, record: dict, out, *, model_values=None) -> Path:
         if nominal is not None:
             ax.axhline(nominal + offset, color="k", ls="--", lw=1, label="nominal parameters")
         ax.set_yscale("log")
-        ax.set_ylabel(f"objective + {offset:.4g} (log scale)")
+        ax.set_ylabel(f"objective − {1.0 - offset:.8g} + 1 (log scale)")
         ax.legend(fontsize=8)
     ax.set_xlabel("start (sorted by final objective)")
     ax.set_title(f"waterfall: {len(finite)} finite of {len(starts)} starts")
@@ -136,7 +136,7 @@ def write_report(problem, record: dict, out, *, model_values=None) -> Path:
         ax.set_yticks(y, [f"{p} ({s})" for p, s in zip(ids, scales, strict=True)], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("value on the parameter's scale")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
         fig.tight_layout()
         fig.savefig(out / "parameters.png", dpi=110)
         plt.close(fig)
