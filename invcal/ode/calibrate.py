@@ -65,7 +65,7 @@ from ..precision import computes_in_float64
 from .covariance import _covariance
 from .events import Events, read_events
 from .model import ODEModel
-from .models import BuiltinModel, builtin_model
+from .models import BuiltinModel, builtin_model, lag_initial_estimate
 from .residuals import _diagnostics, _npde, _shrinkage, _simulations, _vpc
 
 __all__ = [
@@ -317,10 +317,18 @@ def prepare(
     covariates=None,
     model_options=None,
     censoring="m3",
+    lag=False,
 ) -> dict:
     """Every check of :func:`calibrate`, no compilation: the resolved model, the table
     (adapted to the model, covariates centred) and the fit's arguments."""
     name, ode_model, entry = resolve_model(model)
+    if lag:
+        if entry is None:
+            raise ValueError(
+                f"--lag adds a lag time to a built-in oral model; model {name} is your own: "
+                "give its ODEModel lag=lambda p: {state: Tlag} (and a parameter for it)."
+            )
+        ode_model = entry.build(lag=True)
     params = tuple(ode_model.params)
     _choice("error", error, ERRORS)
     _choice("omega", omega, OMEGAS)
@@ -388,6 +396,15 @@ def prepare(
             "--censoring m1 to drop them."
         )
     start = dict(entry.initial_estimates(events)) if entry and entry.initial_estimates else {}
+    if lag:
+        start["lTlag"] = lag_initial_estimate(events)
+    n_ss = 0 if events.ss is None else int(np.sum(events.ss > 0))
+    if n_ss and not ode_model.linear:
+        i = int(np.flatnonzero(events.ss > 0)[0])
+        raise ValueError(
+            f"{events.where(i)}: steady-state dosing (SS) needs a linear model (ODEModel("
+            f"linear=True), as the built-in PK models are); model {name} is not."
+        )
     missing = [p for p in params if p not in init and p not in start]
     if missing:
         raise ValueError(
@@ -410,6 +427,10 @@ def prepare(
         "omega": omega,
         "approximation": approximation,
         "covariance": covariance,
+        "lag": bool(lag),
+        "steady_state": {
+            f"SS={k}": int(np.sum(events.ss == k)) if events.ss is not None else 0 for k in (1, 2)
+        },
     }
 
 
@@ -427,6 +448,7 @@ def calibrate(
     covariates=None,
     model_options=None,
     censoring: str = "m3",
+    lag: bool = False,
     n_simulations: int = 500,
     seed: int = 0,
     vpc_bins: int | None = None,
@@ -453,6 +475,10 @@ def calibrate(
       columns): ``"m3"`` (default; their likelihood P(y < limit), Beal 2001; needs
       ``approximation="laplace"``) or ``"m1"`` (drop them). Their residuals and NPDE are
       NaN (not defined for a censored value).
+    - ``lag``: add a lag time to a built-in oral model: parameter ``lTlag`` (log Tlag; doses
+      into the depot enter Tlag later; random like the others unless ``random`` says
+      otherwise). Steady-state doses come from the table's SS and II columns
+      (:mod:`invcal.ode.dosing`).
     - ``n_simulations``, ``seed``: the simulations of NPDE and the VPC (0: none);
       ``vpc_bins``: number of time bins (default: the distinct times if at most 12, else
       clusters of the observation times, their number chosen from the data:
@@ -481,10 +507,13 @@ def calibrate(
         covariates=covariates,
         model_options=model_options,
         censoring=censoring,
+        lag=lag,
     )
     ode_model = prep["model"]
     if rtol is not None and isinstance(model, str) and ":" not in model:
-        ode_model = builtin_model(prep["name"]).build(rtol=float(rtol), atol=float(rtol) * 1e-2)
+        ode_model = builtin_model(prep["name"]).build(
+            rtol=float(rtol), atol=float(rtol) * 1e-2, lag=bool(lag)
+        )
     t0 = time.perf_counter()
     fit = fit_population(
         ode_model,
@@ -528,6 +557,8 @@ def calibrate(
         "model_options": dict(model_options or {}),
         "censoring": prep["censoring"],
         "n_censored": prep["n_censored"],
+        "lag": prep["lag"],
+        "steady_state": prep["steady_state"],
         "n_simulations": int(n_simulations),
         "seed": int(seed),
         "prediction_corrected": bool(prediction_corrected),

@@ -228,6 +228,7 @@ def _markdown(cal, figures) -> str:
             "M1": f"{o['n_censored']}, dropped (M1)",
         }[o.get("censoring", "none")],
     ]
+    lines.append("- dosing: " + _dosing_text(o))
     if o["covariates"]:
         med = ", ".join(f"{c} median {_g(v)}" for c, v in cal.covariate_medians.items())
         lines.append(
@@ -336,6 +337,27 @@ def _markdown(cal, figures) -> str:
     for caption, name in figures:
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _dosing_text(o) -> str:
+    """What the report says of lag times, steady state and occasions."""
+    parts = [
+        "lag time Tlag = exp(lTlag) on the doses into the depot (NONMEM's ALAG1; --lag)"
+        if o.get("lag")
+        else "no lag time"
+    ]
+    ss = o.get("steady_state") or {}
+    n_ss = sum(ss.values())
+    if n_ss:
+        parts.append(
+            f"{n_ss} steady-state dose record(s) ("
+            + ", ".join(f"{k}: {v}" for k, v in ss.items() if v)
+            + "; the state from the periodic condition x = Φ(II)x + c, a linear solve with"
+            " the model's matrix exponential)"
+        )
+    else:
+        parts.append("no steady-state doses")
+    return "; ".join(parts)
 
 
 _COV_TEXT = {

@@ -3,7 +3,8 @@
     invcal calibrate DATA.csv --model NAME|path/to/file.py:NAME [--random P,...]
         [--error additive|proportional|combined] [--omega diagonal|full]
         [--approximation focei|laplace] [--covariance sandwich|R|S|lme] [--init P=V,...]
-        [--covariate "lCl~WT" ...] [--input U] [--t0 0] [--interpolation constant|linear]
+        [--covariate "lCl~WT" ...] [--lag] [--input U] [--t0 0]
+        [--interpolation constant|linear]
         [--simulations N] [--seed S] [--pcvpc] [--out DIR] [--resume | --overwrite]
         [--no-progress]
     invcal calibrate --list-models
@@ -59,6 +60,9 @@ def add_parser(sub, name: str):
         default="m3",
         help="observations below LLOQ (CENS/LLOQ columns): m3 (likelihood; needs "
         "--approximation laplace) or m1 (drop)",
+    )
+    p.add_argument(
+        "--lag", action="store_true", help="oral models: a lag time lTlag on the depot's doses"
     )
     p.add_argument("--input", help="seed model: the column of u(t) (default U)")
     p.add_argument("--t0", type=float, help="seed model: the initial time (default 0)")
@@ -175,6 +179,7 @@ def run(args) -> int:
         covariates=args.covariate or None,
         model_options=model_options,
         censoring=args.censoring,
+        lag=args.lag,
     )
     prep = prepare(args.data, args.model, **kwargs)  # every check, nothing compiled
     out = Path(args.out) if args.out else Path("runs") / f"calibrate-{Path(args.data).stem}"

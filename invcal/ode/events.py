@@ -16,7 +16,8 @@ A table has one row per record, grouped by subject and sorted by time within a s
 | CENS | 1: the observation is below the limit of quantification, DV holds the limit | 0 |
 | LLOQ | limit of quantification: DV < LLOQ (or missing) is censored at LLOQ | none |
 | ADDL | additional doses after a dose row, each II after the previous one | 0 |
-| II | the interdose interval of ADDL (> 0 where ADDL > 0) | 0 |
+| II | the interdose interval of ADDL and SS (> 0 where ADDL > 0 or SS > 0) | 0 |
+| SS | 1: at steady state of AMT every II before this dose (state reset); 2: added | 0 |
 
 Every other column is a covariate (its value on a subject's first row is the subject's
 baseline covariate), unless ``covariates=`` lists the allowed ones; a column whose name
@@ -46,10 +47,9 @@ import numpy as np
 __all__ = ["Events", "SubjectArrays", "holdout_rows", "read_events", "subject_arrays"]
 
 REQUIRED = ("ID", "TIME", "DV")
-OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE", "CENS", "LLOQ", "ADDL", "II")
+OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE", "CENS", "LLOQ", "ADDL", "II", "SS")
 RESERVED = REQUIRED + OPTIONAL
 UNSUPPORTED = {
-    "SS": "steady-state dosing",
     "DUR": "modelled infusion durations",
 }
 _MISSING = ("", ".", "NA", "NaN", "nan")
@@ -78,6 +78,12 @@ class Events:
     cens: np.ndarray | None = None
     addl: np.ndarray | None = None
     ii: np.ndarray | None = None
+    ss: np.ndarray | None = None
+
+    @property
+    def has_steady_state(self) -> bool:
+        """Whether any dose row has SS = 1 or 2."""
+        return self.ss is not None and bool(np.any(self.ss > 0))
 
     def dose_times(self, i: int) -> np.ndarray:
         """The times of row i's dose and of its ADDL additional doses, II apart."""
@@ -353,6 +359,7 @@ def _read_events(table, covariates, source) -> Events:
     lloq = num("LLOQ")
     addl = num("ADDL")
     ii = num("II")
+    ss = num("SS")
     cov_values = {c: num(c) for c in covs}
     rows = np.arange(1, n + 1)
 
@@ -393,6 +400,23 @@ def _read_events(table, covariates, source) -> Events:
                 raise ValueError(
                     f"{where(i)}: ADDL={n_add:g} additional doses need an interval II > 0; "
                     f"got II={_num(step)}."
+                )
+            s_ss = 0.0 if ss is None or np.isnan(ss[i]) else ss[i]
+            if s_ss not in (0.0, 1.0, 2.0):
+                raise ValueError(
+                    f"{where(i)}: SS is {_num(s_ss)}; use 0, 1 (steady state, reset) or 2 "
+                    "(steady state added to the current state)."
+                )
+            if s_ss > 0 and not (math.isfinite(step) and step > 0):
+                raise ValueError(
+                    f"{where(i)}: a steady-state dose (SS={s_ss:g}) needs its interval II > 0; "
+                    f"got II={_num(step)}."
+                )
+            if s_ss > 0 and r > 0 and amt[i] / r > step:
+                raise ValueError(
+                    f"{where(i)}: a steady-state infusion lasting AMT/RATE = {amt[i] / r:g} "
+                    f"overlaps the next one (II = {step:g}); infusions longer than II are not "
+                    "supported at steady state."
                 )
             c = 1.0 if cmt is None or np.isnan(cmt[i]) else cmt[i]
             if not (math.isfinite(c) and float(c).is_integer() and c >= 1):
@@ -466,6 +490,7 @@ def _read_events(table, covariates, source) -> Events:
         subjects=tuple(subjects),
         cens=None if cens_out is None else cens_out[0] & is_obs,
         addl=None if addl is None else np.where(evid == 1, np.nan_to_num(addl), 0).astype(int),
+        ss=None if ss is None else np.where(evid == 1, np.nan_to_num(ss), 0).astype(int),
         ii=None if ii is None else np.where(evid == 1, np.nan_to_num(ii), 0.0),
     )
 
@@ -519,6 +544,10 @@ class SubjectArrays(eqx.Module):
     - ``cens`` (N, M): observations below their limit of quantification (``dv`` holds the
       limit; the likelihood takes P(y < limit), NONMEM's M3), or None when the table has
       no censored observation.
+    - ``doses``: for a model with lag times or a table with steady-state doses, the dose
+      events whose times and states depend on the parameters
+      (:class:`invcal.ode.dosing.DoseEvents`; the solver then builds its segments from
+      them and the ``seg_*`` arrays are unused); None otherwise.
     """
 
     seg_t0: jax.Array
@@ -533,6 +562,7 @@ class SubjectArrays(eqx.Module):
     cov: jax.Array
     names: tuple[str, ...] = eqx.field(static=True, default=())
     cens: jax.Array | None = None
+    doses: eqx.Module | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -692,6 +722,11 @@ def subject_arrays(
         obs_t[n, m:], obs_seg[n, m:] = (ot[-1], oseg[-1]) if m else (0.0, 0)
     base = events.baseline()
     cov = np.stack([base[c] for c in covariates], axis=1) if covariates else np.zeros((N, 0))
+    doses = None
+    if model.lag is not None or events.has_steady_state:
+        from .dosing import dose_events
+
+        doses = dose_events(events, model, [p[4] for p in per], M)
     return SubjectArrays(
         seg_t0=jax.numpy.asarray(seg_t0),
         seg_t1=jax.numpy.asarray(seg_t1),
@@ -705,4 +740,5 @@ def subject_arrays(
         cov=jax.numpy.asarray(cov, dtype=float),
         names=tuple(covariates),
         cens=jax.numpy.asarray(cens) if cens.any() else None,
+        doses=doses,
     )

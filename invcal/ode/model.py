@@ -63,6 +63,14 @@ class ODEModel(eqx.Module):
     - ``solver``: a diffrax solver (``Tsit5()`` default; ``Kvaerno5()`` for stiff systems).
     - ``rtol``, ``atol``: the step-size controller's tolerances; ``max_steps`` per solve
       segment; ``dt0`` the first step (``None``: diffrax picks it).
+    - ``lag``: ``lag(p) -> {state: Tlag}``, the lag times of doses into the named states
+      (NONMEM's ALAG): a dose recorded at t enters at t + Tlag (an infusion starts then, for
+      its recorded duration); Tlag may depend on p (and so on random effects). The solver
+      cuts its segments at the lagged times, traced values, so predictions differentiate
+      in p through them (:mod:`invcal.ode.dosing`).
+    - ``linear``: True when ``vector_field(t, y, p) = A(p)·y`` with A constant in t and y (the
+      built-in PK models); steady-state doses (SS column) need it: their state comes from
+      the matrix exponential of A.
     - ``adjoint``: how diffrax differentiates the solve. ``diffrax.ForwardMode()`` (default)
       or ``diffrax.DirectAdjoint()`` support every derivative order population fits need;
       ``RecursiveCheckpointAdjoint()`` and ``BacksolveAdjoint()`` are reverse-mode only and
@@ -80,6 +88,8 @@ class ODEModel(eqx.Module):
     max_steps: int = eqx.field(default=10_000, static=True)
     dt0: float | None = eqx.field(default=None, static=True)
     adjoint: dfx.AbstractAdjoint = eqx.field(default_factory=dfx.ForwardMode, static=True)
+    lag: Callable | None = eqx.field(default=None, static=True)
+    linear: bool = eqx.field(default=False, static=True)
 
     def __init__(
         self,
@@ -95,6 +105,8 @@ class ODEModel(eqx.Module):
         max_steps: int = 10_000,
         dt0: float | None = None,
         adjoint: dfx.AbstractAdjoint | None = None,
+        lag: Callable | None = None,
+        linear: bool = False,
     ):
         if not callable(vector_field):
             raise TypeError("ODEModel vector_field must be a function vector_field(t, y, p).")
@@ -123,6 +135,10 @@ class ODEModel(eqx.Module):
             raise ValueError(f"ODEModel max_steps must be >= 1; got {max_steps!r}.")
         self.max_steps = int(max_steps)
         self.dt0 = None if dt0 is None else float(dt0)
+        if lag is not None and not callable(lag):
+            raise TypeError("ODEModel lag must be None or a function lag(p) -> {state: Tlag}.")
+        self.lag = lag
+        self.linear = bool(linear)
         self.adjoint = dfx.ForwardMode() if adjoint is None else adjoint
         if not isinstance(self.adjoint, _FORWARD_ADJOINTS + _REVERSE_ADJOINTS):
             raise TypeError(
@@ -149,6 +165,30 @@ class ODEModel(eqx.Module):
     def param_dict(self, phi) -> dict:
         """The vector φ (ordered as ``params``) as the dict ``vector_field`` receives."""
         return {name: phi[k] for k, name in enumerate(self.params)}
+
+    def lagged_states(self) -> tuple[int, ...]:
+        """Indices of the states whose doses have a lag time (``lag``'s keys), checked."""
+        if self.lag is None:
+            return ()
+        names = self.lag({k: jnp.asarray(0.0) for k in self.params})
+        if not isinstance(names, dict):
+            raise TypeError(
+                f"ODEModel lag(p) must return a dict {{state: Tlag}}; got {type(names).__name__}."
+            )
+        bad = [k for k in names if k not in self.states]
+        if bad:
+            raise ValueError(
+                f"ODEModel lag(p) names {bad}, which are not states of the model {self.states}."
+            )
+        return tuple(self.states.index(k) for k in names)
+
+    def lag_times(self, p) -> jnp.ndarray:
+        """The lag time of each state's doses (n_states,), 0 for the states ``lag`` omits."""
+        lags = self.lag(p)
+        out = jnp.zeros(len(self.states), jnp.result_type(*p.values(), float))
+        for k, v in lags.items():
+            out = out.at[self.states.index(k)].set(v)
+        return out
 
     def initial_state(self, p) -> jnp.ndarray:
         n = len(self.states)

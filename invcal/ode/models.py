@@ -42,7 +42,7 @@ import numpy as np
 from .events import Events, read_events
 from .model import ODEModel
 
-__all__ = ["BuiltinModel", "MODELS", "builtin_model", "describe_models"]
+__all__ = ["BuiltinModel", "MODELS", "builtin_model", "describe_models", "lag_initial_estimate"]
 
 
 # --------------------------------------------------------------------------------------
@@ -97,6 +97,11 @@ def _two_cmt_oral(t, y, p):
 
 def _obs_two_cmt_oral(y, p):
     return y[1] * jnp.exp(-p["lV1"])
+
+
+def _depot_lag(p):
+    """The oral models' lag time (``--lag``): doses into the depot enter Tlag later."""
+    return {"depot": jnp.exp(p["lTlag"])}
 
 
 def _seed(t, y, p):
@@ -197,6 +202,31 @@ def _pk_init(name):
     return init
 
 
+def lag_initial_estimate(events: Events) -> float:
+    """log Tlag to start ``--lag`` from: per subject, midway between the dose and the first
+    positive concentration after it (or its last non-positive one, if later), the median
+    over subjects; 1% of the sampling span when no subject tells."""
+    guesses = []
+    for a, b in zip(*events.blocks(), strict=True):
+        dose = events.is_dose[a:b]
+        obs = events.is_observation[a:b]
+        if not dose.any() or not obs.any():
+            continue
+        t_dose = float(events.time[a:b][dose][0])
+        t, c = events.time[a:b][obs], events.dv[a:b][obs]
+        after = t > t_dose
+        pos = np.flatnonzero(after & (c > 0))
+        if not pos.size:
+            continue
+        t_pos = float(t[pos[0]])
+        zero = np.flatnonzero(after & (t < t_pos) & ~(c > 0))
+        t_zero = float(t[zero[-1]]) if zero.size else t_dose
+        guesses.append(0.5 * (t_zero + t_pos) - t_dose)
+    span = float(np.ptp(events.time)) or 1.0
+    tl = float(np.median(guesses)) if guesses else 0.01 * span
+    return math.log(max(tl, 1e-3 * span))
+
+
 def _seed_init(events: Events) -> dict:
     return {"p": 1.0, "q": 0.0}
 
@@ -227,6 +257,12 @@ def _prepare_seed(events: Events, *, input: str = "U", t0: float = 0.0, interpol
         raise ValueError(
             f"{events.where(int(late[0]))}: TIME {events.time[late[0]]:g} is before the "
             f"initial time t0 = {t0:g} of the seed model; pass --t0 at or before every record."
+        )
+    if events.has_steady_state:
+        i = int(np.flatnonzero(events.ss > 0)[0])
+        raise ValueError(
+            f"{events.where(i)}: steady-state doses (SS) are not supported with the seed "
+            "model (its input comes from a column, not from doses)."
         )
     if events.addl is not None and np.any(events.addl > 0):
         i = int(np.flatnonzero(events.addl > 0)[0])
@@ -337,14 +373,33 @@ class BuiltinModel:
     initial_estimates: Callable[[Events], dict] | None = None
     prepare_fn: Callable | None = None
     options: tuple[str, ...] = ()
+    linear: bool = False
 
-    def build(self, **options) -> ODEModel:
+    @property
+    def has_lag(self) -> bool:
+        """Whether the model takes a lag time (``--lag``): the oral models, by their depot."""
+        return "depot" in self.states
+
+    def build(self, *, lag: bool = False, **options) -> ODEModel:
+        """The :class:`ODEModel`; ``lag=True`` adds the parameter ``lTlag`` (log of the lag
+        time of the doses into the depot, NONMEM's ALAG1) to an oral model."""
+        params = self.params
+        if lag:
+            if not self.has_lag:
+                oral = ", ".join(n for n, m in MODELS.items() if m.has_lag)
+                raise ValueError(
+                    f"--lag: model {self.name!r} has no depot to delay doses into; a lag time "
+                    f"applies to the oral models ({oral})."
+                )
+            params = params + ("lTlag",)
         return ODEModel(
             self.vector_field,
             states=self.states,
-            params=self.params,
+            params=params,
             observe=self.observe,
             initial=self.initial,
+            lag=_depot_lag if lag else None,
+            linear=self.linear,
             **options,
         )
 
@@ -370,6 +425,7 @@ MODELS: dict[str, BuiltinModel] = {
             _one_cmt_iv,
             _obs_central_v,
             initial_estimates=_pk_init("1cmt-iv"),
+            linear=True,
         ),
         BuiltinModel(
             "1cmt-oral",
@@ -379,6 +435,7 @@ MODELS: dict[str, BuiltinModel] = {
             _one_cmt_oral,
             _obs_central_v,
             initial_estimates=_pk_init("1cmt-oral"),
+            linear=True,
         ),
         BuiltinModel(
             "1cmt-oral-ke",
@@ -388,6 +445,7 @@ MODELS: dict[str, BuiltinModel] = {
             _one_cmt_oral_ke,
             _obs_ke,
             initial_estimates=_pk_init("1cmt-oral-ke"),
+            linear=True,
         ),
         BuiltinModel(
             "2cmt-iv",
@@ -398,6 +456,7 @@ MODELS: dict[str, BuiltinModel] = {
             _two_cmt_iv,
             _obs_two_cmt_iv,
             initial_estimates=_pk_init("2cmt-iv"),
+            linear=True,
         ),
         BuiltinModel(
             "2cmt-oral",
@@ -408,6 +467,7 @@ MODELS: dict[str, BuiltinModel] = {
             _two_cmt_oral,
             _obs_two_cmt_oral,
             initial_estimates=_pk_init("2cmt-oral"),
+            linear=True,
         ),
         BuiltinModel(
             "seed",
@@ -447,7 +507,9 @@ def describe_models() -> str:
         lines.append(f"{m.name}  parameters {', '.join(m.params)} ({_UNITS[m.name]})")
         lines.append(f"    states {', '.join(m.states)}: {m.equations}")
     lines.append(
-        "PK models: " + _PK + "; lX = log X. A model of your own: --model path/to/file.py:NAME "
+        "PK models: " + _PK + "; lX = log X. Oral models (a depot) take --lag: parameter lTlag,"
+        " doses into the depot enter Tlag = exp(lTlag) later. Steady-state doses: SS=1|2 with"
+        " II in the table. A model of your own: --model path/to/file.py:NAME "
         "(an invcal.ode.ODEModel, or a function returning one)."
     )
     return "\n".join(lines)

@@ -28,10 +28,16 @@ from ..precision import computes_in_float64
 __all__ = ["predict", "prediction_jets", "taylor", "simulate"]
 
 
-def _solve_segments(model, subject, phi, obs_t, obs_seg):
-    """States at ``obs_t`` (each in its segment ``obs_seg``) and a success flag."""
+def _solve_segments(model, subject, phi, obs_t, obs_seg, obs_key=None):
+    """States at ``obs_t`` (each in its segment ``obs_seg``; with dose events, the segment
+    follows from the events' times and the tie-break keys ``obs_key``) and a success flag."""
     p = model.param_dict(phi)
     y0 = model.initial_state(p).astype(jnp.result_type(phi, float))
+    if subject.doses is not None:  # lag times / steady state: segments from traced times
+        from .dosing import solve_with_doses
+
+        y_obs, ok = solve_with_doses(model, subject, p, y0, obs_t, obs_key)
+        return y_obs, ok, p
     controller = dfx.PIDController(rtol=model.rtol, atol=model.atol)
 
     def field(t, y, args):
@@ -70,7 +76,8 @@ def _solve_segments(model, subject, phi, obs_t, obs_seg):
 def predict(model, subject, phi):
     """(f, ok): predictions at the subject's observation times (padding included) and
     whether every solve segment succeeded with finite predictions."""
-    y_obs, ok, p = _solve_segments(model, subject, phi, subject.obs_t, subject.obs_seg)
+    key = None if subject.doses is None else subject.doses.obs_key
+    y_obs, ok, p = _solve_segments(model, subject, phi, subject.obs_t, subject.obs_seg, key)
     f = jax.vmap(lambda y: model.observe(y, p))(y_obs)
     return f, ok & jnp.all(jnp.isfinite(f))
 
@@ -129,7 +136,8 @@ def predict_at(model, subject, phi, times):
     times = jnp.asarray(times, dtype=float)
     # The last segment starting at or before t (after every jump at t).
     seg = jnp.clip(jnp.searchsorted(subject.seg_t0, times, side="right") - 1, 0, None)
-    y, ok, p = _solve_segments(model, subject, phi, times, seg)
+    key = jnp.full(times.shape, 2**31 - 1, dtype=jnp.int32)  # after every event at t
+    y, ok, p = _solve_segments(model, subject, phi, times, seg, key)
     f = jax.vmap(lambda yy: model.observe(yy, p))(y)
     return f, ok
 
@@ -180,6 +188,9 @@ def simulate(model, events, params, *, times=None):
 
 def _extend(subject, tmax):
     """Stretch the last segment to ``tmax`` so predictions past the last record exist."""
+    if subject.doses is not None:
+        te = subject.doses.t_end
+        return eqx.tree_at(lambda s: s.doses.t_end, subject, jnp.maximum(te, tmax))
     t1 = subject.seg_t1
     return eqx.tree_at(lambda s: s.seg_t1, subject, t1.at[-1].set(jnp.maximum(t1[-1], tmax)))
 
