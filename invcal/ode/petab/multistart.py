@@ -20,8 +20,9 @@ remedy is many local optimizations from points spread over the parameter box (Ra
 - **Failures are never successes.** An evaluation whose ODE solve fails (or whose value or
   gradient is not finite) returns +inf to the optimizer and is counted. L-BFGS-B may then
   stop where it stands and call it convergence; a segment that met failed evaluations is
-  restarted from its last point (at most twice) and, if it still makes no progress, the
-  start is recorded as ``failed``. A start whose objective is not finite at its first point
+  restarted from its best point in a box of radius 1, then 0.1, around it (at most six
+  segments) and, if it still meets failures without progress, the start is recorded as
+  ``failed``. A start whose objective is not finite at its first point
   is ``failed`` too. Status: ``converged``, ``max_iterations`` or ``failed`` (with the
   optimizer's message).
 - **Record**: with ``out``, ``out/results.json`` is rewritten atomically after every start
@@ -50,7 +51,7 @@ from .solve import observe, simulate
 __all__ = ["MultistartResult", "StartResult", "calibrate", "start_points"]
 
 KIND = "petab_multistart"
-_RESTARTS = 2
+_SEGMENTS = 6  # L-BFGS-B runs per start (restarts after failed evaluations)
 
 
 @dataclasses.dataclass
@@ -160,6 +161,14 @@ class _Objective:
 
     def evaluate(self, z):
         """(value or inf, gradient, ok, inner values or None, model values)."""
+        try:
+            return self._evaluate(z)
+        except eqx.EquinoxRuntimeError:
+            # a check inside the solve raised (e.g. a singular Newton system in an implicit
+            # step, seen on Fujita_SciSignal2010): a failed evaluation like any other
+            return np.inf, np.zeros(len(z)), False, None, None
+
+    def _evaluate(self, z):
         if self.hierarchy is not None:
             return self.hierarchy.evaluate(z, self.sensitivities, model_values=True)
         with jax.enable_x64(True):
@@ -184,22 +193,30 @@ class _Objective:
 
 
 def _optimize(fun: _Objective, z0, bounds, max_iterations: int):
-    """(z, objective, status, message, iterations) of L-BFGS-B from z0 with restarts after
-    failed evaluations (module docstring)."""
+    """(z, objective, status, message, iterations) of L-BFGS-B from z0; after a segment that
+    met failed evaluations, L-BFGS-B restarts from its best point inside a box of radius
+    1, then 0.1 (on the parameters' scales) around it, so that its first steps cannot jump
+    back into the region where the solves fail; a restricted segment that ends on its own
+    box's edge is followed by one with the whole bounds (module docstring)."""
     from scipy.optimize import minimize
 
     f0, _ = fun(z0)
     if not np.isfinite(f0):
         return np.asarray(z0), np.inf, "failed", "objective not finite at the start point", 0
-    z, f, iterations = np.asarray(z0, np.float64), f0, 0
-    for _ in range(_RESTARTS + 1):
+    lo, hi = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+    z, f, iterations, radius = np.asarray(z0, np.float64), f0, 0, None
+    for _ in range(_SEGMENTS):
         failures = fun.failures
+        if radius is None:
+            box_lo, box_hi = lo, hi
+        else:
+            box_lo, box_hi = np.maximum(lo, z - radius), np.minimum(hi, z + radius)
         res = minimize(
             fun,
             z,
             jac=True,
             method="L-BFGS-B",
-            bounds=bounds,
+            bounds=list(zip(box_lo.tolist(), box_hi.tolist(), strict=True)),
             options={"maxiter": max(max_iterations - iterations, 1)},
         )
         iterations += int(res.nit)
@@ -208,14 +225,20 @@ def _optimize(fun: _Objective, z0, bounds, max_iterations: int):
         improved = f_new < f - 1e-9 * (1.0 + abs(f))
         z, f = (z_new, f_new) if f_new <= f else (z, f)
         message = str(res.message)
+        if iterations >= max_iterations:
+            status = "max_iterations" if fun.failures == failures else "failed"
+            return z, f, status, message, iterations
         if fun.failures == failures:  # no failed evaluation: scipy's word stands
+            on_edge = np.any(((z <= box_lo) & (box_lo > lo)) | ((z >= box_hi) & (box_hi < hi)))
+            if radius is not None and on_edge:
+                radius = None  # the restricted box held it back: the whole bounds again
+                continue
             if res.status == 0:
                 return z, f, "converged", message, iterations
-            if res.status == 1 or iterations >= max_iterations:
-                return z, f, "max_iterations", message, iterations
             return z, f, "failed", message, iterations
-        if not improved or iterations >= max_iterations:
+        if not improved and radius is not None and radius <= 0.1:
             break
+        radius = 1.0 if radius is None else 0.1
     message = (
         f"stopped next to parameters where the ODE solve fails ({fun.failures} failed "
         f"evaluations; L-BFGS-B: {message})"
