@@ -4,6 +4,12 @@ by hypergradients.
     python benchmarks/tv_vs_skimage.py [--quick] [--skip solve methods learn sure blocks]
                                        [--sigmas 0.05 0.1 0.2] [--images clock page cell]
                                        [--out benchmarks/results/tv_vs_skimage.json]
+                                       [--repeats 3]
+
+Threads: one for BLAS/OpenMP and for XLA's CPU pool (set at the top of this file before numpy
+and jax load); ``INVCAL_BENCH_THREADS=default`` leaves XLA's pool as a user gets it, and the
+solve part then goes to ``solve_xla_default_threads``. The load average is recorded with
+every timed row: the machine is shared.
 
 Parts (each prints a table; all numbers go to the JSON, where parts skipped in a run keep the
 numbers of an earlier one):
@@ -13,7 +19,8 @@ numbers of an earlier one):
    ``skimage.restoration.denoise_tv_bregman(isotropic=False)`` at the same weight (w = 1/μ)
    and the same stopping rule (RMS change of u below eps), with invcal's default penalty
    ρ = 2 (the penalty skimage's iteration uses) and with ρ = 4 (the earlier default): warm
-   wall time (best of 7, interleaved), iterations, PSNR; then both solved to convergence in
+   wall time (median and best of ``--repeats``, interleaved; ``ratio`` is the medians'),
+   iterations, PSNR; then both solved to convergence in
    float64: PSNR, max |difference| over the image and 16 px in from the border, and the ROF
    energy each reaches.
 2. ``methods`` — hypergradients of the scalar weight (MSE to truth, camera, σ = 0.1, float64) by
@@ -47,11 +54,25 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# One thread for every library, set before numpy and jax load (the machine is shared; the
+# peers, scikit-image's Cython loops, run on one): BLAS/OpenMP, and XLA's CPU thread pool.
+# INVCAL_BENCH_THREADS=default leaves XLA's pool alone (what a user gets), and the solve part
+# is then recorded under "solve_xla_default_threads".
+THREADS = os.environ.get("INVCAL_BENCH_THREADS", "one")
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+if THREADS == "one":
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    ).strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 PARTS = ("solve", "methods", "learn", "sure", "blocks")
+REPEATS = 3  # timed calls per row of the solve part (--repeats)
 SIGMAS = (0.05, 0.1, 0.2)
 
 
@@ -77,9 +98,9 @@ def _table(header, rows):
 def _progress(label):
     t0 = time.perf_counter()
 
-    def report(step, total, row):
+    def report(step, total, row):  # row: an invcal.history.HistoryRow
         print(
-            f"  [{label}] step {step}/{total} value {float(row['value']):.5f} "
+            f"  [{label}] step {step}/{total} value {float(row.value):.5f} "
             f"({time.perf_counter() - t0:.0f} s)",
             file=sys.stderr,
             flush=True,
@@ -126,7 +147,7 @@ def part_solve(size):
 
             ours()  # compile
             t_o, t_s = [], []
-            for _ in range(7):  # interleaved, so both see the same machine load
+            for _ in range(REPEATS):  # interleaved, so both see the same machine load
                 t0 = time.perf_counter()
                 sol = ours()
                 jax.block_until_ready(sol.u)
@@ -145,7 +166,10 @@ def part_solve(size):
                 "skimage_seconds": min(t_s),
                 "invcal_median": float(np.median(t_o)),
                 "skimage_median": float(np.median(t_s)),
-                "ratio": min(t_o) / min(t_s),
+                "ratio": float(np.median(t_o) / np.median(t_s)),
+                "ratio_min": min(t_o) / min(t_s),
+                "repeats": REPEATS,
+                "loadavg": os.getloadavg(),
                 "invcal_steps": int(sol.num_steps),
                 "invcal_psnr": _psnr_np(sol.u, truth),
                 "skimage_psnr": _psnr_np(sk, truth),
@@ -168,7 +192,8 @@ def part_solve(size):
                 ]
             )
     print(
-        f"One solve, {truth.shape[0]}×{truth.shape[1]} float32, anisotropic TV, warm (best of 7):"
+        f"One solve, {truth.shape[0]}×{truth.shape[1]} float32, anisotropic TV, warm (medians "
+        f"of {REPEATS}, interleaved; XLA threads: {THREADS}):"
     )
     _table(
         [
@@ -332,7 +357,7 @@ def part_methods(sizes):
             (
                 "implicit (Neumann series, 2000 terms)",
                 exact,
-                ic.Implicit(ic.Neumann(2000, rtol=1e-9), system="fixed_point"),
+                ic.Implicit(ic.NeumannSeries(2000, rtol=1e-9), system="fixed_point"),
                 ic.FixedPointIteration(tol=tol, max_steps=20000),
             ),
             (
@@ -859,6 +884,9 @@ def main(argv=None):
     ap.add_argument("--images", nargs="*", default=None, help="validation images of sure, blocks")
     ap.add_argument("--out", default="benchmarks/results/tv_vs_skimage.json")
     ap.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per row of the solve part (median)"
+    )
+    ap.add_argument(
         "--cache",
         default=None,
         help="folder for the learn search's results.json per noise level (ic.tune's out=; a run "
@@ -873,6 +901,8 @@ def main(argv=None):
         "15 min)",
     )
     args = ap.parse_args(argv)
+    global REPEATS
+    REPEATS = args.repeats
     sys.stdout.reconfigure(line_buffering=True)
     quick = args.quick
     sigmas = tuple(args.sigmas) if args.sigmas else SIGMAS
@@ -887,6 +917,11 @@ def main(argv=None):
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "skimage": skv,
+        "threads": {
+            "xla": THREADS,
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        },
     }
     results["quick"] = quick
     runs = results.setdefault("runs", {})
@@ -900,9 +935,13 @@ def main(argv=None):
             "loadavg_at_start": load,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         }
+        # after every part: a part that fails later loses nothing before it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1))
 
     if "solve" not in args.skip:  # float32 first (x64 off), then float64 for the rest
-        run("solve", lambda: part_solve(64 if quick else 512))
+        key = "solve" if THREADS == "one" else "solve_xla_default_threads"
+        run(key, lambda: part_solve(64 if quick else 512))
     jax.config.update("jax_enable_x64", True)
     if "solve" not in args.skip:
         run("agreement", lambda: part_agreement(64 if quick else 256))

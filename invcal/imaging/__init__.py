@@ -30,7 +30,7 @@ from .operators import (
     variable_density_mask,
 )
 from .reconstruct_report import reconstruct_file
-from .reconstruction import Reconstruction, reconstruct
+from .reconstruction import NoMinimumError, Reconstruction, reconstruct
 from .tuning import MSE, PSNR, SURE, AbstractTVCriterion, tv_problem
 from .tv import (
     AbstractTVNorm,
@@ -42,6 +42,7 @@ from .tv import (
     SplitBregman,
     SplitBregmanState,
     TVSolution,
+    Vectorial,
     split_bregman,
 )
 from .wavelets import (
@@ -91,6 +92,7 @@ __all__ = [
     "TRAIN",
     "TVSolution",
     "VALIDATION",
+    "Vectorial",
     "add_noise",
     "dct2",
     "denoise_tv",
@@ -104,6 +106,7 @@ __all__ = [
     "load_images",
     "mse",
     "psnr",
+    "NoMinimumError",
     "Reconstruction",
     "reconstruct",
     "reconstruct_file",

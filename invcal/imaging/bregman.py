@@ -16,7 +16,18 @@ observed image f ∈ ℝ^{H×W}, a blur K (identity for denoising) and TV weight
     anisotropic:  TV_w(u) = Σ_{c,i} w_{c,i} |(∇u)_{c,i}|            (c = vertical, horizontal),
     isotropic:    TV_w(u) = Σ_i w_i ((∇u)²_{0,i} + (∇u)²_{1,i})^{1/2}.
 
-w is a scalar, a (vertical, horizontal) pair (anisotropic only) or a per-pixel map. In the
+    vectorial:    TV_w(u) = Σ_i w_i (Σ_k (∇u_k)²_{0,i} + (∇u_k)²_{1,i})^{1/2}   (u = (u_1…u_C))
+
+w is a scalar, a (vertical, horizontal) pair (anisotropic only) or a per-pixel map. The
+**vectorial** (colour) TV of an image with C channels (Blomgren & Chan 1998, "Color TV: total
+variation methods for restoration of vector-valued images", IEEE TIP 7(3); Bresson & Chan
+2008, "Fast dual minimization of the vectorial total variation norm", Inverse Probl. Imaging
+2(4)) couples the channels in the isotropic norm: one Euclidean norm per pixel over the C × 2
+gradient components, so that an edge is shared by the channels (per-channel TV lets each
+channel place and shrink its edges on its own, which leaves colour fringes). With
+:class:`Vectorial` the state carries the channel axis: u is (C, H, W), d and b (C, 2, H, W);
+the u-step is separable over the channels (it is run on each), the d-step is the vector
+shrinkage over the C × 2 components at each pixel. In the
 μ-form of Goldstein & Osher, min ‖∇u‖₁ + (μ/2)‖Ku − f‖², the same solution has w = 1/μ.
 With the **Huber** smoothing (``huber=ε``) each |·| becomes h_ε(s) = s²/(2ε) for s ≤ ε and
 s − ε/2 beyond: a strongly convex, C¹ energy whose solution is smooth in w.
@@ -86,6 +97,7 @@ __all__ = [
     "AbstractTVNorm",
     "Anisotropic",
     "Isotropic",
+    "Vectorial",
     "AbstractUStep",
     "SpectralSolve",
     "GaussSeidel",
@@ -179,6 +191,42 @@ class Isotropic(AbstractTVNorm):
             )
 
 
+class Vectorial(AbstractTVNorm):
+    """Σ w (Σ_k ‖∇u_k‖²)^{1/2} per pixel over the C channels of u (C, H, W): colour
+    (vectorial) TV (see the module docstring). The gradient fields are (C, 2, H, W); the
+    shrinkage is the isotropic one with the norm taken over the C × 2 components."""
+
+    def value(self, g, w, huber):
+        n = jnp.sqrt(_channel_squared_norm(g) + jnp.finfo(g.dtype).tiny)
+        a = n if huber is None else prox.huber(n, huber)
+        return jnp.sum(w * a)
+
+    def shrink(self, v, t, huber):
+        # as Isotropic.shrink, the squares written out (C is 3 for RGB)
+        floor = t if huber is None else huber + t
+        sq = _channel_squared_norm(v)
+        mask = sq > floor * floor
+        n = jnp.sqrt(jnp.where(mask, sq, jnp.ones_like(sq)))
+        if huber is None:
+            return jnp.where(mask, (1.0 - t / n) * v, jnp.zeros_like(v))
+        return jnp.where(mask, (1.0 - t / n) * v, v * (huber / (huber + t)))
+
+    def check_weight_shape(self, shape):
+        if not (shape == () or len(shape) == 2):
+            raise ValueError(
+                "vectorial TV weights must be a scalar or an (H, W) per-pixel map (one weight "
+                f"for all channels at a pixel); got shape {shape}."
+            )
+
+
+def _channel_squared_norm(v):
+    """Σ_k ‖v_k‖² over the channels and the two components of a (C, 2, …) field."""
+    out = v[0, 0] * v[0, 0] + v[0, 1] * v[0, 1]
+    for k in range(1, v.shape[0]):
+        out = out + v[k, 0] * v[k, 0] + v[k, 1] * v[k, 1]
+    return out
+
+
 def _squared_norm(v):
     """‖v‖² over the leading axis of a (2, …) field, as v₀² + v₁² (see Isotropic.shrink)."""
     return v[0] * v[0] + v[1] * v[1]
@@ -237,40 +285,31 @@ class GaussSeidel(AbstractUStep):
             )
         h, w = u.shape
         periodic = _is_periodic(boundary)
-        n = _neighbour_counts(periodic, h, w)
-        red = (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
-        # Constants of the update u_i = (r_i + ρ Σ_{j∈N(i)} u_j) / (1 + ρ n_i); with an
-        # edge-padded image the four padded neighbours sum to Σ_{j∈N(i)} u_j + (4 − n_i) u_i.
-        rho_n = rho * jnp.asarray(n, u.dtype)
-        inv = 1.0 / ((1.0 if self.mask is None else self.mask.astype(u.dtype)) + rho_n)
-        extra = 4.0 - jnp.asarray(n, u.dtype)
-        red = jnp.asarray(red)
-        mode = "wrap" if periodic else "edge"
+        # The update u_i = (r_i + ρ Σ_{j∈N(i)} u_j) / (m_i + ρ n_i), n_i = |N(i)|. With
+        # Neumann boundaries the neighbour sum is taken on a zero-padded copy (the missing
+        # neighbours add 0), periodic ones wrap; n_i and the red/black colouring come from
+        # iotas inside the fused loop instead of stored arrays (measured at 512×512 float32:
+        # one sweep 0.36 ms against 0.60 ms with an edge-padded copy and stored constants).
+        i = jax.lax.broadcasted_iota(jnp.int32, (h, w), 0)
+        j = jax.lax.broadcasted_iota(jnp.int32, (h, w), 1)
+        if periodic:
+            n = jnp.full((h, w), 4.0, u.dtype)
+        else:
+            n = (4 - (i == 0) - (i == h - 1) - (j == 0) - (j == w - 1)).astype(u.dtype)
+            n = jnp.maximum(n, 0.0)  # (a single row or column has no vertical neighbours)
+        inv = 1.0 / ((1.0 if self.mask is None else self.mask.astype(u.dtype)) + rho * n)
+        red = ((i + j) % 2) == 0
+        mode = "wrap" if periodic else "constant"
 
         def half(u, colour):
             p = jnp.pad(u, 1, mode=mode)
-            s = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - extra * u
+            s = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]
             return jnp.where(colour, (r + rho * s) * inv, u)
 
         for _ in range(int(self.sweeps)):
             u = half(u, red)
             u = half(u, ~red)
         return u
-
-
-def _neighbour_counts(periodic: bool, h: int, w: int) -> np.ndarray:
-    """Diagonal of ∇ᵀ∇: the number of differences each pixel takes part in."""
-    if periodic:
-        return np.full((h, w), 4.0)
-
-    def one(m):
-        if m == 1:
-            return np.zeros(1)
-        c = np.full(m, 2.0)
-        c[0] = c[-1] = 1.0
-        return c
-
-    return one(h)[:, None] + one(w)[None, :]
 
 
 # --------------------------------------------------------------------------------------
@@ -290,7 +329,8 @@ class SplitBregman(eqx.Module):
 
     **Arguments**
 
-    - ``norm``: :class:`Isotropic` (default) or :class:`Anisotropic`.
+    - ``norm``: :class:`Isotropic` (default), :class:`Anisotropic` or :class:`Vectorial`
+      (colour TV: the state then carries the channel axis, u (C, H, W)).
     - ``boundary``: :class:`~invcal.imaging.Neumann` (default) or
       :class:`~invcal.imaging.Periodic`.
     - ``u_step``: :class:`GaussSeidel` (default: one red-black sweep) or
@@ -306,6 +346,8 @@ class SplitBregman(eqx.Module):
       σ = 0.05, 0.36 dB below skimage's PSNR, ρ = 2 above it. For max |Δu| < 1e-3 at
       σ = 0.2, ρ = 4 needs fewer iterations (165–195 against 305–355), and the tight fixed
       points of implicit differentiation use ρ = 8 (``problems/split_bregman_tv.py``).
+      A scalar array (not a Python number) lets one compiled solver serve every ρ, as
+      :func:`invcal.imaging.reconstruct` does for deblurring (ρ = λ/σ there).
     - ``huber``: ε > 0 for the Huber-smoothed TV, ``None`` (default) for exact TV.
     - ``blur``: an :class:`~invcal.imaging.Blur` K for deblurring (periodic boundaries,
       spectral u-step), ``None`` for denoising.
@@ -320,14 +362,18 @@ class SplitBregman(eqx.Module):
 
     def __check_init__(self):
         if not isinstance(self.norm, AbstractTVNorm):
-            raise TypeError(f"norm must be Isotropic() or Anisotropic(); got {self.norm!r}.")
+            raise TypeError(
+                f"norm must be Isotropic(), Anisotropic() or Vectorial(); got {self.norm!r}."
+            )
         if not _is_boundary(self.boundary):
             raise TypeError(f"boundary must be Neumann() or Periodic(); got {self.boundary!r}.")
         if not isinstance(self.u_step, AbstractUStep):
             raise TypeError(
                 f"u_step must be SpectralSolve() or GaussSeidel(sweeps); got {self.u_step!r}."
             )
-        if not (np.isfinite(self.penalty) and self.penalty > 0):
+        if not isinstance(self.penalty, jax.core.Tracer) and not (
+            np.isfinite(self.penalty) and self.penalty > 0
+        ):
             raise ValueError(f"SplitBregman penalty must be > 0; got {self.penalty!r}.")
         if self.huber is not None and not (np.isfinite(self.huber) and self.huber > 0):
             raise ValueError(f"SplitBregman huber must be > 0 or None; got {self.huber!r}.")
@@ -341,53 +387,70 @@ class SplitBregman(eqx.Module):
                 raise ValueError("deblurring (blur=...) needs u_step=SpectralSolve().")
 
     # -- pieces ------------------------------------------------------------------------
+    @property
+    def coupled(self) -> bool:
+        """Whether the state carries a channel axis (u (C, H, W)): :class:`Vectorial` TV."""
+        return isinstance(self.norm, Vectorial)
+
+    def _per_channel(self, fn):
+        """``fn`` of one (H, W) channel, mapped over the channel axis when ``coupled``."""
+        return jax.vmap(fn) if self.coupled else fn
+
     def forward(self, u):
         """K u (u itself for denoising)."""
-        return u if self.blur is None else self.blur.mv(u)
+        return u if self.blur is None else self._per_channel(self.blur.mv)(u)
 
     def adjoint(self, v):
-        return v if self.blur is None else self.blur.rmv(v)
+        return v if self.blur is None else self._per_channel(self.blur.rmv)(v)
+
+    def gradient(self, u):
+        """∇u: (2, H, W), or (C, 2, H, W) for :class:`Vectorial` TV."""
+        return self._per_channel(self.boundary.gradient)(u)
 
     def energy(self, u, f, w):
         """TV_w(u) + ½‖Ku − f‖² (Huber-smoothed if ``huber``), the energy u* minimizes."""
         r = self.forward(u) - f
-        return self.norm.value(self.boundary.gradient(u), w, self.huber) + 0.5 * jnp.sum(r * r)
+        return self.norm.value(self.gradient(u), w, self.huber) + 0.5 * jnp.sum(r * r)
 
     def init(self, f, u0=None) -> SplitBregmanState:
         """The state at u0 (default: f, or Kᵀf for deblurring) with d = b = 0, as in
         scikit-image (d = ∇u0 would make the first u-step return u0 and a change-based
         stopping test stop at once)."""
         u = self.adjoint(f) if u0 is None else u0
-        z = jnp.zeros((2,) + u.shape[-2:], u.dtype)
+        lead = u.shape[:-2] if self.coupled else ()
+        z = jnp.zeros(lead + (2,) + u.shape[-2:], u.dtype)
         return SplitBregmanState(u=u, d=z, b=z)
 
     def step(self, state: SplitBregmanState, f, w) -> SplitBregmanState:
-        """One Split Bregman iteration T(s; w, f) (single image: u is (H, W))."""
+        """One Split Bregman iteration T(s; w, f) (single image: u is (H, W), or (C, H, W)
+        with :class:`Vectorial` TV, whose u-step runs on each channel)."""
         rho = jnp.asarray(self.penalty, f.dtype)
         w = jnp.asarray(w).astype(f.dtype)  # a float64 θ must not promote a float32 state
         bnd = self.boundary
-        if self.blur is not None:
-            u = self._deblur_u_step(state, f, rho)
-        else:
-            r = self.adjoint(f) - rho * bnd.divergence(state.d - state.b)
-            u = self.u_step(state.u, r, rho, bnd, self.blur)
-        gu = bnd.gradient(u)
-        v = gu + state.b
+
+        def u_step(u, f, d, b):
+            if self.blur is not None:
+                return self._deblur_u_step(d - b, f, rho)
+            r = f - rho * bnd.divergence(d - b)
+            return self.u_step(u, r, rho, bnd, self.blur)
+
+        u = self._per_channel(u_step)(state.u, f, state.d, state.b)
+        v = self.gradient(u) + state.b
         d = self.norm.shrink(v, w / rho, self.huber)
         b = v - d
         return SplitBregmanState(u=u, d=d, b=b)
 
-    def _deblur_u_step(self, state, f, rho):
+    def _deblur_u_step(self, p, f, rho):
         """The exact u-step (KᵀK + ρ∇ᵀ∇)u = Kᵀf + ρ div(d − b) in the Fourier basis, with
         Kᵀf taken there too: F(Kᵀf) = conj(k̂)·F(f). Two real FFTs and one inverse per
         iteration instead of two pairs (Kᵀf in image space, then the solve's pair), and the
         FFT of f does not change between iterations; the same u as
-        ``SpectralSolve()(u, Kᵀf + ρ div(d − b), …)`` up to rounding."""
+        ``SpectralSolve()(u, Kᵀf + ρ div(d − b), …)`` up to rounding. ``p`` is d − b."""
         blur = self.blur
         otf = blur.otf
         lam = self.boundary.laplacian_eigenvalues(blur.shape, f.dtype)
         denom = jnp.abs(otf) ** 2 + rho * lam
-        div = self.boundary.divergence(state.d - state.b)
+        div = self.boundary.divergence(p)
         rhat = jnp.conj(otf) * jnp.fft.rfft2(f) - rho * jnp.fft.rfft2(div)
         return jnp.fft.irfft2(rhat / denom, s=blur.shape).astype(f.dtype)
 
@@ -414,7 +477,11 @@ class TVSolution(eqx.Module):
 
 @eqx.filter_jit
 def _split_bregman(method, f, w, state, tol, max_steps):
+    """The stopping loop; ``state`` None starts from ``method.init(f)`` (inside the compiled
+    program: no eager zeros and adjoint before it)."""
     n = f.size
+    if state is None:
+        state = method.init(f)
 
     def cond(c):
         # at least two iterations: warm-started at the fixed point of another weight, the
@@ -455,8 +522,14 @@ def split_bregman(
     the engine: :func:`invcal.imaging.tv_problem` with ``invcal.FixedPointIteration``."""
     method = SplitBregman() if method is None else method
     f = jnp.asarray(f)
-    if f.ndim != 2:
-        raise ValueError(f"split_bregman: f must be a 2-D image (H, W); got shape {f.shape}.")
+    if method.coupled and f.ndim != 3:
+        raise ValueError(
+            f"split_bregman: Vectorial() TV takes a (C, H, W) image of C channels; got shape "
+            f"{f.shape}."
+        )
+    if not method.coupled and f.ndim != 2:
+        hint = " (for a (C, H, W) colour image use norm=Vectorial())" if f.ndim == 3 else ""
+        raise ValueError(f"split_bregman: f must be a 2-D image (H, W); got shape {f.shape}{hint}.")
     if f.size == 0:
         raise ValueError(f"split_bregman: f is empty (shape {f.shape}).")
     if not jnp.issubdtype(f.dtype, jnp.floating):
@@ -473,8 +546,7 @@ def split_bregman(
                 f"split_bregman: weight must be > 0 and finite (a TV weight w = 1/μ); got {got}."
             )
     w = jnp.asarray(weight, dtype=f.dtype)
-    method.check_weight(w, f.shape)
-    state = method.init(f) if init is None else init
+    method.check_weight(w, f.shape[-2:])
     return _split_bregman(
-        method, f, w, state, jnp.asarray(tol, f.dtype), jnp.asarray(int(max_steps))
+        method, f, w, init, jnp.asarray(tol, f.dtype), jnp.asarray(int(max_steps))
     )

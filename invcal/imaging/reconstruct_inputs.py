@@ -15,6 +15,7 @@ from .noise import estimate_sigma as _estimate_sigma_2d
 from .operators import gaussian_kernel
 
 __all__ = [
+    "COLORS",
     "TASKS",
     "REGULARIZERS",
     "RULES",
@@ -29,6 +30,7 @@ __all__ = [
 TASKS = ("denoise", "deblur", "inpaint")
 REGULARIZERS = ("tv", "elastic-net")
 RULES = ("sure", "discrepancy")
+COLORS = ("per-channel", "vectorial")
 
 
 # --------------------------------------------------------------------------------------
@@ -72,6 +74,11 @@ def as_channels(image, name: str = "image") -> np.ndarray:
             )
     f = np.asarray(img_as_float(a), dtype=np.float64)
     return f[None] if f.ndim == 2 else np.moveaxis(f, -1, 0)
+
+
+def _describe(channels) -> str:
+    c, h, w = channels.shape
+    return f"{h}×{w} " + ("gray" if c == 1 else "RGB")
 
 
 def check_psf(psf, shape) -> np.ndarray:
@@ -196,6 +203,7 @@ def _prepare(
     blur_sigma=None,
     mask=None,
     reference=None,
+    color="per-channel",
     num_steps=None,
     probes=None,
     max_steps=None,
@@ -204,6 +212,12 @@ def _prepare(
     _check_choice("task", task, TASKS)
     _check_choice("regularizer", regularizer, REGULARIZERS)
     _check_choice("rule", rule, RULES)
+    _check_choice("color", color, COLORS)
+    if color == "vectorial" and regularizer != "tv":
+        raise ValueError(
+            "color 'vectorial' couples the channels in the TV norm; the elastic-net regularizer "
+            "is per channel (color 'per-channel')."
+        )
     y = as_channels(image)
     shape = y.shape[-2:]
     given_sigma = _check_sigma(sigma)
@@ -244,7 +258,10 @@ def _prepare(
     if reference is not None:
         ref = as_channels(reference, "reference")
         if ref.shape != y.shape:
-            raise ValueError(f"reference has shape {ref.shape}; the image has {y.shape}.")
+            raise ValueError(
+                f"reference is {_describe(ref)} but the image is {_describe(y)}; pass the clean "
+                "image of the same size and channels."
+            )
 
     if regularizer == "elastic-net" and (shape[0] % 2 or shape[1] % 2):
         raise ValueError(

@@ -32,6 +32,7 @@ def reconstruct_file(
     psf=None,
     blur_sigma: float | None = None,
     mask=None,
+    reference=None,
     overwrite: bool = False,
     progress=None,
     **options,
@@ -42,20 +43,24 @@ def reconstruct_file(
     input's dtype, ``results.json`` and ``report.md`` with figures. ``psf`` and ``mask`` are
     arrays or file paths. Every input is read and checked, and the folder claimed
     (:func:`invcal.runfolder.claim_run_folder`: locked, and a folder that holds a previous run
-    is refused unless ``overwrite``), before any solve. Returns (the reconstruction, the
-    folder)."""
+    is refused unless ``overwrite``), before any solve. ``reference`` (an array or a file):
+    the clean image, for PSNR, SSIM and the oracle λ in the results and the report. Returns
+    (the reconstruction, the folder)."""
     from ..outer import atomic_write_json
     from ..runfolder import RESULTS_FILE, RunFolderError, claim_run_folder
 
     path = Path(path)
     image = read_image(path, "image")
-    where = {"the PSF": None, "the mask": None, "the blur": None}
+    where = {"the PSF": None, "the mask": None, "the blur": None, "reference": None}
     if isinstance(psf, (str, Path)):
         where["the PSF"] = f"--psf {psf}"
         psf = read_image(psf, "--psf")
     if isinstance(mask, (str, Path)):
         where["the mask"] = f"--mask {mask}"
         mask = read_image(mask, "--mask")
+    if isinstance(reference, (str, Path)):
+        where["reference"] = f"--reference {reference}"
+        reference = read_image(reference, "--reference")
     kwargs = dict(
         task=task,
         regularizer=regularizer,
@@ -64,6 +69,7 @@ def reconstruct_file(
         psf=psf,
         blur_sigma=blur_sigma,
         mask=mask,
+        reference=reference,
         **options,
     )
     try:
@@ -108,6 +114,7 @@ def _display(a):
 
 def _figures(rec: Reconstruction, image, out: Path) -> dict:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
     from skimage.util import img_as_float
 
     from .reconstruct_inputs import as_channels
@@ -152,7 +159,7 @@ def _figures(rec: Reconstruction, image, out: Path) -> dict:
     fig.savefig(out / "residual.png", dpi=_DPI)
     names["residual"] = "residual.png"
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4.6))
     ax = fig.add_subplot(1, 1, 1)
     lam, val = zip(*rec.curve, strict=True)
     ax.plot(lam, val, "o-", ms=3, color="C0")
@@ -163,10 +170,28 @@ def _figures(rec: Reconstruction, image, out: Path) -> dict:
     if rec.rule == "discrepancy":
         ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # 2×10⁻², 3×10⁻², … overlap
     ax.set_xlabel("λ")
     ax.set_ylabel(rec.criterion)
     ax.set_title(f"{rec.rule}: criterion against λ")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if rec.oracle is not None:  # PSNR against the reference: the oracle λ on the same axis
+        ax2 = ax.twinx()
+        lo, ps = zip(*rec.oracle["curve"], strict=True)
+        ax2.plot(lo, ps, "s--", ms=3, color="C2", lw=0.8, label="PSNR vs the reference")
+        ax2.plot(
+            [rec.oracle["lambda"]],
+            [rec.oracle["psnr"]],
+            "*",
+            ms=11,
+            color="C2",
+            label=f"oracle λ = {rec.oracle['lambda']:.4g}",
+        )
+        ax2.set_ylabel("PSNR (dB)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    # below the axes: over them it hides points of one curve or the other
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     fig.savefig(out / "criterion.png", dpi=_DPI)
     names["criterion"] = "criterion.png"
@@ -190,6 +215,29 @@ def _residual(rec, u, y):
     return r
 
 
+def _not_met(results) -> str:
+    if results["rule"] == "sure":
+        return (
+            " (**SURE still decreased at the largest λ evaluated**: the most smoothing the "
+            "search reached; a flat or pure-noise image?)"
+        )
+    return " (**the discrepancy target was not reached**: σ over- or underestimated?)"
+
+
+def _reference_lines(results) -> list:
+    if results.get("psnr") is None:
+        return []
+    o = results["oracle"]
+    return [
+        f"- against the reference: PSNR **{results['psnr']:.2f} dB** (input "
+        f"{results['psnr_input']:.2f} dB), SSIM **{results['ssim']:.4f}** (input "
+        f"{results['ssim_input']:.4f})",
+        f"- oracle λ (best PSNR of the final solve over the {len(o['curve'])} λ of the "
+        f"criterion curve and ¼–4× the chosen λ): {o['lambda']:.6g}, {o['psnr']:.2f} dB, SSIM "
+        f"{o['ssim']:.4f}; the chosen λ is {o['gap_db']:.2f} dB below it",
+    ]
+
+
 def write_reconstruction_report(results: dict, out) -> Path:
     """``report.md`` for a folder written by :func:`reconstruct_file`."""
     out = Path(out)
@@ -201,7 +249,7 @@ def write_reconstruction_report(results: dict, out) -> Path:
         f"- task: **{results['task']}**, regularizer: **{results['regularizer']}** "
         f"({results['solver']})",
         f"- rule: **{results['rule']}**; λ chosen: **{results['lambda']:.6g}**"
-        + ("" if results.get("rule_met", True) else " (the rule's target was not reached)"),
+        + ("" if results.get("rule_met", True) else _not_met(results)),
         f"- noise σ: {results['sigma']:.6g}"
         + (" (estimated)" if results["sigma_estimated"] else " (given)"),
         f"- channels: {results['channels']}",
@@ -211,6 +259,7 @@ def write_reconstruction_report(results: dict, out) -> Path:
         + ("converged" if results["converged"] else "**not converged** (max_steps reached)"),
         f"- residual A u − y: RMS {res['rms']:.4g}, mean {res['mean']:.3g}, "
         f"‖Au − y‖²/(mσ²) = {res['ratio']:.4f}",
+        *_reference_lines(results),
         f"- output: `{results['output']}` ({results['input_dtype']})",
         "",
         "## Before / after",
@@ -230,8 +279,9 @@ def write_reconstruction_report(results: dict, out) -> Path:
         "| step | seconds |",
         "|---|---|",
     ]
-    for key in ("sigma", "search", "final", "total"):
-        lines.append(f"| {key} | {t[key]:.3f} |")
+    for key in ("sigma", "search", "final", "total", "reference"):
+        if key in t:
+            lines.append(f"| {key} | {t[key]:.3f} |")
     lines.append("")
     path = out / "report.md"
     tmp = out / ".results-report.md"
