@@ -224,6 +224,10 @@ class Space(eqx.Module):
         for name, p in self.params.items():
             v = theta[name]
             try:
+                if isinstance(v, (str, bytes)) or (
+                    not isinstance(v, jax.Array) and np.asarray(v).dtype.kind not in "biuf"
+                ):
+                    raise TypeError  # JAX would parse "1" as a number: refuse text
                 arr = jnp.asarray(v, dtype=p.init.dtype)
             except (TypeError, ValueError):
                 raise ValueError(

@@ -31,7 +31,7 @@ PUBLIC = [
     "ForwardUnrolled",
     "Truncated",
     "AbstractHypergradient",
-    "Neumann",
+    "NeumannSeries",
     "Hypergradient",
     "hypergradient",
     "solve",
