@@ -30,11 +30,12 @@ pending at t would need an event of its own), and steady-state infusions are not
 
 from __future__ import annotations
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .segment import solve_segment
 
 __all__ = ["DoseEvents", "dose_events", "solve_with_doses"]
 
@@ -227,33 +228,11 @@ def solve_with_doses(model, subject, p, y0, obs_t, obs_key):
         (tau[None, :] == obs_t[:, None]) & (d.key[None, :] < obs_key[:, None])
     )
     obs_seg = jnp.sum(before, axis=1)
-    controller = dfx.PIDController(rtol=model.rtol, atol=model.atol)
-
-    def field(t, y, args):
-        params, rate = args
-        return model.vector_field(t, y, params) + rate
-
-    term = dfx.ODETerm(field)
 
     def one(y, seg):
         t0, t1, jump, si, rs, rate = seg
         y = jnp.where(rs, jnp.zeros_like(y), y) + jnp.where(si >= 0, S[jnp.maximum(si, 0)], 0.0)
-        y = y + jump
-        sol = dfx.diffeqsolve(
-            term,
-            model.solver,
-            t0,
-            t1,
-            model.dt0,
-            y,
-            args=(p, rate),
-            saveat=dfx.SaveAt(ts=jnp.clip(obs_t, t0, t1), t1=True),
-            stepsize_controller=controller,
-            max_steps=model.max_steps,
-            adjoint=model.adjoint,
-            throw=False,
-        )
-        return sol.ys[-1], (sol.ys[:-1], sol.result == dfx.RESULTS.successful)
+        return solve_segment(model, y + jump, t0, t1, obs_t, p, rate)
 
     _, (ys, oks) = jax.lax.scan(one, y0, (starts, ends, jumps, ss_idx, reset, rates))
     return ys[obs_seg, jnp.arange(obs_t.shape[0])], jnp.all(oks)

@@ -17,13 +17,13 @@ and evaluation, everything downstream is small dense algebra.
 
 from __future__ import annotations
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..precision import computes_in_float64
+from .segment import solve_segment
 
 __all__ = ["predict", "prediction_jets", "taylor", "simulate"]
 
@@ -38,34 +38,10 @@ def _solve_segments(model, subject, phi, obs_t, obs_seg, obs_key=None):
 
         y_obs, ok = solve_with_doses(model, subject, p, y0, obs_t, obs_key)
         return y_obs, ok, p
-    controller = dfx.PIDController(rtol=model.rtol, atol=model.atol)
-
-    def field(t, y, args):
-        params, rate = args
-        return model.vector_field(t, y, params) + rate
-
-    term = dfx.ODETerm(field)
 
     def one(y, seg):
         t0, t1, jump, rate = seg
-        y = y + jump
-        ts = jnp.clip(obs_t, t0, t1)
-        sol = dfx.diffeqsolve(
-            term,
-            model.solver,
-            t0,
-            t1,
-            model.dt0,
-            y,
-            args=(p, rate),
-            saveat=dfx.SaveAt(ts=ts, t1=True),
-            stepsize_controller=controller,
-            max_steps=model.max_steps,
-            adjoint=model.adjoint,
-            throw=False,
-        )
-        ok = sol.result == dfx.RESULTS.successful
-        return sol.ys[-1], (sol.ys[:-1], ok)
+        return solve_segment(model, y + jump, t0, t1, obs_t, p, rate)
 
     segs = (subject.seg_t0, subject.seg_t1, subject.seg_jump, subject.seg_rate)
     _, (ys, oks) = jax.lax.scan(one, y0, segs)
