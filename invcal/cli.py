@@ -33,16 +33,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import _interrupt
+from .errors import CommandError, RunFailed
 from .runfolder import RESULTS_FILE
 
 __all__ = ["main", "console"]
 
 OPTIMIZERS = ("adam", "gd", "lbfgs", "hoag", "rtho", "secant", "bb")
 USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
-
-
-class CommandError(Exception):
-    """A mistake in the command line: reported as one ``invcal: error:`` line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -151,8 +148,9 @@ def _parser(command: str | None = None) -> _Parser:
 
 # Commands that live with their domain (the domain's own data, options and report): each
 # module has ``add_parser(sub, name)`` (argparse only, no heavy import at module level) and
-# ``run(args) -> int``, and raises the errors ``main`` maps to one line (USER_ERRORS,
-# CommandError). The command line is the application layer: it may import every domain.
+# ``run(args) -> int``, and raises the errors ``main`` maps to one line (USER_ERRORS, and
+# invcal.errors' CommandError and RunFailed). The command line is the application layer: it
+# may import every domain.
 DOMAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": (
         "invcal.ode.command",
@@ -416,7 +414,7 @@ def _run_in(args, name: str, out: Path, setup) -> int:
             if results_path.exists()
             else "no step finished, nothing was recorded"
         )
-        raise _RunFailed(f"{e} ({where})") from None
+        raise RunFailed(f"{e} ({where})") from None
     finally:
         if bar is not None:
             bar.close()
@@ -574,10 +572,6 @@ def _cmd_report(args) -> int:
     return 0
 
 
-class _RunFailed(Exception):
-    """A computation failed (not a mistake in the command): one line, exit 1."""
-
-
 _COMMANDS = {"list": _cmd_list, "run": _cmd_run, "check": _cmd_check, "report": _cmd_report}
 
 
@@ -634,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         _stderr_line(f"invcal: error: {_message(e)}")
         return 2
-    except _RunFailed as e:
+    except RunFailed as e:
         _stderr_line(f"invcal: error: {_message(e)}")
         return 1
     except BrokenPipeError:  # `invcal check --json | head`: stop quietly, as other tools do

@@ -144,7 +144,7 @@ def _progress(text: str) -> None:
 def run(args) -> int:
     """Run ``invcal reconstruct``; returns the exit status (errors are raised as the
     command line's one-line errors)."""
-    from ..cli import CommandError, _RunFailed
+    from ..errors import CommandError, RunFailed
 
     if args.psf is not None and args.blur_sigma is not None:
         raise CommandError("--psf and --blur-sigma exclude each other; pass one of them.")
@@ -191,7 +191,7 @@ def run(args) -> int:
                 **options,
             )
         except NoMinimumError as e:  # a result that would mean nothing: exit 1, one line
-            raise _RunFailed(str(e).removeprefix("reconstruct: ")) from None
+            raise RunFailed(str(e).removeprefix("reconstruct: ")) from None
     print(f"report: {out / 'report.md'}")
     print(
         f"lambda: {rec.lam:.6g} ({rec.rule}), sigma: {rec.sigma:.6g}"
