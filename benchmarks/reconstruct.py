@@ -39,6 +39,14 @@ machine is shared: compare the figures of one run, taken side by side).
    periodized db4: orthonormality, forward + inverse time, and the elastic-net deblur with
    each.
 
+7. ``color_tasks`` (``--only-color``, run on its own, written to
+   ``benchmarks/results/reconstruct_color.json``) — per-channel against vectorial TV over
+   tasks: 256×256 centre crops of eight RGB images (astronaut, chelsea, coffee, rocket,
+   immunohistochemistry, hubble_deep_field, retina, colorwheel), denoised (σ 0.05, 0.1),
+   deblurred (Gaussian 1.5 px, noise 0.01) and inpainted (60% kept, σ 0.03), each coupling
+   at its own SURE λ (σ estimated): PSNR, SSIM, the oracle gap, evaluations and seconds; the
+   evidence for vectorial TV as ``reconstruct``'s default for colour images.
+
 ``--quick``: 256×256 denoising, 128×128 deblurring, 9-point grids, two deblurring cases and
 one colour case.
 """
@@ -555,6 +563,119 @@ def color(cases):
     return rows
 
 
+#: RGB photographs for the colour comparison over tasks: the three of ``color`` and five
+#: more of scikit-image's RGB images (256×256 centre crops, native texture, no resizing)
+COLOR_IMAGES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "colorwheel",
+)
+#: (task, settings): denoising at two noise levels, deblurring (Gaussian PSF 1.5 px,
+#: periodic) and inpainting (60% of the pixels kept, one mask for the three channels)
+COLOR_TASKS = (
+    ("denoise", {"noise": 0.05}),
+    ("denoise", {"noise": 0.1}),
+    ("deblur", {"blur_sigma": 1.5, "noise": 0.01}),
+    ("inpaint", {"keep": 0.6, "noise": 0.03}),
+)
+
+
+def _crop(name, n):
+    img = img_as_float(getattr(data, name)())[..., :3]
+    h, w = img.shape[:2]
+    i, j = (h - n) // 2, (w - n) // 2
+    return np.ascontiguousarray(img[i : i + n, j : j + n])
+
+
+def color_tasks(n, images, tasks):
+    """Per-channel against vectorial TV over tasks and images, each at its own SURE λ (σ
+    estimated): PSNR, SSIM, the oracle gap (λ evaluated and ¼–4× λ) and seconds of one call
+    (the first call of each task and mode compiles and is not timed; the reference's extra
+    work is subtracted), the two modes interleaved image by image."""
+    rows = []
+    for task, settings in tasks:
+        warmed = set()
+        for name in images:
+            clean = _crop(name, n)
+            rng = np.random.default_rng(1)
+            kw = {"task": task}
+            if task == "deblur":
+                y, psf = _blurred(clean, settings["blur_sigma"], settings["noise"], seed=1)
+                kw["psf"] = psf
+            else:
+                y = clean + settings["noise"] * rng.standard_normal(clean.shape)
+                y = y.astype(np.float32)
+                if task == "inpaint":
+                    mask = rng.random(clean.shape[:2]) < settings["keep"]
+                    y = np.where(mask[..., None], y, 0.0).astype(np.float32)
+                    kw["mask"] = mask
+            row = {"task": task, **settings, "image": name, "shape": list(clean.shape)}
+            for mode in ("per-channel", "vectorial"):
+                if mode not in warmed:
+                    im.reconstruct(y, color=mode, **kw)
+                    warmed.add(mode)
+                t0 = time.perf_counter()
+                try:
+                    rec = im.reconstruct(y, color=mode, reference=clean, **kw)
+                except im.NoMinimumError as e:
+                    row[mode] = {"error": str(e)}
+                    continue
+                seconds = time.perf_counter() - t0 - rec.timings["reference"]
+                row[mode] = {
+                    "lambda": rec.lam,
+                    "sigma": rec.sigma,
+                    "psnr": rec.psnr,
+                    "ssim": rec.ssim,
+                    "gap_db": rec.oracle["gap_db"],
+                    "evaluations": rec.details["evaluations"],
+                    "seconds": seconds,
+                }
+                row["input_psnr"] = rec.psnr_input
+            a, b = row["per-channel"], row["vectorial"]
+            if "error" in a or "error" in b:
+                print(f"  {task} {settings} {name}: per-channel {a} | vectorial {b}")
+            else:
+                row["gain_db"] = b["psnr"] - a["psnr"]
+                row["gain_ssim"] = b["ssim"] - a["ssim"]
+                row["time_ratio"] = b["seconds"] / a["seconds"]
+                print(
+                    f"  {task:<8}{str(settings):<40}{name:<22} per-channel {a['psnr']:6.2f} dB "
+                    f"({a['ssim']:.4f}, gap {a['gap_db']:.2f}, {a['seconds']:5.2f} s) vectorial "
+                    f"{b['psnr']:6.2f} dB ({b['ssim']:.4f}, gap {b['gap_db']:.2f}, "
+                    f"{b['seconds']:5.2f} s): {row['gain_db']:+.2f} dB, time ×"
+                    f"{row['time_ratio']:.2f}"
+                )
+            rows.append(row)
+    summary = {}
+    for task, settings in tasks:
+        key = f"{task} {settings}"
+        sel = [
+            r
+            for r in rows
+            if r["task"] == task
+            and "gain_db" in r
+            and all(r.get(k) == v for k, v in settings.items())
+        ]
+        if sel:
+            gains = [r["gain_db"] for r in sel]
+            summary[key] = {
+                "cases": len(sel),
+                "gain_db_min": min(gains),
+                "gain_db_median": statistics.median(gains),
+                "gain_db_max": max(gains),
+                "ssim_gain_median": statistics.median(r["gain_ssim"] for r in sel),
+                "time_ratio_median": statistics.median(r["time_ratio"] for r in sel),
+                "vectorial_better": sum(g > 0 for g in gains),
+            }
+            print(f"  {key}: {summary[key]}")
+    return {"size": n, "rows": rows, "summary": summary}
+
+
 class _PackageDB4:
     """jaxwavelets' periodized db4 (``wavedec2``/``waverec2``, mode "periodization") packed
     into the (H, W) layout of :class:`invcal.imaging.Wavelet` (the coarsest LL block top
@@ -694,10 +815,28 @@ def main(argv=None):
         action="store_true",
         help="run only the wavelet comparison and update its entry in --out",
     )
+    p.add_argument(
+        "--only-color",
+        action="store_true",
+        help="run only the colour comparison over tasks (per-channel against vectorial TV, "
+        "eight RGB photographs) and write it to benchmarks/results/reconstruct_color.json",
+    )
     args = p.parse_args(argv)
     global REPEATS
     REPEATS = args.repeats
     sys.stdout.reconfigure(line_buffering=True)
+    if args.only_color:
+        out = Path("benchmarks/results/reconstruct_color.json")
+        print(f"colour over tasks (load {os.getloadavg()}; XLA threads: {THREADS}):")
+        n = 128 if args.quick else 256
+        images = COLOR_IMAGES[:2] if args.quick else COLOR_IMAGES
+        result = color_tasks(n, images, COLOR_TASKS)
+        result["threads"] = {"xla": THREADS, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+        result["jax"] = jax.__version__
+        result["loadavg_at_end"] = os.getloadavg()
+        out.write_text(json.dumps(result, indent=1))
+        print(f"written: {out}")
+        return
     if args.only_wavelets:
         out = Path(args.out)
         result = json.loads(out.read_text()) if out.exists() else {}

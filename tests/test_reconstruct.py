@@ -22,7 +22,7 @@ from skimage.util import img_as_float
 
 import invcal.imaging as im
 from invcal.cli import main
-from invcal.imaging.reconstruct_inputs import as_channels, gaussian_psf
+from invcal.imaging.reconstruct_inputs import as_channels, gaussian_psf, resolve_color
 from invcal.imaging.reconstruct_model import _Model
 
 N = 64
@@ -133,7 +133,7 @@ def test_discrepancy_meets_the_noise_level_and_smooths_more(brick):
 
 def test_rgb_one_lambda_for_all_channels(rocket):
     noisy = rocket + 0.06 * np.random.default_rng(4).standard_normal(rocket.shape)
-    rec = im.reconstruct(noisy, reference=rocket)
+    rec = im.reconstruct(noisy, reference=rocket, color="per-channel")
     assert rec.image.shape == rocket.shape
     assert "per-channel" in rec.details["channels"]
     assert rec.details["measurements"] == 3 * N * N
@@ -201,7 +201,8 @@ def test_rgb_jpeg_file(tmp_path, rocket):
     rec, out = im.reconstruct_file(path, tmp_path / "run")
     back = iio.imread(out / "reconstruction.jpg")
     assert back.shape == rocket.shape and back.dtype == np.uint8
-    assert json.loads((out / "results.json").read_text())["channels"].startswith("per-channel")
+    # vectorial TV by default for a colour image
+    assert json.loads((out / "results.json").read_text())["channels"].startswith("vectorial")
 
 
 # --------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def test_vectorial_tv_minimizes_its_energy(rocket):
 
 def test_vectorial_reconstruct_near_its_oracle(rocket):
     noisy = rocket + 0.06 * np.random.default_rng(4).standard_normal(rocket.shape)
-    rec = im.reconstruct(noisy, reference=rocket, color="vectorial")
+    rec = im.reconstruct(noisy, reference=rocket)  # the default for a colour image
     assert rec.details["color"] == "vectorial" and "vectorial" in rec.details["channels"]
     assert "vectorial" in rec.details["solver"]
     # measured (float64): 0.06 dB from the oracle of the λ evaluated and ¼–4× λ; 40.90 dB
@@ -376,13 +377,24 @@ def test_vectorial_reconstruct_near_its_oracle(rocket):
     # a gray image is one channel either way
     gray = im.reconstruct(noisy[..., 0], color="vectorial", sigma=0.06)
     assert gray.details["channels"] == "gray"
-    np.testing.assert_allclose(
-        gray.image, im.reconstruct(noisy[..., 0], sigma=0.06).image, atol=1e-9
-    )
+    plain = im.reconstruct(noisy[..., 0], sigma=0.06)
+    assert plain.details["color"] == "per-channel"  # the default for a gray image
+    np.testing.assert_allclose(gray.image, plain.image, atol=1e-9)
     with pytest.raises(ValueError, match="color must be one of per-channel, vectorial"):
         im.reconstruct(noisy, color="joint")
     with pytest.raises(ValueError, match="elastic-net regularizer is per channel"):
         im.reconstruct(noisy, color="vectorial", regularizer="elastic-net")
+
+
+def test_the_default_colour_coupling():
+    # vectorial TV for a colour image with TV; the elastic net and gray images per channel;
+    # an explicit choice is kept (and checked: vectorial with the elastic net is refused)
+    assert resolve_color(None, "tv", 3) == "vectorial"
+    assert resolve_color(None, "elastic-net", 3) == "per-channel"
+    assert resolve_color(None, "tv", 1) == "per-channel"
+    assert resolve_color("per-channel", "tv", 3) == "per-channel"
+    with pytest.raises(ValueError, match="elastic-net regularizer is per channel"):
+        im.reconstruct(np.zeros((16, 16, 3)), color="vectorial", regularizer="elastic-net")
 
 
 def test_vectorial_deblur_and_inpaint_run(rocket):
@@ -472,7 +484,7 @@ def test_cli_reference_color_and_budgets(tmp_path, rocket, capsys):
     np.save(tmp_path / "clean.npy", rocket)
     out = tmp_path / "run"
     argv = ["reconstruct", str(tmp_path / "noisy.png"), "--reference", str(tmp_path / "clean.npy")]
-    argv += ["--color", "vectorial", "--num-steps", "30", "--max-steps", "500"]
+    argv += ["--num-steps", "30", "--max-steps", "500"]  # vectorial: the default for RGB
     assert main([*argv, "--out", str(out), "--no-progress"]) == 0
     stdout = capsys.readouterr().out
     assert "against the reference: PSNR" in stdout and "oracle λ" in stdout

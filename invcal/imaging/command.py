@@ -2,7 +2,7 @@
 
     invcal reconstruct IMAGE [--task denoise|deblur|inpaint] [--regularizer tv|elastic-net]
                        [--sigma auto|S] [--psf FILE | --blur-sigma S] [--mask FILE]
-                       [--rule sure|discrepancy] [--color per-channel|vectorial]
+                       [--rule sure|discrepancy] [--color vectorial|per-channel]
                        [--reference FILE] [--num-steps N] [--max-steps N]
                        [--out DIR] [--overwrite] [--no-progress]
 
@@ -108,9 +108,10 @@ def add_parser(sub, name: str):
     p.add_argument(
         "--color",
         choices=("per-channel", "vectorial"),
-        default="per-channel",
-        help="RGB with TV: TV on each channel (default) or vectorial TV, the channels coupled "
-        "in one norm per pixel (edges shared by the channels); one λ either way",
+        default=None,
+        help="RGB with TV: vectorial TV (default), the channels coupled in one norm per pixel "
+        "(edges shared by the channels), or TV on each channel; one λ either way (the "
+        "elastic net is per channel)",
     )
     p.add_argument(
         "--reference",

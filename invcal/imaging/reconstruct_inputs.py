@@ -24,6 +24,7 @@ __all__ = [
     "check_psf",
     "estimate_noise",
     "gaussian_psf",
+    "resolve_color",
     "validate",
 ]
 
@@ -192,6 +193,16 @@ def validate(image, **kwargs) -> None:
     _prepare(image, **kwargs)
 
 
+def resolve_color(color, regularizer, channels: int) -> str:
+    """The colour coupling to use: ``color`` when given; by default (``None``) vectorial TV
+    for a colour image with TV (better than per-channel TV in 31 of 32 measured cases, see
+    :mod:`invcal.imaging.reconstruction`), per channel otherwise (the elastic net is per
+    channel; a gray image has one channel)."""
+    if color is not None:
+        return color
+    return "vectorial" if regularizer == "tv" and channels > 1 else "per-channel"
+
+
 def _prepare(
     image,
     *,
@@ -203,7 +214,7 @@ def _prepare(
     blur_sigma=None,
     mask=None,
     reference=None,
-    color="per-channel",
+    color=None,
     num_steps=None,
     probes=None,
     max_steps=None,
@@ -212,7 +223,8 @@ def _prepare(
     _check_choice("task", task, TASKS)
     _check_choice("regularizer", regularizer, REGULARIZERS)
     _check_choice("rule", rule, RULES)
-    _check_choice("color", color, COLORS)
+    if color is not None:  # None: the default, resolved by reconstruct
+        _check_choice("color", color, COLORS)
     if color == "vectorial" and regularizer != "tv":
         raise ValueError(
             "color 'vectorial' couples the channels in the TV norm; the elastic-net regularizer "
