@@ -28,6 +28,12 @@ so it plugs into :class:`invcal.Problem` and into every hypergradient method.
 * **Truth** — :func:`mse_to_truth` for synthetic studies (PSNR of images in [0, 1]:
   :func:`invcal.imaging.psnr`).
 
+**One abstraction.** Every criterion class here (and the imaging criteria of
+:mod:`invcal.imaging.tuning`) is an :class:`AbstractCriterion`: a call ``E(x, θ, data)`` and an
+optional preparation ``prepare(data)`` that turns the user's data into what the criterion reads
+(SURE's probe copies; the identity for the others). A plain function ``E(x, theta, data)`` is a
+criterion too.
+
 Data conventions: a ``predict`` argument is either a key of ``data`` naming a matrix (or an
 operator with ``.mv``) applied to x, or a function ``predict(x, data)``; a ``target`` is a key or
 a function ``target(data)``.
@@ -35,7 +41,9 @@ a function ``target(data)``.
 
 from __future__ import annotations
 
+import abc
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import equinox as eqx
@@ -44,10 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "AbstractCriterion",
     "HeldOut",
     "KFold",
     "MSEToTruth",
-    "Sure",
+    "SURE",
     "held_out",
     "kfold",
     "kfold_data",
@@ -83,9 +92,34 @@ def _target(target) -> Callable:
 
 
 # --------------------------------------------------------------------------------------
+# The abstraction
+# --------------------------------------------------------------------------------------
+class AbstractCriterion(eqx.Module):
+    """An outer criterion: ``E(x, θ, data)`` → a scalar, and what it needs from the data.
+
+    Subclasses implement ``__call__``; those that need more than the user's data (SURE's
+    perturbed copies and probes) override :meth:`prepare`. Criteria are ``eqx.Module`` values,
+    so two equal criteria share compiled code."""
+
+    @abc.abstractmethod
+    def __call__(self, x, theta, data):
+        """E(x, θ, data), a scalar."""
+
+    def prepare(self, data):
+        """The data this criterion reads, built from the user's ``data`` before any solve
+        (checked there: bad input raises here, in one line). The default returns it
+        unchanged."""
+        return data
+
+    @property
+    def __name__(self):
+        return type(self).__name__.lower()
+
+
+# --------------------------------------------------------------------------------------
 # Held-out and K-fold
 # --------------------------------------------------------------------------------------
-class HeldOut(eqx.Module):
+class HeldOut(AbstractCriterion):
     r"""E(x, θ, data) = Σᵢ ωᵢ (ŷᵢ − y'ᵢ)² / Σᵢ ωᵢ: see :func:`held_out`."""
 
     predict: str | Callable = eqx.field(static=True)
@@ -115,7 +149,7 @@ def held_out(predict="A_val", target="y_val", *, weight: str | None = "val_weigh
     return HeldOut(predict=predict, target=target, weight=weight)
 
 
-class KFold(eqx.Module):
+class KFold(AbstractCriterion):
     """The mean over folds of a per-fold criterion: see :func:`kfold`."""
 
     criterion: Callable = eqx.field(static=True)
@@ -228,6 +262,11 @@ def _check_sigma(sigma) -> float:
     return s
 
 
+def _check_probes(probes, who):
+    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
+        raise ValueError(f"{who}: probes must be an integer >= 1; got {probes!r}.")
+
+
 def sure_pair(
     data: Mapping,
     *,
@@ -244,8 +283,7 @@ def sure_pair(
     More probes average the Monte-Carlo divergence (its variance falls as 1/probes) at the
     cost of one inner solve each. Raises before any solve if σ <= 0 or y is not finite."""
     sigma = _check_sigma(sigma)
-    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
-        raise ValueError(f"sure_pair: probes must be an integer >= 1; got {probes!r}.")
+    _check_probes(probes, "sure_pair")
     if not isinstance(data, Mapping) or target not in data:
         raise ValueError(f"sure_pair: data must be a dict with the measurements under {target!r}.")
     y = np.asarray(data[target], dtype=float)
@@ -266,12 +304,52 @@ def sure_pair(
     return pair
 
 
-class Sure(eqx.Module):
-    """Finite-difference Monte-Carlo SURE of a stacked pair: see :func:`sure`."""
+class SURE(AbstractCriterion):
+    """Finite-difference Monte-Carlo SURE of a stacked batch: see :func:`sure`.
+
+    ``sigma``, ``eps``, ``seed`` and ``probes`` are settings of :meth:`prepare` only (the call
+    reads σ and ε from the prepared data), so criteria that differ only in them are equal and
+    share compiled code: tuning the same problem at another noise level compiles nothing."""
 
     predict: str | Callable = eqx.field(static=True)
     target: str | Callable = eqx.field(static=True)
     normalize: bool = eqx.field(static=True)
+    sigma: float | None = eqx.field(default=None, static=True)
+    eps: float | None = eqx.field(default=None, static=True)
+    seed: int = eqx.field(default=0, static=True)
+    probes: int = eqx.field(default=1, static=True)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._call_key() == other._call_key()
+
+    def __hash__(self):
+        return hash((type(self), self._call_key()))
+
+    def _call_key(self):
+        return (self.predict, self.target, self.normalize)
+
+    def prepare(self, data):
+        """The batch of 1 + ``probes`` inner problems (:func:`sure_pair`) built from ``data``
+        with this criterion's σ, ε, seed and probes; σ must have been given."""
+        if self.sigma is None:
+            raise ValueError(
+                "SURE.prepare needs the noise level: build the criterion with "
+                "invcal.criteria.sure(..., sigma=σ), or call invcal.criteria.sure_pair(data, "
+                "sigma=σ) yourself."
+            )
+        if not isinstance(self.target, str):
+            raise ValueError(
+                "SURE.prepare perturbs the measurements under a data key: build the criterion "
+                f"with target='<key>'; got target={self.target!r}."
+            )
+        return sure_pair(
+            data,
+            sigma=self.sigma,
+            eps=self.eps,
+            seed=self.seed,
+            target=self.target,
+            probes=self.probes,
+        )
 
     def __call__(self, x, theta, data):
         pred, tgt = _predictor(self.predict), _target(self.target)
@@ -293,7 +371,16 @@ class Sure(eqx.Module):
         return "sure"
 
 
-def sure(predict="A", target="y", *, normalize: bool = True) -> Sure:
+def sure(
+    predict="A",
+    target="y",
+    *,
+    normalize: bool = True,
+    sigma=None,
+    eps: float | None = None,
+    seed: int = 0,
+    probes: int = 1,
+) -> SURE:
     r"""Finite-difference Monte-Carlo SURE of the fitted measurements f(y) = predict(x*(y)),
     a criterion of the stacked pair (x*(y), x*(y + εδ)) from :func:`sure_pair`:
 
@@ -302,9 +389,36 @@ def sure(predict="A", target="y", *, normalize: bool = True) -> Sure:
     With K probes (``sure_pair(..., probes=K)``) the divergence term is the mean of the K
     finite differences δₖᵀ(f(y + εδₖ) − f(y))/ε.
 
+    With ``sigma`` (and optionally ``eps``, ``seed``, ``probes``) the criterion's
+    :meth:`SURE.prepare` builds that batch from the user's data (checked here, before any
+    solve); without it, build the batch with :func:`sure_pair`.
+
     (Stein 1981; Deledalle, Vaiter, Fadili & Peyré 2014)."""
     _predictor(predict), _target(target)
-    return Sure(predict=predict, target=target, normalize=normalize)
+    if sigma is not None:
+        sigma = _check_sigma(sigma)
+        _check_probes(probes, "sure")
+    return SURE(
+        predict=predict,
+        target=target,
+        normalize=normalize,
+        sigma=sigma,
+        eps=None if eps is None else float(eps),
+        seed=int(seed),
+        probes=int(probes),
+    )
+
+
+def __getattr__(name):
+    if name == "Sure":
+        warnings.warn(
+            "invcal.criteria.Sure is now invcal.criteria.SURE (one spelling, as in "
+            "invcal.imaging.SURE).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return SURE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def monte_carlo_divergence(fn: Callable, y, *, key=0, num_probes: int = 1):
@@ -341,7 +455,7 @@ def stein_risk(residual, divergence, sigma, m):
 # --------------------------------------------------------------------------------------
 # Truth
 # --------------------------------------------------------------------------------------
-class MSEToTruth(eqx.Module):
+class MSEToTruth(AbstractCriterion):
     """E = mean((x − x_true)²): see :func:`mse_to_truth`."""
 
     truth: str | Callable = eqx.field(static=True)

@@ -161,3 +161,64 @@ def test_sure_rejects_bad_sigma_and_data():
         criteria.sure_pair({"b": jnp.ones(3)}, sigma=1.0)
     with pytest.raises(TypeError, match="predict must be"):
         criteria.held_out(predict=3)
+
+
+def test_every_criterion_is_one_abstraction_with_a_preparation_step():
+    from invcal import imaging
+
+    made = [
+        criteria.held_out(),
+        criteria.kfold(criteria.held_out()),
+        criteria.sure(),
+        criteria.mse_to_truth(),
+        imaging.MSE(),
+        imaging.PSNR(),
+        imaging.SURE(0.1),
+    ]
+    for crit in made:
+        assert isinstance(crit, criteria.AbstractCriterion), crit
+    data = {"A_val": jnp.eye(2), "y_val": jnp.zeros(2)}
+    assert criteria.held_out().prepare(data) is data  # nothing to prepare
+    # SURE's preparation is sure_pair with the criterion's settings.
+    y = np.random.default_rng(1).normal(size=7)
+    crit = criteria.sure(predict=lambda x, d: x, sigma=0.3, seed=5, probes=2)
+    prepared, direct = (
+        crit.prepare({"y": y}),
+        criteria.sure_pair({"y": y}, sigma=0.3, seed=5, probes=2),
+    )
+    assert prepared.keys() == direct.keys()
+    for key in direct:
+        np.testing.assert_array_equal(prepared[key], direct[key])
+    with pytest.raises(ValueError, match="SURE.prepare needs the noise level"):
+        criteria.sure().prepare({"y": y})
+    with pytest.raises(ValueError, match="sigma > 0"):
+        criteria.sure(sigma=-1.0)
+    with pytest.raises(ValueError, match="probes must be an integer >= 1"):
+        criteria.sure(sigma=1.0, probes=0)
+    # The preparation settings do not enter the call, so they do not split compiled code.
+    assert criteria.sure(sigma=0.1) == criteria.sure(sigma=0.2)
+    assert hash(criteria.sure(sigma=0.1)) == hash(criteria.sure(sigma=0.2))
+    assert criteria.sure(normalize=False) != criteria.sure()
+    # One spelling: the old class name still works, with a warning naming the new one.
+    with pytest.warns(DeprecationWarning, match="criteria.SURE"):
+        assert criteria.Sure is criteria.SURE
+
+
+@pytest.mark.slow  # 30 s (two compilations of the support method); the equality it rests on
+# is checked in the default leg (test_every_criterion_is_one_abstraction_...)
+def test_sure_at_another_noise_level_compiles_nothing(cs):
+    from invcal.testing import count_compilations
+
+    base = {"A": cs["A"], "y": cs["y"]}
+    space = ic.Space(lam=ic.Param(0.1 * float(sparse.lambda_max(cs["A"], cs["y"])), ic.Log()))
+
+    def hypergradient(sigma):
+        crit = criteria.sure("A", "y", sigma=sigma)
+        problem = sparse.lasso_problem(space, crit, crit.prepare(base), batched=True)
+        return ic.hypergradient(problem, space.init(), solver=SOLVER, method=SUPPORT)
+
+    first = hypergradient(cs["sigma"])
+    with count_compilations() as count:
+        second = hypergradient(2.0 * cs["sigma"])
+    assert count.compiles == 0, count
+    assert float(first.value) != float(second.value)

@@ -31,7 +31,7 @@ from .operators import (
 )
 from .reconstruct_report import reconstruct_file
 from .reconstruction import NoMinimumError, Reconstruction, reconstruct
-from .tuning import MSE, PSNR, SURE, AbstractTVCriterion, tv_problem
+from .tuning import MSE, PSNR, SURE, AbstractImageCriterion, AbstractTVCriterion, tv_problem
 from .tv import (
     AbstractTVNorm,
     AbstractUStep,
@@ -68,6 +68,7 @@ __all__ = [
     "variable_density_mask",
     "wavelet_filters",
     "AbstractBoundary",
+    "AbstractImageCriterion",
     "AbstractTVCriterion",
     "AbstractTVNorm",
     "AbstractUStep",

@@ -56,14 +56,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..criteria import stein_risk
 from ..problem import Problem
 from ..prox import prox_elastic_net
 from ..solvers.fixed_point import FISTA
 from ..space import Log, Param, Space
-from .metrics import mse, psnr
 from .operators import Blur, Inpainting, SubsampledFourier
-from .tuning import MSE, PSNR, SURE, AbstractTVCriterion
+from .tuning import (
+    MSE,
+    AbstractImageCriterion,
+    _measurement_noise,
+    _num_measurements,
+)
 from .wavelets import AbstractTransform, Wavelet
 
 __all__ = [
@@ -105,24 +108,8 @@ def lipschitz(op) -> float:
     return 1.01 * float(jnp.vdot(x, op.rmv(op.mv(x))).real)
 
 
-def measurement_noise(op, sigma: float, rng: np.random.Generator, batch: int | None = None):
-    """σ·ε in the measurement space of ``op``: white on the image for a blur, on the kept
-    pixels for inpainting, complex (real and imaginary parts each with std σ) on the sampled
-    frequencies for :class:`SubsampledFourier`."""
-    shape = tuple(op.shape) if batch is None else (int(batch), *op.shape)
-    e = rng.standard_normal(shape)
-    if isinstance(op, SubsampledFourier):
-        e = (e + 1j * rng.standard_normal(shape)) * np.asarray(op.mask)
-    elif isinstance(op, Inpainting):
-        e = e * np.asarray(op.mask)
-    return sigma * e
-
-
-def num_measurements(op) -> int:
-    """The number m of real measurements (H·W for a blur)."""
-    if hasattr(op, "num_measurements"):
-        return int(op.num_measurements)
-    return int(np.prod(op.shape))
+measurement_noise = _measurement_noise
+num_measurements = _num_measurements
 
 
 def _check_sigma(sigma, who) -> float:
@@ -204,16 +191,11 @@ def observe(images, op, sigma: float, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # The problem's pure functions (cached so that equal settings share compiled code)
 # --------------------------------------------------------------------------------------
-def _image_value(kind):
-    if kind == "psnr":
-        return lambda u, data: -jnp.mean(psnr(u, data["truth"]))
-    return lambda u, data: jnp.mean(mse(u, data["truth"]))
-
-
 @functools.lru_cache(maxsize=8)
-def _functions(kind: str):
+def _functions(value):
     # The transform travels in the data (a pytree with no array leaves: its settings are
-    # static), so these functions depend on the criterion's kind only.
+    # static), so these functions depend only on the criterion's module-level value
+    # function E(u, predict, data) (AbstractImageCriterion.measured_value_fn).
     def fb_step(c, theta, data):
         op, t, w, transform = data["op"], data["step"], data["weights"], data["transform"]
 
@@ -227,37 +209,18 @@ def _functions(kind: str):
     def support(c, theta, data):
         return c != 0
 
-    if kind == "sure":
-
-        def criterion(c, theta, data):
-            op, transform = data["op"], data["transform"]
-            f0 = op.mv(transform.inverse(c[0]))
-            f1 = op.mv(transform.inverse(c[1]))
-            y, delta = data["y"][0], data["sure_delta"]
-            sigma, eps, m = data["sure_sigma"], data["sure_eps"], data["sure_m"]
-            div = jnp.real(jnp.vdot(delta, f1 - f0)) / eps
-            return stein_risk(y - f0, div, sigma, m) / m
-
-    else:
-        value = _image_value(kind)
-
-        def criterion(c, theta, data):
-            return value(data["transform"].inverse(c), data)
+    def criterion(c, theta, data):
+        return value(data["transform"].inverse(c), data["op"].mv, data)
 
     return {"fixed_point": fb_step, "support": support, "criterion": criterion}
 
 
-def _kind(criterion) -> str:
-    if isinstance(criterion, PSNR):
-        return "psnr"
-    if isinstance(criterion, MSE):
-        return "mse"
-    if isinstance(criterion, SURE):
-        return "sure"
-    raise TypeError(
-        "criterion must be invcal.imaging.PSNR(), MSE() (both need truth=) or SURE(sigma) "
-        f"(one image, no truth); got {criterion!r}."
-    )
+def _check_criterion(criterion):
+    if not isinstance(criterion, AbstractImageCriterion):
+        raise TypeError(
+            "criterion must be invcal.imaging.PSNR(), MSE() (both need truth=) or SURE(sigma) "
+            f"(one image, no truth); got {criterion!r}."
+        )
 
 
 def _positive(name, value) -> float:
@@ -279,7 +242,7 @@ def elastic_net_problem(
     observed,
     operator,
     *,
-    criterion: AbstractTVCriterion,
+    criterion: AbstractImageCriterion,
     truth=None,
     transform: AbstractTransform | None = None,
     lam1: float = 1e-2,
@@ -305,7 +268,7 @@ def elastic_net_problem(
     back to images.
     """
     _check_operator(operator)
-    kind = _kind(criterion)
+    _check_criterion(criterion)
     transform = Wavelet() if transform is None else transform
     if not isinstance(transform, AbstractTransform):
         raise TypeError(
@@ -325,33 +288,9 @@ def elastic_net_problem(
         "step": jnp.asarray(step),
         "weights": jnp.asarray(weights),
     }
-    if kind == "sure":
-        if y.shape[0] != 1:
-            raise ValueError(f"SURE tunes one image at a time; got a batch of {y.shape[0]}.")
-        sigma = _check_sigma(criterion.sigma, "SURE")
-        m = num_measurements(operator)
-        eps = 2.0 * sigma / m**0.3 if criterion.eps is None else _positive("eps", criterion.eps)
-        delta = measurement_noise(operator, 1.0, np.random.default_rng(criterion.probe_seed()))
-        data.update(
-            y=jnp.asarray(np.stack([y[0], y[0] + eps * delta])),
-            sure_delta=jnp.asarray(delta),
-            sure_eps=jnp.asarray(eps),
-            sure_sigma=jnp.asarray(sigma),
-            sure_m=jnp.asarray(float(m)),
-        )
-    else:
-        if truth is None:
-            raise ValueError(f"the {kind.upper()} criterion needs truth= (the true images).")
-        truth = stack_images(truth, "truth")
-        if truth.shape != (y.shape[0], *operator.shape):
-            raise ValueError(
-                f"truth has shape {truth.shape}; expected one (H, W) = {tuple(operator.shape)} "
-                f"image per observation, i.e. {(y.shape[0], *operator.shape)}."
-            )
-        if np.iscomplexobj(truth):
-            raise ValueError("truth must be real images.")
-        data.update(y=jnp.asarray(y), truth=jnp.asarray(truth))
-    fns = _functions(kind)
+    truth = None if truth is None else stack_images(truth, "truth")
+    data.update(criterion.prepare_measured(y, operator, truth))
+    fns = _functions(criterion.measured_value_fn())
     backprojection = jax.vmap(operator.rmv)(data["y"])
     x0 = transform.forward(jnp.real(backprojection))
     space = Space(lam1=Param(lam1, Log()), lam2=Param(lam2, Log()))

@@ -38,57 +38,112 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..criteria import sure, sure_pair
+from ..criteria import AbstractCriterion, stein_risk, sure, sure_pair
 from ..problem import Problem
 from ..space import Space
 from .metrics import mse, psnr
+from .operators import Inpainting, SubsampledFourier
 from .tv import SplitBregman
 from .weights import AbstractWeightLayout, ScalarWeight
 
-__all__ = ["AbstractTVCriterion", "MSE", "PSNR", "SURE", "tv_problem", "weight_map"]
+__all__ = [
+    "AbstractImageCriterion",
+    "AbstractTVCriterion",
+    "MSE",
+    "PSNR",
+    "SURE",
+    "tv_problem",
+    "weight_map",
+]
 
 
-class AbstractTVCriterion(eqx.Module):
-    """An outer criterion for TV denoising."""
+class AbstractImageCriterion(AbstractCriterion):
+    """An outer criterion of reconstructed images (TV denoising, the elastic net,
+    :func:`invcal.imaging.reconstruct`): an :class:`invcal.criteria.AbstractCriterion` whose
+    call takes the batch of images u (n, H, W).
 
-    @abc.abstractmethod
-    def data(self, noisy, truth):
-        """The problem data dict (leading batch axis on every image)."""
+    - :meth:`prepare` turns ``{"f": noisy images (n, H, W), "truth": images or None}`` into the
+      problem data (checked there, before any solve);
+    - :meth:`value_fn` is E(u, data) as a module-level function, so that problems with equal
+      settings share compiled code whatever σ or the data;
+    - :meth:`prepare_measured` and :meth:`measured_value_fn` are the same for images seen
+      through a measurement operator K (the elastic net): the data from the measurements y
+      (n, …) and E(u, predict, data) with ``predict(u) = K u``.
+    """
 
     @abc.abstractmethod
     def value_fn(self):
-        """E(u, data) from the batch of denoised images u (n, H, W): a module-level function,
-        so that problems with equal settings share compiled code whatever σ or the data."""
+        """E(u, data) from the batch of images u (n, H, W)."""
+
+    @abc.abstractmethod
+    def measured_value_fn(self):
+        """E(u, predict, data) from the images u (n, H, W) and ``predict`` u ↦ K u."""
+
+    @abc.abstractmethod
+    def prepare_measured(self, y, operator, truth):
+        """The data entries for measurements ``y`` (n, …) of images by ``operator``."""
+
+    def __call__(self, u, theta, data):
+        return self.value_fn()(u, data)
 
     def value(self, u, data):
         return self.value_fn()(u, data)
 
-
-class MSE(AbstractTVCriterion):
-    """Mean squared error to the truth, averaged over the images."""
-
     def data(self, noisy, truth):
-        return {"f": noisy, "truth": _need_truth(truth, noisy, "MSE")}
+        """:meth:`prepare` of ``{"f": noisy, "truth": truth}``."""
+        return self.prepare({"f": noisy, "truth": truth})
+
+
+AbstractTVCriterion = AbstractImageCriterion  # the name before the elastic net shared it
+
+
+class _TruthCriterion(AbstractImageCriterion):
+    def prepare(self, data):
+        noisy = data["f"]
+        return {"f": noisy, "truth": _need_truth(data.get("truth"), noisy, type(self).__name__)}
+
+    def prepare_measured(self, y, operator, truth):
+        name = type(self).__name__
+        if truth is None:
+            raise ValueError(f"the {name} criterion needs truth= (the true images).")
+        truth = np.asarray(truth)
+        if truth.shape != (y.shape[0], *operator.shape):
+            raise ValueError(
+                f"truth has shape {truth.shape}; expected one (H, W) = {tuple(operator.shape)} "
+                f"image per observation, i.e. {(y.shape[0], *operator.shape)}."
+            )
+        if np.iscomplexobj(truth):
+            raise ValueError("truth must be real images.")
+        return {"y": jnp.asarray(y), "truth": jnp.asarray(truth)}
+
+
+class MSE(_TruthCriterion):
+    """Mean squared error to the truth, averaged over the images."""
 
     def value_fn(self):
         return _mse_value
 
+    def measured_value_fn(self):
+        return _mse_measured
 
-class PSNR(AbstractTVCriterion):
+
+class PSNR(_TruthCriterion):
     """Minus the mean PSNR (data range 1) to the truth: minimizing it maximizes the PSNR."""
-
-    def data(self, noisy, truth):
-        return {"f": noisy, "truth": _need_truth(truth, noisy, "PSNR")}
 
     def value_fn(self):
         return _psnr_value
 
+    def measured_value_fn(self):
+        return _psnr_measured
 
-class SURE(AbstractTVCriterion):
+
+class SURE(AbstractImageCriterion):
     """Finite-difference Monte-Carlo SURE of one image with noise σ (see the module note):
     ``sigma`` > 0 known, ``seed`` of the probe δ (see :meth:`probe_seed`), ``eps`` its step
     (default 2σ/N^0.3), ``probes`` the number of probes averaged (each one more inner solve;
-    the Monte-Carlo variance of the divergence falls as 1/probes)."""
+    the Monte-Carlo variance of the divergence falls as 1/probes). The image form of
+    :class:`invcal.criteria.SURE` (the estimate is the image itself, or K u through an
+    operator K)."""
 
     sigma: float
     seed: int = eqx.field(default=0, static=True)
@@ -105,7 +160,8 @@ class SURE(AbstractTVCriterion):
         if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
             raise ValueError(f"SURE probes must be an integer >= 1; got probes={p!r}.")
 
-    def data(self, noisy, truth):
+    def prepare(self, data):
+        noisy = data["f"]
         if noisy.shape[0] != 1:
             raise ValueError(
                 f"SURE tunes one image at a time; got a batch of {noisy.shape[0]} images."
@@ -119,6 +175,21 @@ class SURE(AbstractTVCriterion):
             probes=int(self.probes),
         )
 
+    def prepare_measured(self, y, operator, truth):
+        if y.shape[0] != 1:
+            raise ValueError(f"SURE tunes one image at a time; got a batch of {y.shape[0]}.")
+        sigma = _positive("SURE: the noise level sigma", self.sigma)
+        m = _num_measurements(operator)
+        eps = 2.0 * sigma / m**0.3 if self.eps is None else _positive("eps", self.eps)
+        delta = _measurement_noise(operator, 1.0, np.random.default_rng(self.probe_seed()))
+        return {
+            "y": jnp.asarray(np.stack([y[0], y[0] + eps * delta])),
+            "sure_delta": jnp.asarray(delta),
+            "sure_eps": jnp.asarray(eps),
+            "sure_sigma": jnp.asarray(sigma),
+            "sure_m": jnp.asarray(float(m)),
+        }
+
     def probe_seed(self) -> int:
         """The seed handed to :func:`invcal.criteria.sure_pair`, derived from ``seed``: a probe
         drawn by ``numpy.random.default_rng(seed)`` would equal, up to scale, noise simulated
@@ -129,6 +200,9 @@ class SURE(AbstractTVCriterion):
     def value_fn(self):
         return _sure_value
 
+    def measured_value_fn(self):
+        return _sure_measured
+
 
 def _mse_value(u, data):
     return jnp.mean(mse(u, data["truth"]))
@@ -138,11 +212,58 @@ def _psnr_value(u, data):
     return -jnp.mean(psnr(u, data["truth"]))
 
 
+def _mse_measured(u, predict, data):
+    return _mse_value(u, data)
+
+
+def _psnr_measured(u, predict, data):
+    return _psnr_value(u, data)
+
+
 _SURE = sure(predict=lambda u, data: u, target="f", normalize=True)
 
 
 def _sure_value(u, data):
     return _SURE(u, None, data)
+
+
+def _sure_measured(u, predict, data):
+    """SURE per measurement of the pair (u(y), u(y + εδ)) seen through K: f = K u."""
+    f0, f1 = predict(u[0]), predict(u[1])
+    y, delta = data["y"][0], data["sure_delta"]
+    sigma, eps, m = data["sure_sigma"], data["sure_eps"], data["sure_m"]
+    div = jnp.real(jnp.vdot(delta, f1 - f0)) / eps
+    return stein_risk(y - f0, div, sigma, m) / m
+
+
+def _positive(name, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+    return v
+
+
+def _num_measurements(op) -> int:
+    """The number m of real measurements (H·W for a blur)."""
+    if hasattr(op, "num_measurements"):
+        return int(op.num_measurements)
+    return int(np.prod(op.shape))
+
+
+def _measurement_noise(op, sigma: float, rng: np.random.Generator, batch: int | None = None):
+    """σ·ε in the measurement space of ``op``: white on the image for a blur, on the kept
+    pixels for inpainting, complex (real and imaginary parts each with std σ) on the sampled
+    frequencies for :class:`SubsampledFourier`."""
+    shape = tuple(op.shape) if batch is None else (int(batch), *op.shape)
+    e = rng.standard_normal(shape)
+    if isinstance(op, SubsampledFourier):
+        e = (e + 1j * rng.standard_normal(shape)) * np.asarray(op.mask)
+    elif isinstance(op, Inpainting):
+        e = e * np.asarray(op.mask)
+    return sigma * e
 
 
 def _need_truth(truth, noisy, name):
@@ -230,7 +351,7 @@ def tv_problem(
             "weights must be ScalarWeight(), DirectionalWeights() or BlockWeights(rows, cols); "
             f"got {weights!r}."
         )
-    if not isinstance(criterion, AbstractTVCriterion):
+    if not isinstance(criterion, AbstractImageCriterion):
         raise TypeError(f"criterion must be MSE(), PSNR() or SURE(sigma); got {criterion!r}.")
     layout.check_norm(method.norm)
     noisy = jnp.asarray(noisy)
@@ -247,7 +368,7 @@ def tv_problem(
         raise ValueError("noisy contains NaN or inf.")
     shape = tuple(noisy.shape[-2:])
     space = Space(weight=layout.param(init))
-    data = criterion.data(noisy, truth)
+    data = criterion.prepare({"f": noisy, "truth": truth})
     try:
         fns = _functions(method, layout, criterion.value_fn(), shape)
     except TypeError:  # unhashable settings (e.g. a blur holding arrays): no sharing
