@@ -4,10 +4,11 @@
                                      [--out benchmarks/results/reconstruct.json]
 
 JAX's default configuration (float32), this CPU, one process, one thread for BLAS/OpenMP and
-for XLA's CPU pool (set at the top of this file; ``INVCAL_BENCH_THREADS=default`` leaves
-XLA's pool as a user gets it); timings are medians of ``--repeats`` calls, interleaved with
-their peers' so that both see the same machine load; the load average is recorded (the
-machine is shared: compare the figures of one run, taken side by side).
+for XLA's CPU pool, the process pinned to one core (set at the top of this file;
+``INVCAL_BENCH_THREADS=default`` leaves XLA's pool and the affinity as a user gets them);
+timings are medians of ``--repeats`` calls, interleaved with their peers' so that both see
+the same machine load; the load average is recorded (the machine is shared: compare the
+figures of one run, taken side by side).
 
 0. ``solve_vs_skimage`` — target 2: one fixed-weight 512×512 anisotropic solve,
    ``denoise_tv(f, w, isotropic=False)`` against ``skimage.restoration.denoise_tv_bregman(f,
@@ -47,6 +48,14 @@ machine is shared: compare the figures of one run, taken side by side).
    at its own SURE λ (σ estimated): PSNR, SSIM, the oracle gap, evaluations and seconds; the
    evidence for vectorial TV as ``reconstruct``'s default for colour images.
 
+8. ``unseen`` (``--only-unseen``, run on its own, written to
+   ``benchmarks/results/reconstruct_unseen.json``) — issue 20's closing measurement: the
+   ``invcal reconstruct`` command itself (every default: SURE, σ estimated, vectorial TV for
+   colour; ``--reference`` the clean image) on photographs no issue used (stereo_motorcycle's
+   left view, grass and gravel as 256×256 centre crops, microaneurysms 102×102), denoised (σ
+   0.05, 0.1), deblurred (``--blur-sigma 1.5``, noise 0.01) and inpainted (60% kept, σ 0.03):
+   PSNR at the chosen λ against the oracle λ of the command's grid.
+
 ``--quick``: 256×256 denoising, 128×128 deblurring, 9-point grids, two deblurring cases and
 one colour case.
 """
@@ -72,9 +81,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 if THREADS == "one":
     os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
+    # XLA's CPU runtime also splits large loop fusions over a thread pool as wide as the
+    # machine (no XLA flag turns that off): pin the whole process, both solvers, to one core
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 REPEATS = 3  # timed calls per figure (medians; --repeats)
 
 import jax  # noqa: E402
@@ -676,6 +688,119 @@ def color_tasks(n, images, tasks):
     return {"size": n, "rows": rows, "summary": summary}
 
 
+#: scikit-image photographs that no issue, test or other benchmark used before issue 20's
+#: closing measurement (256×256 centre crops; microaneurysms is 102×102 whole)
+UNSEEN_IMAGES = (
+    ("stereo_motorcycle", 256),
+    ("grass", 256),
+    ("gravel", 256),
+    ("microaneurysms", None),
+)
+#: (task, settings, command-line options)
+UNSEEN_TASKS = (
+    ("denoise", {"noise": 0.05}, []),
+    ("denoise", {"noise": 0.1}, []),
+    ("deblur", {"blur_sigma": 1.5, "noise": 0.01}, ["--blur-sigma", "1.5"]),
+    ("inpaint", {"keep": 0.6, "noise": 0.03}, []),
+)
+
+
+def _unseen(name, n):
+    img = getattr(data, name)()
+    img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disp)
+    img = img_as_float(img)
+    if n is None:
+        return np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    i, j = (h - n) // 2, (w - n) // 2
+    return np.ascontiguousarray(img[i : i + n, j : j + n])
+
+
+def unseen(images, tasks, folder):
+    """Issue 20's closing measurement: ``invcal reconstruct`` (the command, in this process,
+    float32, every default: SURE, σ estimated, vectorial TV for colour) on photographs no
+    issue used, with noise, blur or missing pixels added, and ``--reference`` the clean
+    image: the PSNR at the chosen λ against the oracle λ of the command's own grid (the λ the
+    search evaluated and 13 log-spaced multiples ¼–4× the chosen λ, each the final solve)."""
+    from invcal.cli import main as invcal_main
+
+    rows = []
+    folder = Path(folder)
+    for task, settings, options in tasks:
+        for name, n in images:
+            clean = _unseen(name, n)
+            rng = np.random.default_rng(2)
+            case = folder / f"{task}-{settings['noise']}-{name}"
+            case.mkdir(parents=True, exist_ok=True)
+            argv = ["reconstruct", str(case / "y.npy"), "--task", task, *options]
+            if task == "deblur":
+                y, _ = _blurred(clean, settings["blur_sigma"], settings["noise"], seed=2)
+            else:
+                y = (clean + settings["noise"] * rng.standard_normal(clean.shape)).astype(
+                    np.float32
+                )
+                if task == "inpaint":
+                    mask = rng.random(clean.shape[:2]) < settings["keep"]
+                    y = np.where(mask[..., None] if y.ndim == 3 else mask, y, 0.0)
+                    y = y.astype(np.float32)
+                    np.save(case / "mask.npy", mask.astype(np.uint8))
+                    argv += ["--mask", str(case / "mask.npy")]
+            np.save(case / "y.npy", y)
+            np.save(case / "clean.npy", clean)
+            argv += ["--reference", str(case / "clean.npy"), "--out", str(case / "run")]
+            argv += ["--overwrite", "--no-progress"]
+            t0 = time.perf_counter()
+            status = invcal_main(argv)
+            seconds = time.perf_counter() - t0
+            row = {"task": task, **settings, "image": name, "shape": list(clean.shape)}
+            row["status"] = status
+            if status == 0:
+                r = json.loads((case / "run" / "results.json").read_text())
+                o = r["oracle"]
+                row["lambda"] = r["lambda"]
+                row.update(
+                    sigma=r["sigma"],
+                    color=r.get("color"),
+                    psnr=r["psnr"],
+                    psnr_input=r["psnr_input"],
+                    ssim=r["ssim"],
+                    oracle_lambda=o["lambda"],
+                    oracle_psnr=o["psnr"],
+                    gap_db=o["gap_db"],
+                    oracle_points=len(o["curve"]),
+                    evaluations=r["evaluations"],
+                    seconds_command=seconds,
+                    seconds_reconstruct=r["timings"]["total"],
+                )
+                print(
+                    f"  {task:<8}{str(settings):<40}{name:<18} λ {r['lambda']:.4g} PSNR "
+                    f"{r['psnr']:6.2f} dB (input {r['psnr_input']:.2f}), oracle λ "
+                    f"{o['lambda']:.4g} {o['psnr']:6.2f} dB: gap {o['gap_db']:.3f} dB, "
+                    f"{r['evaluations']} evaluations, {r['timings']['total']:.1f} s"
+                )
+            else:
+                print(f"  {task} {settings} {name}: exit status {status}")
+            rows.append(row)
+    summary = {}
+    for task, settings, _ in tasks:
+        key = f"{task} {settings}"
+        gaps = [
+            r["gap_db"]
+            for r in rows
+            if r["task"] == task
+            and r["status"] == 0
+            and all(r[k] == v for k, v in settings.items())
+        ]
+        if gaps:
+            summary[key] = {
+                "cases": len(gaps),
+                "gap_db_max": max(gaps),
+                "gap_db_mean": float(np.mean(gaps)),
+            }
+            print(f"  {key}: {summary[key]}")
+    return {"rows": rows, "summary": summary}
+
+
 class _PackageDB4:
     """jaxwavelets' periodized db4 (``wavedec2``/``waverec2``, mode "periodization") packed
     into the (H, W) layout of :class:`invcal.imaging.Wavelet` (the coarsest LL block top
@@ -821,17 +946,70 @@ def main(argv=None):
         help="run only the colour comparison over tasks (per-channel against vectorial TV, "
         "eight RGB photographs) and write it to benchmarks/results/reconstruct_color.json",
     )
+    p.add_argument(
+        "--only-unseen",
+        action="store_true",
+        help="run only issue 20's closing measurement (invcal reconstruct on photographs no "
+        "issue used, automatic against oracle λ) and write benchmarks/results/"
+        "reconstruct_unseen.json",
+    )
+    p.add_argument(
+        "--only-solve",
+        action="store_true",
+        help="run only solve_vs_skimage (target 2) and update its entry in --out",
+    )
     args = p.parse_args(argv)
     global REPEATS
     REPEATS = args.repeats
     sys.stdout.reconfigure(line_buffering=True)
+    if args.only_solve:
+        out = Path(args.out)
+        result = json.loads(out.read_text()) if out.exists() else {}
+        print(f"solve_vs_skimage (load {os.getloadavg()}; XLA threads: {THREADS}):")
+        sv = solve_vs_skimage(256 if args.quick else 512)
+        for name, r in sv["rows"].items():
+            print(
+                f"  {name:<26}{r['seconds_min'] * 1e3:8.1f} ms (median "
+                f"{r['seconds_median'] * 1e3:.1f}), PSNR {r['psnr']:.2f} dB"
+            )
+        print(
+            f"  ratios (best of {REPEATS}; median):",
+            {k: round(v, 3) for k, v in sv["ratios"].items()},
+        )
+        sv["repeats"] = REPEATS
+        result["solve_vs_skimage"] = sv
+        out.write_text(json.dumps(result, indent=1))
+        print(f"written: {out}")
+        return
+    if args.only_unseen:
+        import tempfile
+
+        out = Path("benchmarks/results/reconstruct_unseen.json")
+        print(f"invcal reconstruct on unseen photographs (load {os.getloadavg()}):")
+        images = UNSEEN_IMAGES[-1:] if args.quick else UNSEEN_IMAGES
+        with tempfile.TemporaryDirectory() as tmp:
+            result = unseen(images, UNSEEN_TASKS, tmp)
+        result["jax"] = jax.__version__
+        result["threads"] = {
+            "xla": THREADS,
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        }
+        result["loadavg_at_end"] = os.getloadavg()
+        out.write_text(json.dumps(result, indent=1))
+        print(f"written: {out}")
+        return
     if args.only_color:
         out = Path("benchmarks/results/reconstruct_color.json")
         print(f"colour over tasks (load {os.getloadavg()}; XLA threads: {THREADS}):")
         n = 128 if args.quick else 256
         images = COLOR_IMAGES[:2] if args.quick else COLOR_IMAGES
         result = color_tasks(n, images, COLOR_TASKS)
-        result["threads"] = {"xla": THREADS, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+        result["threads"] = {
+            "xla": THREADS,
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        }
         result["jax"] = jax.__version__
         result["loadavg_at_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1))
@@ -942,6 +1120,7 @@ def main(argv=None):
         "threads": {
             "xla": THREADS,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         },
         "repeats": REPEATS,

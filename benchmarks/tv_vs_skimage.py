@@ -6,8 +6,9 @@ by hypergradients.
                                        [--out benchmarks/results/tv_vs_skimage.json]
                                        [--repeats 3]
 
-Threads: one for BLAS/OpenMP and for XLA's CPU pool (set at the top of this file before numpy
-and jax load); ``INVCAL_BENCH_THREADS=default`` leaves XLA's pool as a user gets it, and the
+Threads: one for BLAS/OpenMP and for XLA's CPU pool, the process pinned to one core (set at
+the top of this file before numpy and jax load); ``INVCAL_BENCH_THREADS=default`` leaves
+XLA's pool and the affinity as a user gets them, and the
 solve part then goes to ``solve_xla_default_threads``. The load average is recorded with
 every timed row: the machine is shared.
 
@@ -20,7 +21,11 @@ numbers of an earlier one):
    and the same stopping rule (RMS change of u below eps), with invcal's default penalty
    ρ = 2 (the penalty skimage's iteration uses) and with ρ = 4 (the earlier default): warm
    wall time (median and best of ``--repeats``, interleaved; ``ratio`` is the medians'),
-   iterations, PSNR; then both solved to convergence in
+   iterations, PSNR, and the RMS and max distance of each stopped image from that solver's
+   own converged image (RMS change below 1e-6): the accuracy each stop buys. Rows with
+   ``eps: "default"`` compare ``denoise_tv(f, w, isotropic=False)`` (tol 1e-4 × the image's
+   range) with ``denoise_tv_bregman`` at its defaults (eps 1e-3); then both solved to
+   convergence in
    float64: PSNR, max |difference| over the image and 16 px in from the border, and the ROF
    energy each reaches.
 2. ``methods`` — hypergradients of the scalar weight (MSE to truth, camera, σ = 0.1, float64) by
@@ -63,9 +68,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 if THREADS == "one":
     os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
+    # XLA's CPU runtime also splits large loop fusions over a thread pool as wide as the
+    # machine (no XLA flag turns that off): pin the whole process, both solvers, to one core
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -117,10 +125,24 @@ def _psnr_np(u, truth):
 # --------------------------------------------------------------------------------------
 # 1. one solve against skimage (float32, warm)
 # --------------------------------------------------------------------------------------
+class _Stopped:
+    """denoise_tv's image and iteration count, shaped as split_bregman's solution."""
+
+    def __init__(self, u, num_steps):
+        self.u, self.num_steps = jnp.asarray(u), num_steps
+
+
 def part_solve(size):
     from skimage.restoration import denoise_tv_bregman
 
-    from invcal.imaging import Anisotropic, SplitBregman, add_noise, load_image, split_bregman
+    from invcal.imaging import (
+        Anisotropic,
+        SplitBregman,
+        add_noise,
+        denoise_tv,
+        load_image,
+        split_bregman,
+    )
 
     truth = load_image("camera", None if size == 512 else size).astype(np.float32)
     method = SplitBregman(Anisotropic())
@@ -136,13 +158,31 @@ def part_solve(size):
         ]
         k_best = int(np.argmax(scores))
         w = float(grid[k_best])
-        for rho, eps in [(r, e) for r in (4.0, 2.0) for e in (1e-3, 1e-4)]:
+        # each solver's own converged image (float32), to say how far each stopped solve is
+        # from where it is going: the equal-accuracy comparison
+        ours_star = np.asarray(split_bregman(fj, w, method, tol=1e-6, max_steps=5000).u)
+        theirs_star = denoise_tv_bregman(
+            f, weight=1.0 / w, isotropic=False, eps=1e-6, max_num_iter=5000
+        )
+
+        def dist(u, star):
+            e = np.asarray(u, np.float64) - star
+            return float(np.sqrt(np.mean(e * e))), float(np.max(np.abs(e)))
+
+        for rho, eps in [(r, e) for r in (4.0, 2.0) for e in (1e-3, 1e-4, "default")]:
+            if eps == "default" and rho != 2.0:
+                continue
             m_rho = SplitBregman(Anisotropic(), penalty=rho)
 
             def ours(eps=eps, w=w, m_rho=m_rho):
+                if eps == "default":  # denoise_tv's defaults (tol 1e-4 × the range)
+                    u, info = denoise_tv(f, w, isotropic=False, return_info=True)
+                    return _Stopped(u, info.num_steps)
                 return split_bregman(fj, w, m_rho, tol=eps, max_steps=100)
 
             def theirs(eps=eps, w=w):
+                if eps == "default":  # scikit-image's defaults (eps 1e-3, 100 iterations)
+                    return denoise_tv_bregman(f, weight=1.0 / w, isotropic=False)
                 return denoise_tv_bregman(f, weight=1.0 / w, isotropic=False, eps=eps)
 
             ours()  # compile
@@ -176,6 +216,12 @@ def part_solve(size):
                 "invcal_dtype": str(sol.u.dtype),
                 "skimage_dtype": str(sk.dtype),
             }
+            (row["invcal_rms_to_converged"], row["invcal_max_to_converged"]) = dist(
+                sol.u, ours_star
+            )
+            (row["skimage_rms_to_converged"], row["skimage_max_to_converged"]) = dist(
+                sk, theirs_star
+            )
             out.append(row)
             rows.append(
                 [
@@ -189,6 +235,8 @@ def part_solve(size):
                     row["invcal_steps"],
                     f"{row['invcal_psnr']:.3f}",
                     f"{row['skimage_psnr']:.3f}",
+                    f"{row['invcal_rms_to_converged']:.2e}",
+                    f"{row['skimage_rms_to_converged']:.2e}",
                 ]
             )
     print(
@@ -207,6 +255,8 @@ def part_solve(size):
             "steps",
             "PSNR invcal",
             "PSNR skimage",
+            "RMS to u* invcal",
+            "RMS to u* skimage",
         ],
         rows,
     )
@@ -920,6 +970,7 @@ def main(argv=None):
         "threads": {
             "xla": THREADS,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         },
     }
