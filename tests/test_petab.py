@@ -420,3 +420,42 @@ def test_algebraic_rule_is_refused(tmp_path):
     model.write_text(text.replace("<listOfRules>", "<listOfRules>" + rule, 1))
     with pytest.raises(petab.UnsupportedModelError, match="algebraic rule"):
         petab.load(dst / "Boehm_JProteomeRes2014.yaml")
+
+
+# ------------------------------------------------------------------ failed solves
+
+
+def write_blow_up(folder: Path) -> Path:
+    """The closed-form problem with A' = kin·A² − k1·A: at the nominal parameters
+    (A(0) = 4, kin = 1.3, k1 = 0.7) A blows up at t ≈ 0.2, before the measurements end."""
+    path = write_problem(folder)
+    sbml = (folder / "model.xml").read_text()
+    inflow = "<apply><times/><ci> cell </ci><ci> kin </ci><ci> u </ci></apply>"
+    assert inflow in sbml
+    squared = "<apply><times/><ci> cell </ci><ci> kin </ci><ci> A </ci><ci> A </ci></apply>"
+    (folder / "model.xml").write_text(sbml.replace(inflow, squared))
+    return path
+
+
+@pytest.mark.slow  # ~30 s: compiles the adjoint gradient with Kvaerno5
+def test_a_failed_solve_is_inf_and_a_nan_gradient_never_an_exception(tmp_path):
+    """Issue 18: a check raised inside the solve (lineax refusing a non-finite system in a
+    differentiated Newton step, an equinox.EquinoxRuntimeError; seen on Fujita_SciSignal2010)
+    came out of value_and_gradient; it is now a failed solve like max_steps."""
+    import equinox as eqx
+
+    from invcal.ode.petab.problem import _value_and_grad_jit
+
+    problem = petab.load(write_blow_up(tmp_path / "blow"), max_steps=500)
+    x = jax.numpy.asarray(problem.x_nominal)
+    # The compiled gradient itself raises: this is the case the methods must absorb.
+    with jax.enable_x64(True), pytest.raises(eqx.EquinoxRuntimeError):
+        _value_and_grad_jit(problem, x, petab.Adjoint())
+    value, grad = problem.value_and_gradient(x, sensitivities=petab.Adjoint())
+    assert value == np.inf and grad.shape == x.shape and np.all(np.isnan(grad))
+    value, grad = problem.value_and_gradient(x, sensitivities=petab.Forward())
+    assert value == np.inf and np.all(np.isnan(grad))
+    assert problem.objective(x) == np.inf
+    assert problem.failed_experiments(x) == [("pre", "c1"), ("", "c2")]
+    with pytest.raises(RuntimeError, match=r"'c2' at these parameters"):
+        problem.log_likelihood()

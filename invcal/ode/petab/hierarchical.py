@@ -118,11 +118,19 @@ class HierarchicalProblem(eqx.Module):
         with ``model_values``, also the model values y of each observable's measurements
         (a list of arrays, in ``problem.rows``' order)."""
         with jax.enable_x64(True):
-            (value, (ok, eta, ys)), grad = _value_and_grad_jit(
-                self, jnp.asarray(np.asarray(z, np.float64)), sensitivities
-            )
-            value, grad, eta = float(value), np.asarray(grad), np.asarray(eta)
-            ys = [np.asarray(y) for y in ys]
+            try:
+                (value, (ok, eta, ys)), grad = _value_and_grad_jit(
+                    self, jnp.asarray(np.asarray(z, np.float64)), sensitivities
+                )
+            except eqx.EquinoxRuntimeError:  # a check inside the solve: a failed solve
+                n = len(self.outer)
+                value, grad, ok, eta, ys = np.inf, np.full(n, np.nan), False, None, []
+            else:
+                value, grad, eta = float(value), np.asarray(grad), np.asarray(eta)
+                ys = [np.asarray(y) for y in ys]
+        if eta is None:
+            out = np.inf, grad, False, dict.fromkeys(self.inner_ids, np.nan)
+            return (*out, None) if model_values else out
         ok = bool(np.all(ok)) and np.isfinite(value) and bool(np.all(np.isfinite(grad)))
         inner = dict(zip(self.inner_ids, eta.tolist(), strict=True))
         out = (value if ok else np.inf), grad, ok, inner

@@ -196,51 +196,65 @@ class PEtabProblem(eqx.Module):
             )
         return jnp.asarray(x)
 
+    def _failed_names(self, ok) -> str:
+        bad = [self.experiments[i] for i in np.flatnonzero(~np.asarray(ok))]
+        return ", ".join(f"{s!r}" + (f" (pre-equilibrated in {p!r})" if p else "") for p, s in bad)
+
     def _raise_failed(self, ok):
         ok = np.asarray(ok)
         if ok.all():
             return
-        bad = [self.experiments[i] for i in np.flatnonzero(~ok)]
-        names = ", ".join(f"{s!r}" + (f" (pre-equilibrated in {p!r})" if p else "") for p, s in bad)
         raise RuntimeError(
-            f"{self.file}: the ODE solve failed for simulation condition(s) {names} at these "
-            f"parameters (max_steps={self.max_steps} reached, a non-finite state or no steady "
-            "state); check the parameters or load with a larger max_steps."
+            f"{self.file}: the ODE solve failed for simulation condition(s) "
+            f"{self._failed_names(ok)} at these parameters (max_steps={self.max_steps} "
+            "reached, a non-finite state or no steady state); check the parameters or load "
+            "with a larger max_steps."
         )
 
     @computes_in_float64
     def log_likelihood(self, params: dict | None = None) -> float:
         """PEtab's log-likelihood at ``params`` (dict estimated id → linear-scale value;
-        default ``self.nominal``), a Python float computed in float64."""
+        default ``self.nominal``), a Python float computed in float64. Raises
+        ``RuntimeError`` naming the simulation conditions whose ODE solve fails."""
         x = self.to_scaled(self.nominal if params is None else params)
-        value, ok = _value_jit(self, jnp.asarray(x), Checkpointed())
+        value, ok = _guarded(_value_jit, self, jnp.asarray(x), Checkpointed())
         self._raise_failed(ok)
         return -float(value)
 
     @computes_in_float64
     def objective(self, x) -> float:
-        """The negative log-likelihood at ``x`` (estimated parameters on their scales)."""
-        value, ok = _value_jit(self, self._check_x(x), Checkpointed())
-        self._raise_failed(ok)
-        return float(value)
+        """The negative log-likelihood at ``x`` (estimated parameters on their scales);
+        ``inf`` where an ODE solve fails (:meth:`failed_experiments` says which)."""
+        value, ok = _guarded(_value_jit, self, self._check_x(x), Checkpointed())
+        return float(value) if np.all(ok) else np.inf
+
+    @computes_in_float64
+    def failed_experiments(self, x) -> list:
+        """The experiments ((preequilibrationConditionId or '', simulationConditionId))
+        whose ODE solve fails at ``x``; empty where the objective is finite."""
+        _, ok = _guarded(_value_jit, self, self._check_x(x), Checkpointed())
+        return [self.experiments[i] for i in np.flatnonzero(~np.asarray(ok))]
 
     @computes_in_float64
     def value_and_gradient(self, x, *, sensitivities: AbstractSensitivities | None = None):
         """(J(x), ∇J(x)) as (float, NumPy array) for x on the parameters' scales, with the
-        sensitivity method ``sensitivities`` (default :class:`Forward`)."""
+        sensitivity method ``sensitivities`` (default :class:`Forward`).
+
+        Never raises for a failed solve: where an ODE solve fails (max_steps, a non-finite
+        state, no steady state, or a check inside the solver such as a singular linear
+        system in a differentiated Newton step) the value is ``inf`` and the gradient NaN;
+        where only the sensitivities fail (an adjoint's backward solve) the value is finite
+        and the gradient has NaN entries. Test with ``np.isfinite``."""
         sensitivities = _check_sensitivities(sensitivities)
-        (value, ok), grad = _value_and_grad_jit(self, self._check_x(x), sensitivities)
-        self._raise_failed(ok)
-        grad = np.asarray(grad)
-        if not np.all(np.isfinite(grad)):
-            raise RuntimeError(
-                f"{self.file}: the gradient ({type(sensitivities).__name__}) is not finite at "
-                "these parameters (a failed adjoint solve, or max_steps reached)."
-            )
+        (value, ok), grad = _guarded(_value_and_grad_jit, self, self._check_x(x), sensitivities)
+        grad = np.array(grad, dtype=np.float64)
+        if not np.all(ok) or not np.isfinite(float(value)):
+            return np.inf, np.full_like(grad, np.nan)
+        grad[~np.isfinite(grad)] = np.nan
         return float(value), grad
 
     def gradient(self, x, *, sensitivities: AbstractSensitivities | None = None) -> np.ndarray:
-        """∇J(x) (see :meth:`value_and_gradient`)."""
+        """∇J(x) (see :meth:`value_and_gradient`; NaN entries where it is not defined)."""
         return self.value_and_gradient(x, sensitivities=sensitivities)[1]
 
 
@@ -277,9 +291,31 @@ def neg_log_likelihood(
     ``sensitivities`` says (:class:`Forward`: forward mode, ``jax.jacfwd``/``jax.jvp``;
     :class:`Adjoint`, :class:`Checkpointed`: reverse mode, ``jax.grad``). A failed ODE
     solve gives +inf. Computes in the dtype of ``x``: call it in 64-bit mode
-    (``with jax.enable_x64(True):``), the tolerances are float64's."""
+    (``with jax.enable_x64(True):``), the tolerances are float64's.
+
+    Under differentiation a failed solve can also surface as an
+    ``equinox.EquinoxRuntimeError`` raised when the compiled program runs: lineax checks the
+    tangent and transposed linear solves of an implicit solver's Newton steps (and of a
+    pre-equilibration's implicit function theorem) unconditionally, with no flag to return.
+    :meth:`PEtabProblem.value_and_gradient` catches it and returns inf and a NaN gradient."""
     value, ok = _evaluate(problem, x, _check_sensitivities(sensitivities))
     return jnp.where(jnp.all(ok), value, jnp.inf)
+
+
+def _guarded(fn, problem, x, sensitivities):
+    """``fn(problem, x, sensitivities)`` (a compiled program returning ``((J, ok), ...)``
+    or ``(J, ok)``) with a check raised inside the solve taken as a failed solve: an
+    ``equinox.EquinoxRuntimeError`` (lineax refuses a singular or non-finite linear system in
+    the tangent or transposed Newton solves of an implicit step, which carry no failure
+    flag) gives ``J = inf``, ``ok = False`` and a NaN gradient."""
+    try:
+        return fn(problem, x, sensitivities)
+    except eqx.EquinoxRuntimeError:
+        ok = jnp.zeros(len(problem.experiments), bool)
+        failed = (jnp.asarray(jnp.inf, x.dtype), ok)
+        if fn is _value_jit:
+            return failed
+        return failed, jnp.full(x.shape, jnp.nan, x.dtype)
 
 
 @eqx.filter_jit
