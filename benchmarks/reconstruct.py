@@ -54,7 +54,9 @@ figures of one run, taken side by side).
    colour; ``--reference`` the clean image) on photographs no issue used (stereo_motorcycle's
    left view, grass and gravel as 256×256 centre crops, microaneurysms 102×102), denoised (σ
    0.05, 0.1), deblurred (``--blur-sigma 1.5``, noise 0.01) and inpainted (60% kept, σ 0.03):
-   PSNR at the chosen λ against the oracle λ of the command's grid.
+   PSNR at the chosen λ against the oracle λ of the command's grid; and the same with
+   ``--sigma`` the true noise level, which separates the σ estimate's share of a gap from
+   SURE's.
 
 ``--quick``: 256×256 denoising, 128×128 deblurring, 9-point grids, two deblurring cases and
 one colour case.
@@ -754,6 +756,17 @@ def unseen(images, tasks, folder):
             seconds = time.perf_counter() - t0
             row = {"task": task, **settings, "image": name, "shape": list(clean.shape)}
             row["status"] = status
+            # the same with the true σ (--sigma): how much of a gap is the σ estimate's
+            known_argv = [*argv[:-4], "--out", str(case / "run_true_sigma"), *argv[-2:]]
+            known = invcal_main([*known_argv, "--sigma", str(settings["noise"])])
+            if known == 0:
+                r = json.loads((case / "run_true_sigma" / "results.json").read_text())
+                row["true_sigma"] = {
+                    "lambda": r["lambda"],
+                    "psnr": r["psnr"],
+                    "oracle_psnr": r["oracle"]["psnr"],
+                    "gap_db": r["oracle"]["gap_db"],
+                }
             if status == 0:
                 r = json.loads((case / "run" / "results.json").read_text())
                 o = r["oracle"]
@@ -776,7 +789,13 @@ def unseen(images, tasks, folder):
                     f"  {task:<8}{str(settings):<40}{name:<18} λ {r['lambda']:.4g} PSNR "
                     f"{r['psnr']:6.2f} dB (input {r['psnr_input']:.2f}), oracle λ "
                     f"{o['lambda']:.4g} {o['psnr']:6.2f} dB: gap {o['gap_db']:.3f} dB, "
-                    f"{r['evaluations']} evaluations, {r['timings']['total']:.1f} s"
+                    f"{r['evaluations']} evaluations, {r['timings']['total']:.1f} s; "
+                    f"σ estimated {r['sigma']:.4g} (true {settings['noise']:g}); with the true σ "
+                    + (
+                        f"gap {row['true_sigma']['gap_db']:.3f} dB"
+                        if "true_sigma" in row
+                        else f"exit status {known}"
+                    )
                 )
             else:
                 print(f"  {task} {settings} {name}: exit status {status}")
@@ -784,18 +803,21 @@ def unseen(images, tasks, folder):
     summary = {}
     for task, settings, _ in tasks:
         key = f"{task} {settings}"
-        gaps = [
-            r["gap_db"]
+        sel = [
+            r
             for r in rows
             if r["task"] == task
             and r["status"] == 0
             and all(r[k] == v for k, v in settings.items())
         ]
+        gaps = [r["gap_db"] for r in sel]
+        known = [r["true_sigma"]["gap_db"] for r in sel if "true_sigma" in r]
         if gaps:
             summary[key] = {
                 "cases": len(gaps),
                 "gap_db_max": max(gaps),
                 "gap_db_mean": float(np.mean(gaps)),
+                "true_sigma_gap_db_max": max(known) if known else None,
             }
             print(f"  {key}: {summary[key]}")
     return {"rows": rows, "summary": summary}
