@@ -29,7 +29,12 @@ The correlation matrix of the estimates and its condition number (largest over s
 eigenvalue: NONMEM's convention, on the correlation matrix) come from the same covariance.
 
 **Shrinkage** (NONMEM): η-shrinkage_p = 1 − SD(η̂_p)/ω_p over subjects; ε-shrinkage =
-1 − SD(IWRES) over observations (sample SDs, ddof = 1).
+1 − SD(IWRES) over observations (sample SDs, ddof = 1); with inter-occasion variability,
+κ-shrinkage_p = 1 − SD(κ̂_p)/π_p over every (subject, occasion) of the table.
+
+**Inter-occasion variability** (``iov``, the table's OCC column; :mod:`invcal.ode.occasions`):
+the parameters named get an occasion effect κ ~ N(0, π²) per occasion of a subject, one π
+per parameter for every occasion (NONMEM's BLOCK SAME), integrated with η by FOCEI/Laplace.
 
 **Residuals.** IWRES = (DV − IPRED)/√R(IPRED). CWRES (Hooker, Staatz & Karlsson 2007):
 per subject, with Zᵢ = ∂f/∂η at ηᵢ*, E(yᵢ) = f(ηᵢ*) − Zᵢηᵢ*, Cov(yᵢ) = ZᵢΩZᵢᵀ + diag R(f(ηᵢ*)),
@@ -229,7 +234,8 @@ class Calibration:
     - ``covariance``: the method; ``covariance_matrix``, ``correlation`` (over
       ``estimate_names``), ``condition_number``; ``covariance_note``: why a matrix is
       missing, if it is.
-    - ``shrinkage``: ``{"eta": {p: ...}, "epsilon": ...}``.
+    - ``shrinkage``: ``{"eta": {p: ...}, "epsilon": ...}`` (and ``"iov": {p: ...}`` with
+      occasions).
     - ``diagnostics``: per observation arrays ``ID, TIME, DV, PRED, IPRED, IWRES, CWRES,
       NPDE``; ``vpc``: the visual predictive check's bins and percentiles;
       ``covariate_medians``: the centring of the power covariate models.
@@ -278,6 +284,7 @@ class Calibration:
             "fixed_effects": dict(fit.fixed_effects),
             "standard_errors": self.standard_errors,
             "random_sd": dict(fit.random_sd),
+            **({"iov_sd": dict(fit.iov_sd), "occasions": self._occasions()} if fit.iov_sd else {}),
             "random_corr": {f"{p},{r}": v for (p, r), v in fit.random_corr.items()},
             "residual_sd": res if not isinstance(res, dict) else dict(res),
             "loglik": float(fit.loglik),
@@ -300,6 +307,15 @@ class Calibration:
             "seconds": self.seconds,
         }
 
+    def _occasions(self) -> dict:
+        """How many occasions the subjects have (results.json's ``occasions``)."""
+        per = np.sum(self.fit.occasions, axis=1)
+        return {
+            "max": int(self.fit.occasions.shape[1]),
+            "per_subject": {str(k): int(np.sum(per == k)) for k in np.unique(per)},
+            "parameters": list(self.fit.iov_sd),
+        }
+
 
 # --------------------------------------------------------------------------------------
 # calibrate
@@ -318,6 +334,7 @@ def prepare(
     model_options=None,
     censoring="m3",
     lag=False,
+    iov=None,
 ) -> dict:
     """Every check of :func:`calibrate`, no compilation: the resolved model, the table
     (adapted to the model, covariates centred) and the fit's arguments."""
@@ -341,7 +358,11 @@ def prepare(
     init = dict(init or {})
     covs = parse_covariates(covariates)
     _unknown("--covariate", list(covs), params)
-    omega_names = [f"omega_{p}" for p in random]
+    iov = () if iov is None else ((iov,) if isinstance(iov, str) else tuple(iov))
+    _unknown("--iov", iov, params)
+    if len(set(iov)) != len(iov):
+        raise ValueError(f"--iov names a parameter twice: {','.join(iov)}.")
+    omega_names = [f"omega_{p}" for p in random] + [f"iov_{p}" for p in iov]
     sigma_names = {"additive": ["sigma_add"], "proportional": ["sigma_prop"]}.get(
         error, ["sigma_add", "sigma_prop"]
     )
@@ -383,6 +404,10 @@ def prepare(
     skip = {model_options.get("input", "U")} if entry is not None and entry.options else set()
     baseline = {c: v for c, v in events.baseline().items() if c not in skip}
     events, medians = _center_covariates(events, covs)
+    if iov:
+        from .occasions import occasion_index
+
+        occasion_index(events)  # OCC present, complete and integer: one line naming the row
     _choice("censoring", censoring, ("m3", "m1"))
     n_cens = int(events.is_censored.sum())
     if n_cens and censoring == "m1":  # drop them (Beal's M1)
@@ -428,6 +453,7 @@ def prepare(
         "approximation": approximation,
         "covariance": covariance,
         "lag": bool(lag),
+        "iov": iov,
         "steady_state": {
             f"SS={k}": int(np.sum(events.ss == k)) if events.ss is not None else 0 for k in (1, 2)
         },
@@ -449,6 +475,7 @@ def calibrate(
     model_options=None,
     censoring: str = "m3",
     lag: bool = False,
+    iov=None,
     n_simulations: int = 500,
     seed: int = 0,
     vpc_bins: int | None = None,
@@ -479,6 +506,9 @@ def calibrate(
       into the depot enter Tlag later; random like the others unless ``random`` says
       otherwise). Steady-state doses come from the table's SS and II columns
       (:mod:`invcal.ode.dosing`).
+    - ``iov``: parameters with inter-occasion variability (the table's OCC column; a name or
+      names): an occasion effect κ ~ N(0, π²) per occasion of a subject, ``iov_<p>`` = π
+      (:func:`fit_population`'s ``iov``).
     - ``n_simulations``, ``seed``: the simulations of NPDE and the VPC (0: none);
       ``vpc_bins``: number of time bins (default: the distinct times if at most 12, else
       clusters of the observation times, their number chosen from the data:
@@ -508,6 +538,7 @@ def calibrate(
         model_options=model_options,
         censoring=censoring,
         lag=lag,
+        iov=iov,
     )
     ode_model = prep["model"]
     if rtol is not None and isinstance(model, str) and ":" not in model:
@@ -524,6 +555,7 @@ def calibrate(
         method=approximation,
         covariates=prep["covariates"] or None,
         omega=omega,
+        iov=prep["iov"] or None,
         max_iter=max_iter,
         progress=progress,
     )
@@ -558,6 +590,7 @@ def calibrate(
         "censoring": prep["censoring"],
         "n_censored": prep["n_censored"],
         "lag": prep["lag"],
+        "iov": list(prep["iov"]),
         "steady_state": prep["steady_state"],
         "n_simulations": int(n_simulations),
         "seed": int(seed),

@@ -229,6 +229,17 @@ def _markdown(cal, figures) -> str:
         }[o.get("censoring", "none")],
     ]
     lines.append("- dosing: " + _dosing_text(o))
+    if o.get("iov"):
+        occ = cal.to_json().get("occasions") or {}
+        per = ", ".join(
+            f"{n} subject(s) with {k}" for k, n in (occ.get("per_subject") or {}).items()
+        )
+        lines.append(
+            f"- inter-occasion variability on {', '.join(o['iov'])} (OCC column): an occasion "
+            "effect κ ~ N(0, π²) per occasion of a subject on top of its η, one π per "
+            f"parameter for every occasion (NONMEM's BLOCK SAME), iov_<param> = π; {per} "
+            "occasion(s)"
+        )
     if o["covariates"]:
         med = ", ".join(f"{c} median {_g(v)}" for c, v in cal.covariate_medians.items())
         lines.append(
@@ -273,8 +284,10 @@ def _markdown(cal, figures) -> str:
         ]
     lines += [
         "Fixed effects are on the scale the model declares them (log scale for the built-in PK "
-        "models); omega_<p> are SDs of the random effects, sigma_* residual SDs. Intervals of "
-        "SDs are taken on the log scale (they stay positive).",
+        "models); omega_<p> are SDs of the random effects, "
+        + ("iov_<p> SDs of the occasion effects, " if o.get("iov") else "")
+        + "sigma_* residual SDs. Intervals of SDs are taken on the log scale (they stay "
+        "positive).",
         "",
         "## Correlation matrix of the estimates",
         "",
@@ -298,10 +311,13 @@ def _markdown(cal, figures) -> str:
     ]
     for p, v in sh["eta"].items():
         lines.append(f"| eta {p} | {_g(100 * v, 3)} |")
+    for p, v in (sh.get("iov") or {}).items():
+        lines.append(f"| kappa {p} (occasions) | {_g(100 * v, 3)} |")
     lines.append(f"| epsilon | {_g(100 * sh['epsilon'], 3)} |")
     lines += [
         "",
-        "η-shrinkage = 1 − SD(η̂)/ω; ε-shrinkage = 1 − SD(IWRES).",
+        "η-shrinkage = 1 − SD(η̂)/ω; ε-shrinkage = 1 − SD(IWRES)"
+        + ("; κ-shrinkage = 1 − SD(κ̂)/π over every (subject, occasion)." if sh.get("iov") else "."),
         "",
         "## Goodness of fit",
         "",

@@ -3,7 +3,7 @@
     invcal calibrate DATA.csv --model NAME|path/to/file.py:NAME [--random P,...]
         [--error additive|proportional|combined] [--omega diagonal|full]
         [--approximation focei|laplace] [--covariance sandwich|R|S|lme] [--init P=V,...]
-        [--covariate "lCl~WT" ...] [--lag] [--input U] [--t0 0]
+        [--covariate "lCl~WT" ...] [--lag] [--iov P,...] [--input U] [--t0 0]
         [--interpolation constant|linear]
         [--simulations N] [--seed S] [--pcvpc] [--out DIR] [--resume | --overwrite]
         [--no-progress]
@@ -63,6 +63,12 @@ def add_parser(sub, name: str):
     )
     p.add_argument(
         "--lag", action="store_true", help="oral models: a lag time lTlag on the depot's doses"
+    )
+    p.add_argument(
+        "--iov",
+        metavar="P,...",
+        help="inter-occasion variability on these parameters (the table's OCC column): one "
+        "occasion effect per occasion, one SD per parameter (NONMEM's BLOCK SAME)",
     )
     p.add_argument("--input", help="seed model: the column of u(t) (default U)")
     p.add_argument("--t0", type=float, help="seed model: the initial time (default 0)")
@@ -180,6 +186,7 @@ def run(args) -> int:
         model_options=model_options,
         censoring=args.censoring,
         lag=args.lag,
+        iov=_parse_list("--iov", args.iov),
     )
     prep = prepare(args.data, args.model, **kwargs)  # every check, nothing compiled
     out = Path(args.out) if args.out else Path("runs") / f"calibrate-{Path(args.data).stem}"

@@ -20,7 +20,8 @@ def _subject_terms(pop, space, z, eta0, arrays, tol, max_steps):
 
 def _reported(pop, space):
     """(names, kinds, z ↦ reported values): fixed effects, covariate effects, ω SDs (and
-    correlations for a full Ω), residual SDs."""
+    correlations for a full Ω), the occasion effects' SDs π (kind ``"iov"``), residual
+    SDs."""
     params = tuple(pop.model.params)
     names = list(params) + [f"beta_{p}_{c}" for p, c in pop.covariates]
     kinds = ["fixed"] * len(params) + ["covariate"] * len(pop.covariates)
@@ -30,6 +31,8 @@ def _reported(pop, space):
     pairs = [(i, j) for i in range(pop.n_random) for j in range(i)] if full else []
     names += [f"corr_{pop.random[i]}_{pop.random[j]}" for i, j in pairs]
     kinds += ["corr"] * len(pairs)
+    names += list(pop.iov_names())
+    kinds += ["iov"] * len(pop.iov)
     names += list(pop.error.names)
     kinds += ["sigma"] * len(pop.error.names)
 
@@ -40,6 +43,7 @@ def _reported(pop, space):
         sd = jnp.sqrt(jnp.diagonal(om))
         out += list(sd)
         out += [om[i, j] / (sd[i] * sd[j]) for i, j in pairs]
+        out += [th[k] for k in pop.iov_names()]
         out += [th[s] for s in pop.error.names]
         return jnp.stack([jnp.asarray(v, dtype=float) for v in out])
 
@@ -127,9 +131,8 @@ def _lme_fixed_cov(fit):
     f = np.asarray(run["info"]["ipred"])
     mask = np.asarray(arrays.obs_mask)
     cov = np.asarray(arrays.cov)
-    ridx = [params.index(p) for p in pop.random]
     th = {k: jnp.asarray(v) for k, v in fit.theta.items()}
-    omega = np.asarray(pop.omega_matrix(th))
+    omega = pop.eta_covariance(th)
     k = len(params) + len(pop.covariates)
     info = np.zeros((k, k))
     for i in range(J.shape[0]):
@@ -137,10 +140,10 @@ def _lme_fixed_cov(fit):
         Ji = J[i][m]
         R = np.asarray(pop.error.variance(jnp.asarray(f[i][m]), th))
         X = np.zeros((Ji.shape[0], k))
-        X[:, : len(params)] = Ji
+        X[:, : len(params)] = Ji[:, : len(params)]
         for j, (p, c) in enumerate(pop.covariates):
             X[:, len(params) + j] = Ji[:, params.index(p)] * cov[i, pop.cov_names.index(c)]
-        Z = Ji[:, ridx]
+        Z = pop.random_design(Ji)
         V = Z @ omega @ Z.T + np.diag(R)
         info += X.T @ np.linalg.solve(V, X)
     return np.linalg.inv(info)
@@ -204,7 +207,7 @@ def _covariance(fit, method):
     rows = []
     for k, (name, kind) in enumerate(zip(names, kinds, strict=True)):
         v, s = float(est[k]), float(se[k])
-        if kind in ("omega", "sigma") and v > 0 and math.isfinite(s):
+        if kind in ("omega", "iov", "sigma") and v > 0 and math.isfinite(s):
             w = 1.959963984540054 * s / v  # interval on the log scale: stays positive
             lo, hi = v * math.exp(-min(w, 700.0)), v * math.exp(min(w, 700.0))
         else:

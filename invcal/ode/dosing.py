@@ -56,6 +56,10 @@ class DoseEvents(eqx.Module):
       records (AMT, II, RATE, dosed state, whether its lag applies); None without any.
     - ``obs_key`` (M,): the observations' tie-break keys; ``t_start``, ``t_end``: the
       subject's first record and the end of its timeline.
+    - With occasions (:mod:`invcal.ode.occasions`): ``occ`` (E,) each event's occasion (a
+      dose's lag time is its occasion's), ``switch`` (E,) the events that start a new
+      occasion (at the first record of one, before that record's dose), ``occ0`` the first
+      record's occasion, ``ss_occ`` (K,) each steady-state record's; None without.
     """
 
     t: jax.Array
@@ -74,12 +78,17 @@ class DoseEvents(eqx.Module):
     ss_rate: jax.Array | None = None
     ss_state: jax.Array | None = None
     ss_lagged: jax.Array | None = None
+    occ: jax.Array | None = None
+    switch: jax.Array | None = None
+    occ0: jax.Array | None = None
+    ss_occ: jax.Array | None = None
 
 
-def dose_events(events, model, obs_rows, M: int) -> DoseEvents:
+def dose_events(events, model, obs_rows, M: int, occ=None) -> DoseEvents:
     """The :class:`DoseEvents` of every subject of ``events`` (padded to common sizes), with
     the observations ``obs_rows`` (each subject's observation rows, in the order of its
-    ``obs_*`` arrays, padded to M). Checks the steady-state records against the model."""
+    ``obs_*`` arrays, padded to M) and, given ``occ`` (each row's occasion index), the
+    occasions. Checks the steady-state records against the model."""
     n = len(model.states)
     lagged_states = set(model.lagged_states())
     ss_col = events.ss if events.ss is not None else np.zeros(events.id.shape[0], int)
@@ -91,13 +100,20 @@ def dose_events(events, model, obs_rows, M: int) -> DoseEvents:
             "model is not declared linear. Expand the doses into rows (or ADDL) instead."
         )
     subjects = []
+    # tie-break keys of row `order` at one time: infusion ends 3·order (before every row),
+    # then per row: a new occasion big + 3·order, a steady-state reset + 1, the dose or the
+    # observation + 2
     for a, b in zip(*events.blocks(), strict=True):
-        big = 2 * (b - a + 1)
-        ev, ss = [], []  # (t, key, state, lagged, jump, drate, ss index, reset)
+        big = 3 * (b - a + 1)
+        ev, ss = [], []  # (t, key, state, lagged, jump, drate, ss index, reset, occ, switch)
         for i in range(a, b):
+            order = i - a
+            o = 0 if occ is None else int(occ[i])
+            if occ is not None and i > a and occ[i] != occ[i - 1]:
+                ev.append((events.time[i], big + 3 * order, 0, False, 0.0, 0.0, -1, False, o, True))
             if events.evid[i] != 1:
                 continue
-            order, c = i - a, int(events.cmt[i]) - 1
+            c = int(events.cmt[i]) - 1
             lag = c in lagged_states
             amt, rate = float(events.amt[i]), float(events.rate[i])
             if ss_col[i] > 0:
@@ -106,21 +122,34 @@ def dose_events(events, model, obs_rows, M: int) -> DoseEvents:
                         f"{events.where(i)}: a steady-state infusion (SS with RATE > 0) into "
                         f"the lagged state {model.states[c]!r} is not supported."
                     )
+                reset = ss_col[i] == 1
                 ev.append(
-                    (events.time[i], big + 2 * order, c, False, 0.0, 0.0, len(ss), ss_col[i] == 1)
+                    (
+                        events.time[i],
+                        big + 3 * order + 1,
+                        c,
+                        False,
+                        0.0,
+                        0.0,
+                        len(ss),
+                        reset,
+                        o,
+                        False,
+                    )
                 )
-                ss.append((amt, float(events.ii[i]), rate, c, lag))
+                ss.append((amt, float(events.ii[i]), rate, c, lag, o))
             for t in events.dose_times(i):
-                key = big + 2 * order + 1
+                key = big + 3 * order + 2
                 if rate > 0:
-                    ev.append((t, key, c, lag, 0.0, rate, -1, False))
-                    ev.append((t + amt / rate, 2 * order, c, lag, 0.0, -rate, -1, False))
+                    ev.append((t, key, c, lag, 0.0, rate, -1, False, o, False))
+                    ev.append((t + amt / rate, 3 * order, c, lag, 0.0, -rate, -1, False, o, False))
                 else:
-                    ev.append((t, key, c, lag, amt, 0.0, -1, False))
-        obs_key = [big + 2 * (int(r) - a) + 1 for r in obs_rows[len(subjects)]]
+                    ev.append((t, key, c, lag, amt, 0.0, -1, False, o, False))
+        obs_key = [big + 3 * (int(r) - a) + 2 for r in obs_rows[len(subjects)]]
         obs_t = events.time[np.asarray(obs_rows[len(subjects)], int)]
         t_end = max([float(np.max(obs_t))] + [e[0] for e in ev])
-        subjects.append((ev, ss, obs_key, float(events.time[a]), t_end))
+        o0 = 0 if occ is None else int(occ[a])
+        subjects.append((ev, ss, obs_key, float(events.time[a]), t_end, o0))
     E = max(1, max(len(s[0]) for s in subjects))
     K = max(len(s[1]) for s in subjects)
     N = len(subjects)
@@ -137,17 +166,21 @@ def dose_events(events, model, obs_rows, M: int) -> DoseEvents:
     ss_amt, ss_ii = np.zeros((N, K)), np.ones((N, K))
     ss_rate, ss_state = np.zeros((N, K)), np.zeros((N, K), dtype=np.int32)
     ss_lagged = np.zeros((N, K), bool)
-    for s, (ev, ss, ok, t0, t1) in enumerate(subjects):
-        t_start[s], t_end[s] = t0, t1
+    occ_e, switch = np.zeros((N, E), dtype=np.int32), np.zeros((N, E), bool)
+    occ0, ss_occ = np.zeros(N, dtype=np.int32), np.zeros((N, K), dtype=np.int32)
+    for s, (ev, ss, ok, t0, t1, o0) in enumerate(subjects):
+        t_start[s], t_end[s], occ0[s] = t0, t1, o0
         t[s, :] = t1  # padding: no-op events at the end of the timeline
-        for e, (te, k, c, lg, amt, dr, si, rs) in enumerate(ev):
+        for e, (te, k, c, lg, amt, dr, si, rs, o, sw) in enumerate(ev):
             t[s, e], key[s, e], state[s, e], lagged[s, e] = te, k, c, lg
             jump[s, e, c], drate[s, e, c], ssi[s, e], reset[s, e] = amt, dr, si, rs
+            occ_e[s, e], switch[s, e] = o, sw
         okey[s, : len(ok)] = ok
-        for k, (amt, ii, rate, c, lg) in enumerate(ss):
+        for k, (amt, ii, rate, c, lg, o) in enumerate(ss):
             ss_amt[s, k], ss_ii[s, k], ss_rate[s, k], ss_state[s, k] = amt, ii, rate, c
-            ss_lagged[s, k] = lg
+            ss_lagged[s, k], ss_occ[s, k] = lg, o
     arr = jnp.asarray
+    iov = occ is not None
     return DoseEvents(
         t=arr(t),
         key=arr(key),
@@ -165,6 +198,10 @@ def dose_events(events, model, obs_rows, M: int) -> DoseEvents:
         ss_rate=arr(ss_rate) if K else None,
         ss_state=arr(ss_state) if K else None,
         ss_lagged=arr(ss_lagged) if K else None,
+        occ=arr(occ_e) if iov else None,
+        switch=arr(switch) if iov else None,
+        occ0=arr(occ0) if iov else None,
+        ss_occ=arr(ss_occ) if iov and K else None,
     )
 
 
@@ -199,12 +236,18 @@ def _jacobian(model, p, y0):
 # --------------------------------------------------------------------------------------
 # The solve
 # --------------------------------------------------------------------------------------
-def solve_with_doses(model, subject, p, y0, obs_t, obs_key):
+def solve_with_doses(model, subject, p, y0, obs_t, obs_key, P=None):
     """States at ``obs_t`` (tie-break keys ``obs_key``) and a success flag, for a subject
-    with :class:`DoseEvents` (module docstring)."""
+    with :class:`DoseEvents` (module docstring). With occasions, ``P`` (K, d) holds each
+    occasion's parameter vector (``p``: the first record's) and the result gains each
+    observation's occasion."""
     d = subject.doses
-    lag = model.lag_times(p) if model.lag is not None else jnp.zeros_like(y0)
-    tau = d.t + jnp.where(d.lagged, lag[d.state], 0.0)
+    if P is not None:  # each event's lag time from its own occasion's parameters
+        lags = jax.vmap(lambda v: _lag(model, model.param_dict(v), y0))(P)  # (K, n)
+        tau = d.t + jnp.where(d.lagged, lags[d.occ, d.state], 0.0)
+    else:
+        lag = _lag(model, p, y0)
+        tau = d.t + jnp.where(d.lagged, lag[d.state], 0.0)
     perm = jnp.lexsort((d.key, jax.lax.stop_gradient(tau)))
     ts = tau[perm]
     t_end = jnp.maximum(d.t_end, ts[-1])
@@ -215,7 +258,11 @@ def solve_with_doses(model, subject, p, y0, obs_t, obs_key):
     rates = jnp.cumsum(jnp.concatenate([zero, d.drate[perm]]), axis=0)
     ss_idx = jnp.concatenate([jnp.asarray([-1]), d.ss[perm]])
     reset = jnp.concatenate([jnp.asarray([False]), d.reset[perm]])
-    if d.ss_amt is not None:
+    if d.ss_amt is not None and P is not None:  # each record's occasion's A and lag time
+        A = jax.vmap(lambda v: _jacobian(model, model.param_dict(v), y0))(P)[d.ss_occ]
+        ss_lag = jnp.where(d.ss_lagged, lags[d.ss_occ, d.ss_state], 0.0)
+        S = jax.vmap(steady_state)(A, d.ss_amt, d.ss_ii, d.ss_rate, d.ss_state, ss_lag)
+    elif d.ss_amt is not None:
         A = _jacobian(model, p, y0)
         ss_lag = jnp.where(d.ss_lagged, lag[d.ss_state], 0.0)
         S = jax.vmap(lambda *a: steady_state(A, *a))(
@@ -230,9 +277,24 @@ def solve_with_doses(model, subject, p, y0, obs_t, obs_key):
     obs_seg = jnp.sum(before, axis=1)
 
     def one(y, seg):
-        t0, t1, jump, si, rs, rate = seg
+        t0, t1, jump, si, rs, rate, k = seg
         y = jnp.where(rs, jnp.zeros_like(y), y) + jnp.where(si >= 0, S[jnp.maximum(si, 0)], 0.0)
-        return solve_segment(model, y + jump, t0, t1, obs_t, p, rate)
+        pk = p if P is None else model.param_dict(P[k])
+        return solve_segment(model, y + jump, t0, t1, obs_t, pk, rate)
 
-    _, (ys, oks) = jax.lax.scan(one, y0, (starts, ends, jumps, ss_idx, reset, rates))
-    return ys[obs_seg, jnp.arange(obs_t.shape[0])], jnp.all(oks)
+    rows = jnp.arange(obs_t.shape[0])
+    if P is None:
+        segs = (starts, ends, jumps, ss_idx, reset, rates, jnp.zeros_like(ss_idx))
+        _, (ys, oks) = jax.lax.scan(one, y0, segs)
+        return ys[obs_seg, rows], jnp.all(oks)
+    # each segment's occasion: that of the last occasion switch at or before its start
+    sw = jnp.concatenate([d.occ0[None], jnp.where(d.switch[perm], d.occ[perm], -1)])
+    last = jax.lax.cummax(jnp.where(sw >= 0, jnp.arange(sw.shape[0]), 0))
+    seg_occ = sw[last]
+    _, (ys, oks) = jax.lax.scan(one, y0, (starts, ends, jumps, ss_idx, reset, rates, seg_occ))
+    return ys[obs_seg, rows], jnp.all(oks), seg_occ[obs_seg]
+
+
+def _lag(model, p, y0):
+    """Each state's lag time (n,) under parameters p (zeros for a model without lags)."""
+    return model.lag_times(p) if model.lag is not None else jnp.zeros_like(y0)

@@ -18,6 +18,7 @@ A table has one row per record, grouped by subject and sorted by time within a s
 | ADDL | additional doses after a dose row, each II after the previous one | 0 |
 | II | the interdose interval of ADDL and SS (> 0 where ADDL > 0 or SS > 0) | 0 |
 | SS | 1: at steady state of AMT every II before this dose (state reset); 2: added | 0 |
+| OCC | the occasion of the row, an integer (inter-occasion variability: :mod:`.occasions`) | none |
 
 Every other column is a covariate (its value on a subject's first row is the subject's
 baseline covariate), unless ``covariates=`` lists the allowed ones; a column whose name
@@ -47,7 +48,7 @@ import numpy as np
 __all__ = ["Events", "SubjectArrays", "holdout_rows", "read_events", "subject_arrays"]
 
 REQUIRED = ("ID", "TIME", "DV")
-OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE", "CENS", "LLOQ", "ADDL", "II", "SS")
+OPTIONAL = ("AMT", "EVID", "CMT", "MDV", "RATE", "CENS", "LLOQ", "ADDL", "II", "SS", "OCC")
 RESERVED = REQUIRED + OPTIONAL
 UNSUPPORTED = {
     "DUR": "modelled infusion durations",
@@ -79,6 +80,7 @@ class Events:
     addl: np.ndarray | None = None
     ii: np.ndarray | None = None
     ss: np.ndarray | None = None
+    occ: np.ndarray | None = None
 
     @property
     def has_steady_state(self) -> bool:
@@ -360,6 +362,7 @@ def _read_events(table, covariates, source) -> Events:
     addl = num("ADDL")
     ii = num("II")
     ss = num("SS")
+    occ = num("OCC")
     cov_values = {c: num(c) for c in covs}
     rows = np.arange(1, n + 1)
 
@@ -492,6 +495,7 @@ def _read_events(table, covariates, source) -> Events:
         addl=None if addl is None else np.where(evid == 1, np.nan_to_num(addl), 0).astype(int),
         ss=None if ss is None else np.where(evid == 1, np.nan_to_num(ss), 0).astype(int),
         ii=None if ii is None else np.where(evid == 1, np.nan_to_num(ii), 0.0),
+        occ=occ,
     )
 
 
@@ -548,6 +552,11 @@ class SubjectArrays(eqx.Module):
       events whose times and states depend on the parameters
       (:class:`invcal.ode.dosing.DoseEvents`; the solver then builds its segments from
       them and the ``seg_*`` arrays are unused); None otherwise.
+    - Occasions (inter-occasion variability, :mod:`invcal.ode.occasions`): ``iov`` the
+      indices of the model parameters that vary between occasions, ``n_occasions`` (K) the
+      most occasions of any subject, ``seg_occ`` (N, S) each segment's occasion; the
+      parameter vector φ the solver takes is then (φ (d), δ₁ (r), …, δ_K (r)): occasion k
+      solves with φ + δₖ on the parameters ``iov``. Empty / 0 / None without occasions.
     """
 
     seg_t0: jax.Array
@@ -563,19 +572,25 @@ class SubjectArrays(eqx.Module):
     names: tuple[str, ...] = eqx.field(static=True, default=())
     cens: jax.Array | None = None
     doses: eqx.Module | None = None
+    seg_occ: jax.Array | None = None
+    iov: tuple[int, ...] = eqx.field(static=True, default=())
+    n_occasions: int = eqx.field(static=True, default=0)
 
     @property
     def n_subjects(self) -> int:
         return int(self.obs_t.shape[0])
 
 
-def _segments(ev: Events, idx: np.ndarray, n_states: int, states):
-    """Cut one subject's timeline into solve segments; return them and each observation's
+def _segments(ev: Events, idx: np.ndarray, n_states: int, states, occ=None):
+    """Cut one subject's timeline into solve segments (and at the first record of each new
+    occasion, given ``occ``: each row's occasion index); return them and each observation's
     segment index."""
     # Timeline entries: (time, order, kind, payload). Infusion ends sort before rows at the
     # same time (the state is continuous there, so the order does not matter for it).
     timeline = []
     for order, i in enumerate(idx):
+        if occ is not None and order > 0 and occ[i] != occ[idx[order - 1]]:
+            timeline.append((ev.time[i], 1, order, "occ", int(occ[i]), 0.0))  # before the row
         if ev.evid[i] == 1:
             c = int(ev.cmt[i])
             if c > n_states:
@@ -592,10 +607,11 @@ def _segments(ev: Events, idx: np.ndarray, n_states: int, states):
                     timeline.append((t_dose, 1, order, "bolus", c - 1, ev.amt[i]))
         elif ev.evid[i] == 0 and ev.mdv[i] == 0:
             timeline.append((ev.time[i], 1, order, "obs", i, 0.0))
-    timeline.sort(key=lambda e: (e[0], e[1], e[2]))
+    timeline.sort(key=lambda e: (e[0], e[1], e[2]))  # stable: an occasion first in its row
     t_start = float(ev.time[idx[0]])
     rate = np.zeros(n_states)
-    segs = [{"t0": t_start, "jump": np.zeros(n_states), "rate": rate.copy(), "nobs": 0}]
+    now = 0 if occ is None else int(occ[idx[0]])
+    segs = [{"t0": t_start, "jump": np.zeros(n_states), "rate": rate.copy(), "nobs": 0, "occ": now}]
     obs_seg, obs_t, obs_dv, obs_row = [], [], [], []
     for t, _, _, kind, c, val in timeline:
         if kind == "obs":
@@ -607,9 +623,11 @@ def _segments(ev: Events, idx: np.ndarray, n_states: int, states):
             continue
         cur = segs[-1]
         if not (cur["t0"] == t and cur["nobs"] == 0):
-            cur = {"t0": t, "jump": np.zeros(n_states), "rate": rate.copy(), "nobs": 0}
+            cur = {"t0": t, "jump": np.zeros(n_states), "rate": rate.copy(), "nobs": 0, "occ": now}
             segs.append(cur)
-        if kind == "bolus":
+        if kind == "occ":
+            now = cur["occ"] = c
+        elif kind == "bolus":
             cur["jump"][c] += val
         elif kind == "start":
             rate[c] += val
@@ -669,13 +687,15 @@ def holdout_rows(events: Events, holdout, *, seed: int = 0) -> np.ndarray:
 
 
 def subject_arrays(
-    events: Events, model, *, covariates: tuple[str, ...] = (), holdout=None
+    events: Events, model, *, covariates: tuple[str, ...] = (), holdout=None, iov=()
 ) -> SubjectArrays:
     """Padded per-subject arrays for ``model`` (checks dose compartments against its states).
 
     ``covariates`` selects and orders the baseline covariate columns in ``cov``;
     ``holdout``: a boolean mask over the table's rows (:func:`holdout_rows`) of
-    observations to leave out of the fits and mark in ``SubjectArrays.holdout``."""
+    observations to leave out of the fits and mark in ``SubjectArrays.holdout``; ``iov``:
+    the model parameters that vary between the occasions of the table's OCC column
+    (:mod:`invcal.ode.occasions`)."""
     if not isinstance(events, Events):
         raise TypeError(
             f"expected event data from invcal.ode.read_events(...); got {type(events).__name__}."
@@ -687,8 +707,16 @@ def subject_arrays(
             f"(covariate columns: {sorted(events.covariates)})."
         )
     n_states = len(model.states)
+    occ, n_occ = None, 0
+    if iov:
+        from .occasions import occasion_index
+
+        bad = [p for p in iov if p not in model.params]
+        if bad:
+            raise ValueError(f"iov {bad} are not parameters of the model {model.params}.")
+        occ, n_occ = occasion_index(events)
     per = [
-        _segments(events, np.arange(a, b), n_states, model.states)
+        _segments(events, np.arange(a, b), n_states, model.states, occ)
         for a, b in zip(*events.blocks(), strict=True)
     ]
     N = len(per)
@@ -698,6 +726,7 @@ def subject_arrays(
     seg_t1 = np.zeros((N, S))
     jump = np.zeros((N, S, n_states))
     rate = np.zeros((N, S, n_states))
+    seg_occ = np.zeros((N, S), dtype=np.int32)
     obs_t = np.zeros((N, M))
     obs_seg = np.zeros((N, M), dtype=np.int32)
     dv = np.zeros((N, M))
@@ -709,11 +738,11 @@ def subject_arrays(
     for n, (segs, oseg, ot, odv, orow) in enumerate(per):
         for k, sg in enumerate(segs):
             seg_t0[n, k], seg_t1[n, k] = sg["t0"], sg["t1"]
-            jump[n, k], rate[n, k] = sg["jump"], sg["rate"]
+            jump[n, k], rate[n, k], seg_occ[n, k] = sg["jump"], sg["rate"], sg["occ"]
         last = segs[-1]
         for k in range(len(segs), S):  # zero-length padding at the end of the timeline
             seg_t0[n, k] = seg_t1[n, k] = last["t1"]
-            rate[n, k] = last["rate"]
+            rate[n, k], seg_occ[n, k] = last["rate"], last["occ"]
         m = len(ot)
         obs_t[n, :m], obs_seg[n, :m], dv[n, :m] = ot, oseg, odv
         held[n, :m] = rows_out[orow]
@@ -726,7 +755,7 @@ def subject_arrays(
     if model.lag is not None or events.has_steady_state:
         from .dosing import dose_events
 
-        doses = dose_events(events, model, [p[4] for p in per], M)
+        doses = dose_events(events, model, [p[4] for p in per], M, occ)
     return SubjectArrays(
         seg_t0=jax.numpy.asarray(seg_t0),
         seg_t1=jax.numpy.asarray(seg_t1),
@@ -741,4 +770,7 @@ def subject_arrays(
         names=tuple(covariates),
         cens=jax.numpy.asarray(cens) if cens.any() else None,
         doses=doses,
+        seg_occ=jax.numpy.asarray(seg_occ) if iov else None,
+        iov=tuple(model.params.index(p) for p in iov),
+        n_occasions=n_occ,
     )

@@ -58,6 +58,7 @@ def fit_population(
     holdout=None,
     holdout_seed: int = 0,
     omega: str = "diagonal",
+    iov=None,
     progress=None,
     out=None,
     resume: bool = False,
@@ -80,6 +81,11 @@ def fit_population(
       log-Cholesky factor ``omega_chol_<p>``, ``omega_chol_<p>_<r>``; ``init`` may give
       the SDs ``omega_<p>`` instead, for a diagonal start). The fit reports ``random_sd``,
       ``random_corr`` and ``omega_matrix``.
+    - ``iov``: parameters with inter-occasion variability (a name or names; the table needs
+      an OCC column, :mod:`invcal.ode.occasions`): each gets an occasion effect
+      κ ~ N(0, π²) per occasion of a subject, ``iov_<p>`` = π (default start 0.3), the same
+      on every occasion (NONMEM's BLOCK SAME); the κ are random effects of the subject like
+      η (FOCEI/Laplace integrate over both). The fit reports ``iov_sd`` and ``kappa``.
     - ``error``: ``"additive"``, ``"proportional"``, ``"combined"`` or an error model object.
     - ``method``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``), or
       ``"heldout"`` (:class:`HeldOutDensity`): minimize −log predictive density of held-out
@@ -152,6 +158,7 @@ def fit_population(
         holdout,
         holdout_seed,
         omega,
+        iov,
     )
     if algorithm not in ("auto", "lbfgs", "lindstrom-bates"):
         raise ValueError(
@@ -211,6 +218,7 @@ def fit_population(
         "error": type(pop.error).__name__,
         "approximation": type(pop.approximation).__name__,
         "omega": pop.omega,
+        **({"iov": list(pop.iov), "n_occasions": pop.n_occasions} if pop.iov else {}),
         "algorithm": requested,
         "source": events.source,
         "n_subjects": int(arrays.n_subjects),
@@ -272,12 +280,12 @@ def _run(
     # that the compiled loop is the same whatever the progress callable.
     opts = _options(**options, progress=None if record is not None else progress, record=record)
     z0 = space.to_z(space.init())
-    eta0 = jnp.zeros((arrays.n_subjects, pop.n_random))
+    eta0 = jnp.zeros((arrays.n_subjects, pop.n_eta))
     t0 = time.perf_counter()
     run_arrays, eta0, valid = _shard_subjects(arrays, eta0, mesh)
     state0 = None
     if saved is not None:
-        info0 = _info0(pop, run_arrays, pop.n_random, z0.shape[0])
+        info0 = _info0(pop, run_arrays, pop.n_eta, z0.shape[0])
         phase = saved.get("phase")
         if phase == "lbfgs" and (auto or algorithm == "lbfgs"):
             algorithm, like = "lbfgs", lbfgs_init(z0, eta0, info0, opts)

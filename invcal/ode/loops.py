@@ -56,7 +56,7 @@ def _two_loop(g, S, Y, rho, count, head, m):
 
 def _info0(pop, arrays, q, n):
     N, M = arrays.obs_t.shape
-    d = len(pop.model.params)
+    d = pop.n_phi
     return {
         "ok": jnp.zeros(N, bool),
         "inner_converged": jnp.zeros(N, bool),

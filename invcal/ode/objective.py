@@ -49,17 +49,19 @@ def population_problem(
     holdout=None,
     holdout_seed: int = 0,
     omega="diagonal",
+    iov=None,
 ):
     """(problem, solver): the population model as an :class:`invcal.Problem` whose x is the
-    stacked random effects η (N, q), ``objective`` Σᵢ Lᵢ and ``criterion`` −Σᵢ ℓᵢ, with
-    :class:`PopulationLM` as its inner solver. Derivatives of the ODE predictions enter
-    through Taylor polynomials built at the current point (exact to the order the implicit
-    hypergradient needs), so ``invcal.Implicit()`` in either mode applies."""
-    pop = _population(model, random, covariates, error, method, omega)
+    stacked random effects η (N, q; with occasions, ``iov``, (η, κ₁, …, κ_K) per subject),
+    ``objective`` Σᵢ Lᵢ and ``criterion`` −Σᵢ ℓᵢ, with :class:`PopulationLM` as its inner
+    solver. Derivatives of the ODE predictions enter through Taylor polynomials built at
+    the current point (exact to the order the implicit hypergradient needs), so
+    ``invcal.Implicit()`` in either mode applies."""
     if not isinstance(events, Events):
         raise TypeError("events must come from invcal.ode.read_events(...).")
+    pop = _population(model, random, covariates, error, method, omega, iov, events)
     rows = _holdout_mask(pop, events, holdout, holdout_seed)
-    arrays = subject_arrays(events, model, covariates=pop.cov_names, holdout=rows)
+    arrays = subject_arrays(events, model, covariates=pop.cov_names, holdout=rows, iov=pop.iov)
     space = pop.space(_initial_theta(pop, init, events))
     obj_order = 2
     crit_order = pop.approximation.order + 1
@@ -85,7 +87,7 @@ def population_problem(
     problem = Problem(
         space=space,
         criterion=criterion,
-        x0=jnp.zeros((arrays.n_subjects, pop.n_random)),
+        x0=jnp.zeros((arrays.n_subjects, pop.n_eta)),
         data=arrays,
         objective=objective,
         name=name,
@@ -166,6 +168,7 @@ def population_objective(
     holdout=None,
     holdout_seed: int = 0,
     omega: str = "diagonal",
+    iov=None,
 ) -> PopulationObjective:
     """The FOCEI or Laplace objective −Σℓᵢ(θ) and its implicit hypergradient at ``theta``
     (a dict of every population parameter by name, user values), with the inner solves
@@ -175,11 +178,12 @@ def population_objective(
     share one compilation. A subject whose ODE solve or inner fit fails makes the value
     infinite without touching the other subjects' terms; it raises ``RuntimeError`` naming
     those subjects, or with ``raise_on_failure=False`` lists them in ``failed``.
-    ``devices``, ``chunk_size``, ``holdout``, ``holdout_seed``, ``omega``: as for
-    :func:`fit_population` (``theta`` names Ω's parameters: ``Population.omega_names``).
+    ``devices``, ``chunk_size``, ``holdout``, ``holdout_seed``, ``omega``, ``iov``: as for
+    :func:`fit_population` (``theta`` names Ω's parameters: ``Population.omega_names``, and
+    the occasion SDs ``iov_<p>``); η (``eta0``, ``eta``) is then (η, κ₁, …, κ_K) per subject.
     """
     pop, events, arrays, space = _prepare(
-        model, events, theta, random, error, method, covariates, holdout, holdout_seed, omega
+        model, events, theta, random, error, method, covariates, holdout, holdout_seed, omega, iov
     )
     names = tuple(space.names)
     missing = [k for k in names if k not in theta]
@@ -188,11 +192,11 @@ def population_objective(
     opts = _options(0, 1.0, 1.0, inner_tol, inner_max_steps, 1.0, min_iter=0)
     z = space.to_z(space.validate(dict(theta)))
     if eta0 is None:
-        eta0 = jnp.zeros((arrays.n_subjects, pop.n_random))
+        eta0 = jnp.zeros((arrays.n_subjects, pop.n_eta))
     eta0 = jnp.asarray(eta0, dtype=float)
-    if eta0.shape != (arrays.n_subjects, pop.n_random):
+    if eta0.shape != (arrays.n_subjects, pop.n_eta):
         raise ValueError(
-            f"eta0 must have shape ({arrays.n_subjects}, {pop.n_random}) (subjects, random "
+            f"eta0 must have shape ({arrays.n_subjects}, {pop.n_eta}) (subjects, random "
             f"effects); got {eta0.shape}."
         )
     mesh = subject_mesh(devices)

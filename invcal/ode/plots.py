@@ -37,14 +37,16 @@ def plot_subjects(
     ncols: int = 4,
     subjects=None,
     ylabel: str = "DV",
+    occasion_effects=None,
 ):
     """One panel per subject: DV (points), IPRED and PRED curves. ``individual`` and
-    ``population`` map parameter names to arrays over ``events.subjects`` (or scalars)."""
+    ``population`` map parameter names to arrays over ``events.subjects`` (or scalars);
+    ``occasion_effects``: the occasion effects IPRED adds (:func:`simulate`'s)."""
     plt = _pyplot()
     subjects = list(events.subjects if subjects is None else subjects)
     tmax = float(np.max(events.time))
     grid = np.linspace(float(np.min(events.time)), tmax, num_points)
-    ipred = simulate(model, events, individual, times=grid)
+    ipred = simulate(model, events, individual, times=grid, occasion_effects=occasion_effects)
     pred = None if population is None else simulate(model, events, population, times=grid)
     n = len(subjects)
     ncols = max(1, min(ncols, n))
@@ -71,11 +73,14 @@ def plot_subjects(
     return fig
 
 
-def plot_goodness_of_fit(model, events, individual: dict, population: dict, variance):
+def plot_goodness_of_fit(
+    model, events, individual: dict, population: dict, variance, *, occasion_effects=None
+):
     """DV vs PRED, DV vs IPRED and IWRES vs time. ``variance(f)`` is R(f), the residual
-    variance at prediction f (e.g. ``lambda f: sigma**2`` for additive error)."""
+    variance at prediction f (e.g. ``lambda f: sigma**2`` for additive error);
+    ``occasion_effects``: the occasion effects IPRED adds (:func:`simulate`'s)."""
     plt = _pyplot()
-    ipred = simulate(model, events, individual)
+    ipred = simulate(model, events, individual, occasion_effects=occasion_effects)
     pred = simulate(model, events, population)
     t = np.concatenate([ipred[s][0] for s in events.subjects])
     ip = np.concatenate([ipred[s][1] for s in events.subjects])

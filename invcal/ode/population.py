@@ -116,6 +116,8 @@ L_RESOLUTION = 1e-12
 #: Largest change of any random effect in one inner step (on the declared scale: for a
 #: log-parameter, a factor e² ≈ 7.4).
 MAX_ETA_STEP = 2.0
+#: Initial SD of an occasion effect (``iov_<p>``) unless ``init`` gives one.
+IOV_SD0 = 0.3
 
 
 def solve_dense_ift(H, B) -> LinearSolve:
@@ -149,6 +151,13 @@ class Population(eqx.Module):
       in the order of ``random``, ``omega_chol_<p>`` = C_pp > 0 (Log, so the unconstrained
       coordinate is log C_pp: the log-Cholesky parametrization, positive definite for every
       z) and ``omega_chol_<p>_<r>`` = C_pr below the diagonal (Identity).
+
+    Inter-occasion variability (:mod:`invcal.ode.occasions`): the parameters ``iov`` gain an
+    occasion effect κ ~ N(0, π²) on each of ``n_occasions`` occasions, ``iov_<p>`` = π_p
+    (Log). A subject's random-effect vector is then (η (q), κ₁ (r), …, κ_K (r)), of length
+    :attr:`n_eta`, with the block-diagonal prior diag(Ω, Π, …, Π), and :meth:`phi` returns
+    (φ, κ₁, …, κ_K), the parameter vector the ODE solver takes for a subject with
+    occasions (:class:`invcal.ode.SubjectArrays`).
     """
 
     model: ODEModel = eqx.field(static=True)
@@ -157,6 +166,8 @@ class Population(eqx.Module):
     error: AbstractResidualError = eqx.field(static=True)
     approximation: AbstractApproximation = eqx.field(static=True)
     omega: str = eqx.field(static=True, default="diagonal")
+    iov: tuple[str, ...] = eqx.field(static=True, default=())
+    n_occasions: int = eqx.field(static=True, default=0)
 
     # -- structure -----------------------------------------------------------------
     @property
@@ -170,15 +181,31 @@ class Population(eqx.Module):
 
     @property
     def n_random(self) -> int:
+        """q: the subject-level random effects η."""
         return len(self.random)
+
+    @property
+    def n_eta(self) -> int:
+        """The length of a subject's random-effect vector: q + r·K with occasions."""
+        return self.n_random + len(self.iov) * self.n_occasions
+
+    @property
+    def n_phi(self) -> int:
+        """The length of the parameter vector the ODE solver takes: d + r·K."""
+        return len(self.model.params) + len(self.iov) * self.n_occasions
 
     def names(self) -> tuple[str, ...]:
         return (
             tuple(self.model.params)
             + tuple(f"beta_{p}_{c}" for p, c in self.covariates)
             + self.omega_names()
+            + self.iov_names()
             + tuple(self.error.names)
         )
+
+    def iov_names(self) -> tuple[str, ...]:
+        """``iov_<p>``: the SD of p's occasion effects."""
+        return tuple(f"iov_{p}" for p in self.iov)
 
     def omega_names(self) -> tuple[str, ...]:
         """The hyperparameters of Ω (see the class docstring)."""
@@ -198,18 +225,44 @@ class Population(eqx.Module):
         diagonal = self.omega_names()[: self.n_random]
         for k in self.omega_names():
             params[k] = Param(init[k], Log() if k in diagonal else Identity())
+        for k in self.iov_names():
+            params[k] = Param(init[k], Log())
         for s in self.error.names:
             params[s] = Param(init[s], Log())
         return Space(params)
 
     def phi(self, eta, theta, cov):
-        """φ = μ + Bβ + Sη (d,) for one subject."""
+        """φ = μ + Bβ + Sη (d,) for one subject; with occasions (φ, κ₁, …, κ_K) (n_phi,)."""
         phi = jnp.stack([jnp.asarray(theta[p], dtype=float) for p in self.model.params])
         for p, c in self.covariates:
             k = self.model.params.index(p)
             phi = phi.at[k].add(theta[f"beta_{p}_{c}"] * cov[self.cov_names.index(c)])
         idx = jnp.asarray([self.model.params.index(p) for p in self.random], dtype=int)
-        return phi.at[idx].add(eta) if self.random else phi
+        if not self.iov:
+            return phi.at[idx].add(eta) if self.random else phi
+        q = self.n_random
+        return jnp.concatenate([phi.at[idx].add(eta[:q]), eta[q:]])
+
+    def iov_sd(self, theta):
+        """The SDs of the occasion effects, π (r,)."""
+        return jnp.stack([theta[k] for k in self.iov_names()])
+
+    def random_design(self, J):
+        """The columns of ∂f/∂φ (..., n_phi) that are ∂f/∂(η, κ) (..., n_eta)."""
+        ridx = [self.model.params.index(p) for p in self.random]
+        d = len(self.model.params)
+        return np.concatenate([np.asarray(J)[..., ridx], np.asarray(J)[..., d:]], axis=-1)
+
+    def eta_covariance(self, theta):
+        """The prior covariance of a subject's whole random-effect vector, diag(Ω, Π, …, Π)
+        (n_eta, n_eta; NumPy)."""
+        omega = np.asarray(self.omega_matrix(theta))
+        if not self.iov:
+            return omega
+        pi2 = np.asarray(self.iov_sd(theta)) ** 2
+        return np.asarray(
+            jax.scipy.linalg.block_diag(omega, np.diag(np.tile(pi2, self.n_occasions)))
+        )
 
     def omega_sd(self, theta):
         """The SDs of the random effects, √diag Ω (q,)."""
@@ -235,7 +288,18 @@ class Population(eqx.Module):
         return C @ C.T
 
     def omega_prior(self, eta, theta):
-        """(ηᵀΩ⁻¹η, log|Ω|) for one subject's η."""
+        """(ηᵀΩ⁻¹η, log|Ω|) for one subject's η; with occasions, of the whole vector
+        (η, κ₁, …, κ_K) under diag(Ω, Π, …, Π)."""
+        if self.iov:
+            q = self.n_random
+            quad, logdet = self._omega_prior(eta[:q], theta)
+            pi = self.iov_sd(theta)
+            kappa = jnp.reshape(eta[q:], (self.n_occasions, len(self.iov)))
+            quad = quad + jnp.sum((kappa / pi) ** 2)
+            return quad, logdet + 2.0 * self.n_occasions * jnp.sum(jnp.log(pi))
+        return self._omega_prior(eta, theta)
+
+    def _omega_prior(self, eta, theta):
         if self.omega == "diagonal":
             w = self.omega_sd(theta)
             return jnp.sum((eta / w) ** 2), 2.0 * jnp.sum(jnp.log(w))
@@ -244,12 +308,17 @@ class Population(eqx.Module):
         return jnp.sum(u * u), 2.0 * jnp.sum(jnp.log(jnp.diagonal(C)))
 
     def omega_inv(self, theta):
-        """Ω⁻¹ (q, q)."""
+        """Ω⁻¹ (q, q); with occasions, diag(Ω, Π, …, Π)⁻¹ (n_eta, n_eta)."""
         if self.omega == "diagonal":
-            return jnp.diag(1.0 / self.omega_sd(theta) ** 2)
-        C = self.omega_chol(theta)
-        Ci = jax.scipy.linalg.solve_triangular(C, jnp.eye(self.n_random), lower=True)
-        return Ci.T @ Ci
+            inv = jnp.diag(1.0 / self.omega_sd(theta) ** 2)
+        else:
+            C = self.omega_chol(theta)
+            Ci = jax.scipy.linalg.solve_triangular(C, jnp.eye(self.n_random), lower=True)
+            inv = Ci.T @ Ci
+        if not self.iov:
+            return inv
+        pi_inv = jnp.tile(1.0 / self.iov_sd(theta) ** 2, self.n_occasions)
+        return jax.scipy.linalg.block_diag(inv, jnp.diag(pi_inv))
 
     # -- per-subject terms on a Taylor surrogate of the predictions ---------------------
     def surrogate(self, jets, phi0, theta, subject):
@@ -371,7 +440,7 @@ class Population(eqx.Module):
         Returns (η*, undamped step, steps, ok, jets, converged); ``jets`` are the
         second-order jets at the returned η. The first pass of the loop evaluates η0 itself,
         so the ODE solve appears once in the program (compile time)."""
-        d = len(self.model.params)
+        d = self.n_phi
         M = subject.obs_t.shape[0]
         dtype = jnp.result_type(eta0, float)
         jets0 = (
@@ -538,7 +607,11 @@ def _omega_name(omega) -> str:
     return omega.lower()
 
 
-def _population(model, random, covariates, error, method, omega="diagonal") -> Population:
+def _population(
+    model, random, covariates, error, method, omega="diagonal", iov=(), events=None
+) -> Population:
+    """The :class:`Population`, checked; ``iov`` (the parameters with inter-occasion
+    variability) needs ``events`` with an OCC column (its occasions are counted there)."""
     if not isinstance(model, ODEModel):
         raise TypeError(f"model must be an invcal.ode.ODEModel; got {type(model).__name__}.")
     random = tuple(model.params) if random is None else tuple(random)
@@ -558,6 +631,19 @@ def _population(model, random, covariates, error, method, omega="diagonal") -> P
     omega = _omega_name(omega)
     approx = _approximation(method)
     model.check_order(approx.order + 1, f"{type(approx).__name__} hypergradients")
+    iov = () if iov is None else ((iov,) if isinstance(iov, str) else tuple(iov))
+    bad = [p for p in iov if p not in model.params]
+    if bad:
+        raise ValueError(
+            f"iov: {bad[0]!r} is not a parameter of the model ({', '.join(model.params)})."
+        )
+    if len(set(iov)) != len(iov):
+        raise ValueError(f"iov names a parameter twice: {list(iov)}.")
+    n_occ = 0
+    if iov:
+        from .occasions import occasion_index
+
+        _, n_occ = occasion_index(events)
     return Population(
         model=model,
         random=random,
@@ -565,6 +651,8 @@ def _population(model, random, covariates, error, method, omega="diagonal") -> P
         error=_error_model(error),
         approximation=approx,
         omega=omega,
+        iov=iov,
+        n_occasions=n_occ,
     )
 
 
@@ -605,6 +693,8 @@ def _initial_theta(pop: Population, init: Mapping, events: Events) -> dict:
         out.setdefault(k, 0.5)
     for k in pop.omega_names()[n_diag:]:
         out.setdefault(k, 0.0)
+    for k in pop.iov_names():
+        out.setdefault(k, IOV_SD0)
     for p, c in pop.covariates:
         out.setdefault(f"beta_{p}_{c}", 0.0)
     for s in pop.error.names:
@@ -639,13 +729,14 @@ def _prepare(
     holdout=None,
     holdout_seed=0,
     omega="diagonal",
+    iov=(),
 ):
     if not isinstance(events, Events):
         from .events import read_events
 
         events = read_events(events)
-    pop = _population(model, random, covariates, error, method, omega)
+    pop = _population(model, random, covariates, error, method, omega, iov, events)
     rows = _holdout_mask(pop, events, holdout, holdout_seed)
-    arrays = subject_arrays(events, model, covariates=pop.cov_names, holdout=rows)
+    arrays = subject_arrays(events, model, covariates=pop.cov_names, holdout=rows, iov=pop.iov)
     space = pop.space(_initial_theta(pop, init, events))
     return pop, events, arrays, space

@@ -30,22 +30,20 @@ def _inv_sqrt(C):
 def _diagnostics(fit, pred) -> dict:
     """Per observation: ID, TIME, DV, PRED, IPRED, IWRES, CWRES (module docstring)."""
     pop, _, events, arrays, run = fit._context
-    params = tuple(pop.model.params)
     th = {k: jnp.asarray(v) for k, v in fit.theta.items()}
-    omega = np.asarray(pop.omega_matrix(th))
+    omega = pop.eta_covariance(th)  # diag(Ω, Π, …, Π) with occasions
     mask = np.asarray(arrays.obs_mask)
     J = np.asarray(run["info"]["J"])
     f = np.asarray(run["info"]["ipred"])
     dv = np.asarray(arrays.dv)
-    eta = np.asarray(run["eta"])
-    ridx = [params.index(p) for p in pop.random]
+    eta = np.asarray(run["eta"])  # (η, κ₁, …, κ_K) with occasions
     cens = None if arrays.cens is None else np.asarray(arrays.cens)
     out = {k: [] for k in ("ID", "TIME", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
     for i, sid in enumerate(events.subjects):
         m = mask[i]
         y, fi, Ji = dv[i][m], f[i][m], J[i][m]
         R = np.asarray(pop.error.variance(jnp.asarray(fi), th))
-        Z = Ji[:, ridx]
+        Z = pop.random_design(Ji)
         mean = fi - Z @ eta[i]
         C = Z @ omega @ Z.T + np.diag(R)
         out["ID"] += [sid] * int(m.sum())
@@ -65,16 +63,24 @@ def _diagnostics(fit, pred) -> dict:
     }
 
 
+def _shrink(values, sd) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not (sd > 0 and values.size > 1):
+        return float("nan")
+    return float(1.0 - np.std(values, ddof=1) / sd)
+
+
 def _shrinkage(fit, diag) -> dict:
-    eta = {
-        p: float(1.0 - np.std(fit.eta[p], ddof=1) / fit.random_sd[p])
-        if fit.random_sd[p] > 0 and len(fit.eta[p]) > 1
-        else float("nan")
-        for p in fit.random_sd
-    }
+    """η-shrinkage per parameter, ε-shrinkage and, with occasions, κ-shrinkage per
+    parameter over every (subject, occasion) the table has (``"iov"``)."""
+    eta = {p: _shrink(fit.eta[p], fit.random_sd[p]) for p in fit.random_sd}
     iwres = diag["IWRES"][np.isfinite(diag["IWRES"])]  # censored observations: NaN
     eps = float(1.0 - np.std(iwres, ddof=1)) if iwres.size > 1 else float("nan")
-    return {"eta": eta, "epsilon": eps}
+    out = {"eta": eta, "epsilon": eps}
+    if fit.iov_sd:
+        out["iov"] = {p: _shrink(fit.kappa[p], fit.iov_sd[p]) for p in fit.iov_sd}
+    return out
 
 
 def _simulations(fit, K: int, seed: int) -> dict:
@@ -93,6 +99,11 @@ def _simulations(fit, K: int, seed: int) -> dict:
     phi = np.repeat(base[None], K + 1, axis=0)
     ridx = [params.index(p) for p in pop.random]
     phi[1:, :, ridx] += eta
+    if pop.iov:  # κ ~ N(0, Π) per occasion (unused occasions of a subject: no effect)
+        pi = np.asarray(pop.iov_sd(th))
+        kappa = rng.standard_normal((K, N, pop.n_occasions, len(pop.iov))) * pi
+        kappa = np.concatenate([np.zeros((1,) + kappa.shape[1:]), kappa], axis=0)
+        phi = np.concatenate([phi, kappa.reshape(K + 1, N, -1)], axis=2)
     f, ok = _simulate_batch(pop.model, arrays, jnp.asarray(phi))
     if not bool(ok):
         raise RuntimeError(

@@ -28,9 +28,21 @@ from .segment import solve_segment
 __all__ = ["predict", "prediction_jets", "taylor", "simulate"]
 
 
+def occasion_params(model, subject, phi):
+    """(K, d): each occasion's parameter vector from a subject's φ = (φ (d), δ₁, …, δ_K)
+    (``SubjectArrays.iov``: φ + δₖ on the parameters with inter-occasion variability)."""
+    d, K, iov = len(model.params), subject.n_occasions, subject.iov
+    delta = jnp.reshape(phi[d:], (K, len(iov)))
+    return jnp.broadcast_to(phi[:d], (K, d)).at[:, jnp.asarray(iov)].add(delta)
+
+
 def _solve_segments(model, subject, phi, obs_t, obs_seg, obs_key=None):
     """States at ``obs_t`` (each in its segment ``obs_seg``; with dose events, the segment
-    follows from the events' times and the tie-break keys ``obs_key``) and a success flag."""
+    follows from the events' times and the tie-break keys ``obs_key``), a success flag and
+    the parameters the observations see: a dict, or with occasions (``subject.iov``) their
+    occasions' parameter vectors (M, d)."""
+    if subject.iov:
+        return _solve_occasions(model, subject, phi, obs_t, obs_seg, obs_key)
     p = model.param_dict(phi)
     y0 = model.initial_state(p).astype(jnp.result_type(phi, float))
     if subject.doses is not None:  # lag times / steady state: segments from traced times
@@ -49,12 +61,45 @@ def _solve_segments(model, subject, phi, obs_t, obs_seg, obs_key=None):
     return y_obs, jnp.all(oks), p
 
 
+def _solve_occasions(model, subject, phi, obs_t, obs_seg, obs_key):
+    """:func:`_solve_segments` for a subject with occasions: each segment solves with its
+    occasion's parameters (:mod:`invcal.ode.occasions`)."""
+    P = occasion_params(model, subject, phi)
+    if subject.doses is not None:
+        from .dosing import solve_with_doses
+
+        p0 = model.param_dict(P[subject.doses.occ0])
+        y0 = model.initial_state(p0).astype(jnp.result_type(phi, float))
+        y_obs, ok, occ = solve_with_doses(model, subject, p0, y0, obs_t, obs_key, P)
+        return y_obs, ok, P[occ]
+    p0 = model.param_dict(P[subject.seg_occ[0]])
+    y0 = model.initial_state(p0).astype(jnp.result_type(phi, float))
+
+    def one(y, seg):
+        t0, t1, jump, rate, k = seg
+        return solve_segment(model, y + jump, t0, t1, obs_t, model.param_dict(P[k]), rate)
+
+    segs = (subject.seg_t0, subject.seg_t1, subject.seg_jump, subject.seg_rate, subject.seg_occ)
+    _, (ys, oks) = jax.lax.scan(one, y0, segs)
+    y_obs = ys[obs_seg, jnp.arange(obs_t.shape[0])]
+    return y_obs, jnp.all(oks), P[subject.seg_occ[obs_seg]]
+
+
+def _observe(model, y_obs, p):
+    """observe(y, p) at every observation; ``p`` a dict, or one parameter vector per
+    observation (occasions)."""
+    if isinstance(p, dict):
+        return jax.vmap(lambda y: model.observe(y, p))(y_obs)
+    return jax.vmap(lambda y, v: model.observe(y, model.param_dict(v)))(y_obs, p)
+
+
 def predict(model, subject, phi):
     """(f, ok): predictions at the subject's observation times (padding included) and
-    whether every solve segment succeeded with finite predictions."""
+    whether every solve segment succeeded with finite predictions. ``phi``: the subject's
+    parameters (d,), or with occasions (``subject.iov``) (φ, δ₁, …, δ_K)."""
     key = None if subject.doses is None else subject.doses.obs_key
     y_obs, ok, p = _solve_segments(model, subject, phi, subject.obs_t, subject.obs_seg, key)
-    f = jax.vmap(lambda y: model.observe(y, p))(y_obs)
+    f = _observe(model, y_obs, p)
     return f, ok & jnp.all(jnp.isfinite(f))
 
 
@@ -114,19 +159,20 @@ def predict_at(model, subject, phi, times):
     seg = jnp.clip(jnp.searchsorted(subject.seg_t0, times, side="right") - 1, 0, None)
     key = jnp.full(times.shape, 2**31 - 1, dtype=jnp.int32)  # after every event at t
     y, ok, p = _solve_segments(model, subject, phi, times, seg, key)
-    f = jax.vmap(lambda yy: model.observe(yy, p))(y)
-    return f, ok
+    return _observe(model, y, p), ok
 
 
 @computes_in_float64
-def simulate(model, events, params, *, times=None):
+def simulate(model, events, params, *, times=None, occasion_effects=None):
     """Predictions for every subject of ``events`` with parameters ``params``.
 
     ``params``: dict name → scalar (every subject) or array over subjects (ordered as
     ``events.subjects``), on the declared scale. ``times``: a 1-D array of times to predict
     at for every subject (past the last observation the segments are extended); default the
-    subject's observation times. Returns dict subject ID → (times, predictions) as NumPy
-    arrays; raises if a solve fails, naming the subject.
+    subject's observation times. ``occasion_effects``: ``{p: array (N, K)}``, the occasion
+    effects κ added to parameter p on each subject's occasions (the table's OCC column,
+    :mod:`invcal.ode.occasions`; NaN counts as 0). Returns dict subject ID → (times,
+    predictions) as NumPy arrays; raises if a solve fails, naming the subject.
     """
     from .events import subject_arrays
 
@@ -135,11 +181,21 @@ def simulate(model, events, params, *, times=None):
         raise ValueError(
             f"simulate: params lacks {missing} (the model's params are {model.params})."
         )
-    arrays = subject_arrays(events, model)
+    iov = tuple(occasion_effects or ())
+    arrays = subject_arrays(events, model, iov=iov)
     N = arrays.n_subjects
     phi = np.stack(
         [np.broadcast_to(np.asarray(params[n], dtype=float), (N,)) for n in model.params], axis=1
     )
+    if iov:
+        K = arrays.n_occasions
+        kappa = [np.nan_to_num(np.asarray(occasion_effects[p], dtype=float)) for p in iov]
+        if any(k.shape != (N, K) for k in kappa):
+            raise ValueError(
+                f"simulate: occasion_effects need shape ({N}, {K}) (subjects, occasions); got "
+                f"{[k.shape for k in kappa]}."
+            )
+        phi = np.concatenate([phi, np.stack(kappa, axis=2).reshape(N, K * len(iov))], axis=1)
     out = {}
     for i, sid in enumerate(events.subjects):
         subj = jax.tree_util.tree_map(lambda a, i=i: a[i], arrays)

@@ -39,6 +39,10 @@ class PopulationFit:
       predictive density on ``n_holdout`` observations, when loglik, AIC and BIC are NaN).
     - ``individual``: ``{"ID": [...], p: array}`` per-subject parameters φᵢ;
       ``eta``: ``{p: array}`` random effects ηᵢ*.
+    - Inter-occasion variability (``fit_population(iov=...)``): ``iov_sd``: parameter → SD
+      π of its occasion effects; ``kappa``: ``{p: array (N, K)}`` the occasion effects
+      κᵢₖ* (NaN where subject i has no occasion k; ``occasions`` (N, K) marks those it
+      has). φᵢ above is the subject's value; on occasion k, p is φᵢ + κᵢₖ. Empty without.
     - ``theta``: every population parameter by name; ``converged``, ``message``,
       ``iterations``, ``evaluations``, ``seconds``, ``history`` (objective per iteration),
       ``inner_steps`` (most inner steps of any subject, per evaluation),
@@ -76,6 +80,9 @@ class PopulationFit:
     omega_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     omega: str = "diagonal"
     algorithm: str = "lbfgs"
+    iov_sd: dict = field(default_factory=dict)
+    kappa: dict = field(default_factory=dict)
+    occasions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
     criterion: float = float("nan")
     n_holdout: int = 0
     _context: Any = field(default=None, repr=False)
@@ -112,7 +119,15 @@ class PopulationFit:
         }
         names = pop.error.names
         residual = theta[names[0]] if len(names) == 1 else {s: theta[s] for s in names}
-        eta = np.asarray(run["eta"])
+        eta_all = np.asarray(run["eta"])
+        eta = eta_all[:, : pop.n_random]
+        kappa, present = {}, np.zeros((eta.shape[0], 0), bool)
+        if pop.iov:
+            from .occasions import occasions_present
+
+            present = occasions_present(events)
+            ks = eta_all[:, pop.n_random :].reshape(eta.shape[0], pop.n_occasions, len(pop.iov))
+            kappa = {p: np.where(present, ks[:, :, j], np.nan) for j, p in enumerate(pop.iov)}
         cov = np.asarray(arrays.cov)
         phi = np.tile(np.array([theta[p] for p in params]), (eta.shape[0], 1))
         for p, c in pop.covariates:
@@ -144,6 +159,9 @@ class PopulationFit:
             random_corr=random_corr,
             omega_matrix=omega,
             omega=pop.omega,
+            iov_sd={p: theta[f"iov_{p}"] for p in pop.iov},
+            kappa=kappa,
+            occasions=present,
             residual_sd=residual,
             loglik=float("nan") if heldout else -float(run["f"]),
             criterion=float(run["f"]),
@@ -192,7 +210,8 @@ class PopulationFit:
         }
 
     def individual_parameters(self) -> dict:
-        """Per-subject parameters φᵢ (without the ID column): what IPRED uses."""
+        """Per-subject parameters φᵢ (without the ID column): what IPRED uses (with the
+        occasion effects ``kappa`` on top, if any)."""
         return {p: np.asarray(self.individual[p]) for p in self.model_params}
 
     def plot_subjects(self, **kwargs):
@@ -206,6 +225,7 @@ class PopulationFit:
             events,
             self.individual_parameters(),
             self.population_parameters(),
+            occasion_effects=self.kappa or None,
             **kwargs,
         )
 
@@ -225,6 +245,7 @@ class PopulationFit:
             self.individual_parameters(),
             self.population_parameters(),
             lambda f: pop.error.variance(jnp.asarray(f), th),
+            occasion_effects=self.kappa or None,
         )
 
     def summary(self) -> str:
@@ -269,6 +290,12 @@ class PopulationFit:
         )
         lines.append("  " + " ".join(f"{v:11.4g}" for v in self.random_sd.values()) + " " + res_txt)
         lines += ["  (standard deviations)"]
+        if self.iov_sd:
+            lines += [
+                f"Inter-occasion variability ({self.occasions.shape[1]} occasions at most; SDs):",
+                "  " + " ".join(f"{p:>11s}" for p in self.iov_sd),
+                "  " + " ".join(f"{v:11.4g}" for v in self.iov_sd.values()),
+            ]
         if self.random_corr:
             names = list(self.random_sd)
             lines += ["  Correlation:", "  " + " " * 11 + " ".join(f"{p:>8s}" for p in names[:-1])]
@@ -301,26 +328,25 @@ class PopulationFit:
 def _fixed_effect_se(pop, theta, arrays, info, fixed) -> dict:
     """nlme-style SEs of the fixed effects from the LME approximation at η*."""
     params = tuple(pop.model.params)
-    J = np.asarray(info["J"])  # (N, M, d) = ∂f/∂φ at φᵢ*
+    J = np.asarray(info["J"])  # (N, M, d) = ∂f/∂φ at φᵢ* (occasions: (N, M, d + r·K))
     f = np.asarray(info["ipred"])
     mask = np.asarray(arrays.obs_mask)
     cov = np.asarray(arrays.cov)
-    ridx = [params.index(p) for p in pop.random]
     names = list(fixed)
     info_mat = np.zeros((len(names), len(names)))
     import jax.numpy as jnp
 
     th = {k: jnp.asarray(v) for k, v in theta.items()}
-    omega = np.asarray(pop.omega_matrix(th))
+    omega = pop.eta_covariance(th)  # diag(Ω, Π, …, Π) with occasions
     for i in range(J.shape[0]):
         m = mask[i]
         Ji = J[i][m]
         R = np.asarray(pop.error.variance(jnp.asarray(f[i][m]), th))
         X = np.zeros((Ji.shape[0], len(names)))
-        X[:, : len(params)] = Ji
+        X[:, : len(params)] = Ji[:, : len(params)]
         for j, (p, c) in enumerate(pop.covariates):
             X[:, len(params) + j] = Ji[:, params.index(p)] * cov[i, pop.cov_names.index(c)]
-        Z = Ji[:, ridx]
+        Z = pop.random_design(Ji)
         V = Z @ omega @ Z.T + np.diag(R)
         info_mat += X.T @ np.linalg.solve(V, X)
     try:
