@@ -767,3 +767,40 @@ def test_second_calibration_compiles_nothing(theoph_cal):
         )
     assert c.total == 0, c.names
     assert again.standard_errors == theoph_cal.standard_errors
+
+
+# --------------------------------------------------------------------------------------
+# Proportional error where the prediction is 0: one line naming the rows
+# --------------------------------------------------------------------------------------
+def test_zero_variance_observations_are_named():
+    from invcal.ode.screening import describe_zero_variance, zero_variance_observations
+
+    ev = ode.read_events(THEOPH_CSV)
+    N, M = ev.n_subjects, 11
+    R = np.ones((N, M))
+    R[:, 0] = 0.0  # every subject's first observation (TIME 0, with its oral dose)
+    R[1, 1] = 0.0
+    mask = np.ones((N, M), bool)
+    mask[3, 0] = False  # held out: not the fit's
+    rows = zero_variance_observations(ev, R, mask)
+    assert len(rows) == N and [int(ev.row[i]) for i in rows[:3]] == [2, 14, 15]
+    assert all(ev.is_observation[i] for i in rows)
+    text = describe_zero_variance(ev, rows, "proportional")
+    assert text.startswith("with proportional error the residual variance")
+    assert "12 observation(s) of theoph.csv" in text
+    assert "row 2 (ID 1, TIME 0), row 14 (ID 2, TIME 0), row 15 (ID 2, TIME 0.27)" in text
+    assert "and 6 more" in text and "--error combined" in text and "MDV=1" in text
+
+
+@pytest.mark.slow
+def test_proportional_error_with_zero_predictions_names_the_rows(tmp_path, capsys):
+    """Theoph's TIME 0 samples (taken with the oral dose) and, with --lag, those within the
+    lag time are predicted 0: proportional error has no likelihood there."""
+    out = tmp_path / "o"
+    argv = ["calibrate", str(THEOPH_CSV), "--model", "1cmt-oral", "--error", "proportional"]
+    rc = main([*argv, "--lag", "--simulations", "0", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1, err
+    assert len(err.splitlines()) == 1, err
+    assert "with proportional error the residual variance (sigma_prop*IPRED)^2 is 0" in err
+    assert "row 2 (ID 1, TIME 0)" in err and "--error combined" in err, err

@@ -29,7 +29,12 @@ from .loops import (
 )
 from .objective import _bad_subjects, _warn_unconverged
 from .population import _prepare
-from .screening import describe_outliers, outlying_observations
+from .screening import (
+    describe_outliers,
+    describe_zero_variance,
+    outlying_observations,
+    zero_variance_observations,
+)
 from .sharding import CHUNK_SIZE, _chunk, _shard_subjects, _unpad, subject_mesh
 
 __all__ = ["FitNotConverged", "FitNotConvergedWarning", "fit_population"]
@@ -235,6 +240,18 @@ def fit_population(
     return _enforce(fit, policy, where=f" (estimates so far: {folder / 'results.json'})")
 
 
+def _zero_variance(pop, space, events, arrays, run, *, at_start: bool) -> str:
+    """The failure message when observations have residual variance 0 at the point where
+    the objective failed (a proportional error model and predictions of 0), else ''."""
+    if pop.error.names != ("sigma_prop",):
+        return ""
+    theta = space.to_theta(jnp.asarray(run["z"]))
+    R = np.asarray(pop.error.variance(jnp.asarray(run["info"]["ipred"]), theta))
+    rows = zero_variance_observations(events, R, arrays.obs_mask)
+    where = "the initial estimates" if at_start else "the estimates where the fit stopped"
+    return describe_zero_variance(events, rows, "proportional", where) if rows else ""
+
+
 class FitNotConverged(RuntimeError):
     """``fit_population(on_failure="raise")``: the fit stopped before converging."""
 
@@ -321,6 +338,9 @@ def _run(
         outliers = describe_outliers(outlying_observations(events))
         if outliers:  # the likely cause, rather than a solver failure that may not be one
             raise RuntimeError(f"{where}; {outliers}.")
+        zero = _zero_variance(pop, space, events, arrays, out, at_start=status == 4)
+        if zero:
+            raise RuntimeError(f"fit_population: {zero}.")
         raise RuntimeError(
             f"{where} (an ODE solve failed: max_steps reached or a non-finite state, or the "
             "inner fit failed); check the initial values, the model's max_steps and the "

@@ -1,9 +1,16 @@
-"""Screening a table's observations before a fit: values far outside the others.
+"""Screening a table's observations: values far outside the others, and observations whose
+residual variance is zero.
 
 A DV typed in the wrong unit (µg/L for mg/L) or with a slipped exponent makes the
 population objective non-finite, and the failure then reads like a solver failure. The
 screen finds such values first, so that a warning before the fit and the failure message
 can name the row.
+
+With a proportional error model, R = (σₚ·f)² is 0 where the prediction f is 0: a sample
+taken before a dose reaches the observed compartment (at the time of an oral dose, before
+it, or within the lag time Tlag), whose likelihood is then not defined (NONMEM stops there
+too). :func:`zero_variance_observations` names those rows for the failure message, which
+suggests the combined error model (an additive part keeps R > 0) or MDV=1.
 """
 
 from __future__ import annotations
@@ -12,7 +19,13 @@ import numpy as np
 
 from .events import Events
 
-__all__ = ["OUTLIER_FACTOR", "describe_outliers", "outlying_observations"]
+__all__ = [
+    "OUTLIER_FACTOR",
+    "describe_outliers",
+    "describe_zero_variance",
+    "outlying_observations",
+    "zero_variance_observations",
+]
 
 #: An observation is outlying when its magnitude exceeds this factor times the largest of
 #: the subject's other observations and this factor times the table's median magnitude.
@@ -71,4 +84,34 @@ def describe_outliers(found: list[dict], limit: int = 5) -> str:
         + "; ".join(parts)
         + more
         + ". Check them for a unit or typing error (or exclude them with MDV=1)"
+    )
+
+
+def zero_variance_observations(events: Events, variance, obs_mask) -> list[int]:
+    """Indices into ``events`` of the observations with residual variance 0. ``variance``
+    (N, M): R at each subject's observations (the padded arrays' order: a subject's
+    observation rows in table order); ``obs_mask`` (N, M): the observations the fit uses."""
+    variance, mask = np.asarray(variance), np.asarray(obs_mask)
+    out = []
+    for n, (a, b) in enumerate(zip(*events.blocks(), strict=True)):
+        rows = a + np.flatnonzero(events.is_observation[a:b])
+        hit = np.flatnonzero(mask[n, : rows.size] & ~(variance[n, : rows.size] > 0))
+        out += [int(rows[j]) for j in hit]
+    return out
+
+
+def describe_zero_variance(
+    events: Events, rows: list[int], error: str, where: str = "the initial estimates"
+) -> str:
+    """One line naming the observations of :func:`zero_variance_observations` and the fix."""
+    shown = ", ".join(
+        f"row {int(events.row[i])} (ID {events.id[i]!r}, TIME {events.time[i]:g})" for i in rows[:6]
+    ) + (f" and {len(rows) - 6} more" if len(rows) > 6 else "")
+    return (
+        f"with {error} error the residual variance (sigma_prop*IPRED)^2 is 0 where the "
+        f"prediction is 0, so {len(rows)} observation(s) of {events.source} have no "
+        f"likelihood: {shown} are predicted 0 at {where} (taken before a dose "
+        "reaches the observed compartment: before or at an oral dose, or within the lag "
+        "time). Use the combined error model (--error combined, error='combined': its "
+        "additive part keeps the variance positive), or drop those observations (MDV=1)"
     )
