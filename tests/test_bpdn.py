@@ -314,3 +314,23 @@ def test_reweighted_sure_recovers_the_support():
     f1 = bpdn.support_f1(out["x"], raw["x_true"])
     assert f1 >= 0.9 and f1 > f1_lasso, (f1, f1_lasso)
     assert out["problem"].x0.shape == (5, 200)  # y and 4 probes y + εδₖ
+
+
+def test_problem_data_is_typed_and_reads_as_a_mapping(held_out, cs):
+    data = held_out.data
+    assert isinstance(data, sparse.LassoData)
+    # The solvers read the fields; criteria read names; both see the same arrays.
+    assert data["A"] is data.A and data["y"] is data.y and data["lipschitz"] is data.lipschitz
+    np.testing.assert_array_equal(data["A_val"], cs["A_val"])
+    assert set(data) == {"A", "y", "lipschitz", *data.extra} and "y_val" in data
+    assert float(data.lipschitz) >= float(np.linalg.norm(np.asarray(cs["A"]), 2) ** 2) * (1 - 1e-12)
+    with pytest.raises(KeyError, match="no entry 'nope'; it has"):
+        data["nope"]
+    with pytest.raises(ValueError, match="are fields, not extra entries"):
+        sparse.LassoData(A=data.A, y=data.y, lipschitz=data.lipschitz, extra={"y": data.y})
+    # Rebuilding from the typed data gives the same problem (and the same compiled code).
+    fb = held_out.fixed_point
+    again = sparse.lasso_problem(
+        held_out.space, held_out.criterion, data, weights=fb.weights, name=held_out.name
+    )
+    assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(held_out)

@@ -8,6 +8,8 @@ The inner problem, with one weight per coefficient (a single λ broadcasts),
 fixed point x = T(x) = prox_{ηw‖·‖₁}(x − ηAᵀ(Ax − y)), η = 1/L, L ≥ ‖A‖₂² (Beck & Teboulle
 2009). This module provides
 
+* :class:`LassoData` — the problem's data, typed (A, y, the Lipschitz bound L, and the
+  criterion's entries by name);
 * :class:`ForwardBackward` — T as a callable the engine's solvers and methods iterate, and
   :func:`lasso_problem`, which validates the data and builds the :class:`invcal.Problem`;
 * :func:`duality_gap` — P(x) − D(ν) at the rescaled residual ν = r / max(1, ‖Aᵀr / w‖_∞),
@@ -41,6 +43,7 @@ from .problem import (
     AbstractLinearMap,
     Batched,
     ForwardBackward,
+    LassoData,
     check_design,
     duality_gap,
     lambda_max,
@@ -56,6 +59,7 @@ __all__ = [
     "AbstractLinearMap",
     "Batched",
     "ForwardBackward",
+    "LassoData",
     "SupportImplicit",
     "WorkingSetFISTA",
     "check_design",

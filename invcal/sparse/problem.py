@@ -21,6 +21,7 @@ __all__ = [
     "AbstractLinearMap",
     "Batched",
     "ForwardBackward",
+    "LassoData",
     "check_design",
     "duality_gap",
     "lambda_max",
@@ -68,6 +69,57 @@ def _shape(A) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------
+# The data
+# --------------------------------------------------------------------------------------
+class LassoData(eqx.Module, Mapping):
+    r"""The data of an ℓ1 least-squares problem, typed: the design ``A`` (an (n, p) matrix or
+    an :class:`AbstractLinearMap`), the measurements ``y`` (n,), ``lipschitz`` L ≥ ‖A‖₂² (the
+    forward–backward step is 1/L), and ``extra``: what the criterion and the weights read
+    (validation rows, fold weights, SURE's probes), by name.
+
+    The solvers read the fields; criteria read it as a mapping (``data["A_val"]``, and
+    ``data["A"]`` is the field), so a criterion written for a dict of data works unchanged.
+    With a leading batch axis on every leaf it holds K problems (folds, SURE copies).
+    :func:`lasso_problem` builds it from a dict."""
+
+    A: object
+    y: jax.Array
+    lipschitz: jax.Array
+    extra: dict = eqx.field(default_factory=dict)
+
+    _FIELDS = ("A", "y", "lipschitz")
+
+    def __check_init__(self):
+        clash = sorted(set(self.extra) & set(self._FIELDS))
+        if clash:
+            raise ValueError(f"LassoData: {clash} are fields, not extra entries.")
+
+    def __getitem__(self, key):
+        if key in self._FIELDS:
+            return getattr(self, key)
+        try:
+            return self.extra[key]
+        except KeyError:
+            raise KeyError(
+                f"the Lasso problem's data has no entry {key!r}; it has {sorted(self)}."
+            ) from None
+
+    def __iter__(self):
+        return iter((*self._FIELDS, *self.extra))
+
+    def __len__(self):
+        return len(self._FIELDS) + len(self.extra)
+
+
+def lasso_fields(data):
+    """(A, y, L) of a :class:`LassoData`, or of a dict with those keys (a problem built by
+    hand around :class:`ForwardBackward`)."""
+    if isinstance(data, LassoData):
+        return data.A, data.y, data.lipschitz
+    return data["A"], data["y"], data["lipschitz"]
+
+
+# --------------------------------------------------------------------------------------
 # The problem
 # --------------------------------------------------------------------------------------
 def _default_weights(theta, data):
@@ -75,8 +127,8 @@ def _default_weights(theta, data):
 
 
 class ForwardBackward(eqx.Module):
-    r"""T(x, θ) = prox_{η w(θ)‖·‖₁}(x − η Aᵀ(Ax − y)), η = 1/L, with A = data["A"],
-    y = data["y"], L = data["lipschitz"] ≥ ‖A‖₂² and the ℓ1 weights ``weights(theta, data)``
+    r"""T(x, θ) = prox_{η w(θ)‖·‖₁}(x − η Aᵀ(Ax − y)), η = 1/L, with A, y and L ≥ ‖A‖₂²
+    from the :class:`LassoData` and the ℓ1 weights ``weights(theta, data)``
     (a scalar or one per coefficient). With ``nonneg`` the prox is the one-sided threshold.
     """
 
@@ -88,7 +140,7 @@ class ForwardBackward(eqx.Module):
         return jnp.broadcast_to(jnp.asarray(self.weights(theta, data)), (p,))
 
     def __call__(self, x, theta, data):
-        A, y, L = data["A"], data["y"], data["lipschitz"]
+        A, y, L = lasso_fields(data)
         w = self.penalty(theta, data, x.shape[-1])
         z = x - rmatvec(A, matvec(A, x) - y) / L
         prox = prox_l1_nonneg if self.nonneg else prox_l1
@@ -139,7 +191,7 @@ def _gap_from_residual(x, r, corr, w, y, nonneg):
 def duality_gap(x, theta, data, *, fb: ForwardBackward | None = None):
     r"""P(x) − D(ν) ≥ P(x) − P(x*) ≥ 0 for the problem in ``data`` (see the module note)."""
     fb = ForwardBackward() if fb is None else fb
-    A, y = data["A"], data["y"]
+    A, y = (data.A, data.y) if isinstance(data, LassoData) else (data["A"], data["y"])
     w = fb.penalty(theta, data, x.shape[-1])
     r = y - matvec(A, x)
     return _gap_from_residual(x, r, rmatvec(A, r), w, y, fb.nonneg)
@@ -245,9 +297,10 @@ def lasso_problem(
     **Arguments**
 
     - ``space``: the hyperparameters; ``criterion``: E(x, θ, data).
-    - ``data``: a dict with ``"A"`` (an (n, p) matrix or an :class:`AbstractLinearMap`) and
-      ``"y"`` (n,), plus whatever the criterion reads. ``"lipschitz"`` (≥ ‖A‖₂²) is computed
-      if absent. With ``batched=True`` every leaf has a leading batch axis (folds).
+    - ``data``: a dict (or a :class:`LassoData`) with ``"A"`` (an (n, p) matrix or an
+      :class:`AbstractLinearMap`) and ``"y"`` (n,), plus whatever the criterion reads.
+      ``"lipschitz"`` (≥ ‖A‖₂²) is computed if absent. With ``batched=True`` every leaf has
+      a leading batch axis (folds). The problem holds it as a :class:`LassoData`.
     - ``weights``: ``weights(theta, data)`` → the ℓ1 weights (scalar or (p,)), default
       ``theta["lam"]``; they must be positive.
     - ``nonneg``: add the constraint x ≥ 0.
@@ -269,21 +322,18 @@ def lasso_problem(
         raise ValueError(
             f"lasso_problem: A has shape {np.shape(A)}; pass batched=True for a stack of problems."
         )
-    data = dict(data)
-    if not isinstance(A, AbstractLinearMap):
-        data["A"] = jnp.asarray(A)
-    data["y"] = jnp.asarray(y)
-    if "lipschitz" not in data:
+    extra = {k: v for k, v in data.items() if k not in LassoData._FIELDS}
+    A = A if isinstance(A, AbstractLinearMap) else jnp.asarray(A)
+    lip = data.get("lipschitz")
+    if lip is None:
         if batched:
-            count = np.shape(y)[0]
-            data["lipschitz"] = jnp.asarray(
-                [
-                    _lipschitz(jax.tree_util.tree_map(lambda a, i=i: a[i], data["A"]))
-                    for i in range(count)
-                ]
-            )
+            lip = [
+                _lipschitz(jax.tree_util.tree_map(lambda a, i=i: a[i], A))
+                for i in range(np.shape(y)[0])
+            ]
         else:
-            data["lipschitz"] = jnp.asarray(_lipschitz(data["A"]))
+            lip = _lipschitz(A)
+    data = LassoData(A=A, y=jnp.asarray(y), lipschitz=jnp.asarray(lip), extra=extra)
     fb = ForwardBackward(weights=_default_weights if weights is None else weights, nonneg=nonneg)
     n, p = _shape(A)
     if x0 is None:

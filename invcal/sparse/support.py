@@ -19,7 +19,14 @@ from ..implicit import (
     solve_system,
     solve_system_in_rule,
 )
-from .problem import AbstractLinearMap, _require_lasso, _shape, matvec, rmatvec
+from .problem import (
+    AbstractLinearMap,
+    _require_lasso,
+    _shape,
+    lasso_fields,
+    matvec,
+    rmatvec,
+)
 
 __all__ = ["SupportImplicit"]
 
@@ -98,13 +105,14 @@ def _support_solution_jvp(primals, tangents, *, fb, K, linear_solver):
     _, t_theta, t_data = tangents
     t_theta = jax.tree_util.tree_map(lambda _: None, theta) if t_theta is None else t_theta
     t_data = jax.tree_util.tree_map(lambda _: None, data) if t_data is None else t_data
-    sys, overflow = _Restricted.build(data["A"], x, K)
+    sys, overflow = _Restricted.build(lasso_fields(data)[0], x, K)
     p = x.shape[-1]
 
     def residual_S(th, d):
         # F_S = gather(Aᵀ(Ax − y)) + w_S ⊙ s_S at the fixed x* (a full-size product: one per
         # tangent, the CG iterations below use the gathered columns).
-        full = rmatvec(d["A"], matvec(d["A"], x) - d["y"])
+        A, y, _ = lasso_fields(d)
+        full = rmatvec(A, matvec(A, x) - y)
         w = fb.penalty(th, d, p)
         return sys.gather(full + w * _signs(x, fb.nonneg))
 
@@ -181,7 +189,7 @@ class SupportImplicit(AbstractImplicitMethod):
             "derivative would be wrong. Raise the solver's max_steps or loosen its tol.",
         )
         x = jax.lax.stop_gradient(x)
-        K = self._K(problem.data["A"])
+        K = self._K(lasso_fields(problem.data)[0])
 
         def one(x, d):
             return _support_solution(x, theta, d, fb=fb, K=K, linear_solver=self.linear_solver)
@@ -199,7 +207,7 @@ class SupportImplicit(AbstractImplicitMethod):
         # support (of all folds), one compiled branch each. A linear solve on K slots costs
         # n·K per iteration, and the default K = min(n, p) is far above a typical support
         # (diabetes: 30 of 247 slots; 2.1 → 0.9 ms for the whole computation).
-        sizes = _slot_sizes(self._K(data["A"]), fixed=self.max_support is not None)
+        sizes = _slot_sizes(self._K(lasso_fields(data)[0]), fixed=self.max_support is not None)
         nnz = jnp.max(jnp.sum(x != 0, axis=-1))
         level = jnp.minimum(jnp.sum(jnp.asarray(sizes) < nnz), len(sizes) - 1)
 

@@ -21,6 +21,7 @@ from .problem import (
     _safe_sq,
     _shape,
     duality_gap,
+    lasso_fields,
     matvec,
     rmatvec,
 )
@@ -115,7 +116,7 @@ class WorkingSetFISTA(AbstractInnerSolver):
         fb, batched = _require_lasso(problem, "WorkingSetFISTA")
 
         def one(x, d):
-            return duality_gap(x, theta, d, fb=fb) / (0.5 * _safe_sq(d["y"]))
+            return duality_gap(x, theta, d, fb=fb) / (0.5 * _safe_sq(lasso_fields(d)[1]))
 
         if batched:
             return jnp.max(jax.vmap(one)(x, data))
@@ -143,7 +144,7 @@ class WorkingSetFISTA(AbstractInnerSolver):
 
     def _solve_one(self, fb, x0, theta, data, tol):
 
-        A, y, L = data["A"], data["y"], data["lipschitz"]
+        A, y, L = lasso_fields(data)
         n, p = _shape(A)
         w = fb.penalty(theta, data, p)
         scale = 0.5 * _safe_sq(y)
