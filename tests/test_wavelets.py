@@ -116,3 +116,14 @@ def test_smooth_images_compress():
 def test_bad_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_the_basis_is_named_apart_from_the_space_transform():
+    import invcal as ic
+    from invcal import imaging
+
+    assert isinstance(imaging.Wavelet(), imaging.AbstractBasis)
+    assert isinstance(imaging.IdentityTransform(), imaging.AbstractBasis)
+    assert not issubclass(imaging.AbstractBasis, ic.space.AbstractTransform)
+    with pytest.warns(DeprecationWarning, match="invcal.imaging.AbstractBasis"):
+        assert imaging.AbstractTransform is imaging.AbstractBasis

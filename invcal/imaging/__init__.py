@@ -46,7 +46,7 @@ from .tv import (
     split_bregman,
 )
 from .wavelets import (
-    AbstractTransform,
+    AbstractBasis,
     IdentityTransform,
     Wavelet,
     daubechies_filter,
@@ -55,7 +55,7 @@ from .wavelets import (
 from .weights import AbstractWeightLayout, BlockWeights, DirectionalWeights, ScalarWeight
 
 __all__ = [
-    "AbstractTransform",
+    "AbstractBasis",
     "IdentityTransform",
     "Inpainting",
     "SubsampledFourier",
@@ -114,3 +114,11 @@ __all__ = [
     "split_bregman",
     "tv_problem",
 ]
+
+
+def __getattr__(name):
+    if name == "AbstractTransform":  # renamed: warns, naming AbstractBasis
+        from . import wavelets
+
+        return wavelets.AbstractTransform
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -67,7 +67,7 @@ from .tuning import (
     _measurement_noise,
     _num_measurements,
 )
-from .wavelets import AbstractTransform, Wavelet
+from .wavelets import AbstractBasis, Wavelet
 
 __all__ = [
     "elastic_net_problem",
@@ -244,7 +244,7 @@ def elastic_net_problem(
     *,
     criterion: AbstractImageCriterion,
     truth=None,
-    transform: AbstractTransform | None = None,
+    transform: AbstractBasis | None = None,
     lam1: float = 1e-2,
     lam2: float = 1e-3,
     penalize_coarse: bool = False,
@@ -270,7 +270,7 @@ def elastic_net_problem(
     _check_operator(operator)
     _check_criterion(criterion)
     transform = Wavelet() if transform is None else transform
-    if not isinstance(transform, AbstractTransform):
+    if not isinstance(transform, AbstractBasis):
         raise TypeError(
             "transform must be invcal.imaging.Wavelet(name, levels) or IdentityTransform(); "
             f"got {transform!r}."
@@ -311,7 +311,7 @@ def reconstruct(
     lam1: float,
     lam2: float,
     *,
-    transform: AbstractTransform | None = None,
+    transform: AbstractBasis | None = None,
     penalize_coarse: bool = False,
     tol: float = 1e-8,
     max_steps: int = 20_000,

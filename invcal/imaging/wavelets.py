@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "AbstractTransform",
+    "AbstractBasis",
     "IdentityTransform",
     "Wavelet",
     "daubechies_filter",
@@ -144,9 +144,10 @@ def _synthesis_2d(block, h, g):
 # --------------------------------------------------------------------------------------
 # Transforms
 # --------------------------------------------------------------------------------------
-class AbstractTransform(eqx.Module):
-    """An orthonormal transform W of (…, H, W) images whose coefficients have the image's
-    shape: ``forward`` is W, ``inverse`` is W⁻¹ = Wᵀ."""
+class AbstractBasis(eqx.Module):
+    """An orthonormal basis W of (…, H, W) images whose coefficients have the image's
+    shape: ``forward`` is W, ``inverse`` is W⁻¹ = Wᵀ. (Named apart from
+    :class:`invcal.space.AbstractTransform`, the reparametrization of a hyperparameter.)"""
 
     @abc.abstractmethod
     def forward(self, x):
@@ -164,7 +165,7 @@ class AbstractTransform(eqx.Module):
         return np.ones(tuple(shape[-2:]), dtype=bool)
 
 
-class IdentityTransform(AbstractTransform):
+class IdentityTransform(AbstractBasis):
     """W = I: sparsity in the pixel domain."""
 
     def forward(self, x):
@@ -174,7 +175,7 @@ class IdentityTransform(AbstractTransform):
         return c
 
 
-class Wavelet(AbstractTransform):
+class Wavelet(AbstractBasis):
     """The orthonormal periodic 2-D wavelet transform with ``levels`` levels of Mallat's
     pyramid (see the module docstring). ``name``: ``"haar"`` or ``"db1"`` … ``"db10"``."""
 
@@ -230,3 +231,17 @@ class Wavelet(AbstractTransform):
         mask = np.ones((h, w), dtype=bool)
         mask[: h >> self.levels, : w >> self.levels] = False
         return mask
+
+
+def __getattr__(name):
+    if name == "AbstractTransform":
+        import warnings
+
+        warnings.warn(
+            "invcal.imaging.AbstractTransform is now invcal.imaging.AbstractBasis "
+            "(invcal.space.AbstractTransform is a hyperparameter's reparametrization).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AbstractBasis
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
