@@ -246,9 +246,7 @@ def denoise_tv(
     tol = _positive("tol", tol)
 
     fj = jnp.asarray(f)
-    method = SplitBregman(
-        norm=Isotropic() if isotropic else Anisotropic(), penalty=jnp.asarray(2.0, fj.dtype)
-    )
+    method = SplitBregman(norm=Isotropic() if isotropic else Anisotropic(), penalty=2.0)
     estimated, sure_value, search = False, None, []
     if auto:
         if sigma is None:
@@ -403,7 +401,14 @@ def _penalty(w, scale, w_flat) -> float:
 
 
 def _with_penalty(method, rho, dtype):
-    return eqx.tree_at(lambda m: m.penalty, method, jnp.asarray(rho, dtype))
+    """``method`` with Split Bregman's penalty ρ: the Python number 2.0 (every weight below
+    the knee), which XLA folds into the iteration's fused loops, or a scalar array (one
+    program for every ρ above it). Measured (512×512 float32, anisotropic, one core): with ρ
+    a runtime scalar an iteration took 1.06–1.16 ms of CPU time against 0.62–0.78 ms with
+    the constant, same fusions otherwise (the scalar operand in XLA's fused loops is what
+    costs). At most two programs per image shape."""
+    value = 2.0 if float(rho) == 2.0 else jnp.asarray(rho, dtype)
+    return eqx.tree_at(lambda m: m.penalty, method, value)
 
 
 # --------------------------------------------------------------------------------------

@@ -133,11 +133,15 @@ class Periodic(AbstractBoundary):
 class Neumann(AbstractBoundary):
     """Zero-flux boundaries: no difference is taken across the last row or column."""
 
-    # ∇ and div as one zero-padded copy, shifted slices and a mask on the last row/column
-    # (``jnp.where`` on an iota): XLA fuses each into one loop, where the concatenations of
+    # ∇ as one zero-padded copy, shifted slices and a mask on the last row/column
+    # (``jnp.where`` on an iota): XLA fuses it into one loop, where the concatenations of
     # the zero row and column took several passes (measured in a 512×512 float32 Split
     # Bregman iteration on this CPU: 1.0 against 1.4 ms, with GaussSeidel's sweep written
-    # the same way).
+    # the same way). div is the difference of one zero-padded copy of the field without its
+    # last row (column), no mask: inside the Gauss–Seidel sweep, which XLA fuses with the
+    # divergence of its right-hand side and evaluates at the four neighbours, the masked
+    # form cost half of a 512×512 iteration (measured, anisotropic, one core: 0.78–0.90
+    # against 1.54–1.66 ms of CPU time per iteration; same values to the last bit).
     def gradient(self, u):
         _check_image(u)
         h, w = u.shape
@@ -149,14 +153,11 @@ class Neumann(AbstractBoundary):
 
     def divergence(self, p):
         _check_field(p)
-        h, w = p.shape[-2:]
-        i, j = _indices((h, w))
-        # the last entry along each axis is ignored (that difference is 0 by definition)
-        q0 = jnp.where(i < h - 1, p[0], 0.0).astype(p.dtype)
-        q1 = jnp.where(j < w - 1, p[1], 0.0).astype(p.dtype)
-        return (q0 - jnp.pad(q0, ((1, 0), (0, 0)))[:-1]) + (
-            q1 - jnp.pad(q1, ((0, 0), (1, 0)))[:, :-1]
-        )
+        # the last entry along each axis is ignored (that difference is 0 by definition):
+        # with q the field without it, padded by a zero on both sides, div = q[k+1] − q[k]
+        q0 = jnp.pad(p[0][:-1], ((1, 1), (0, 0)))
+        q1 = jnp.pad(p[1][:, :-1], ((0, 0), (1, 1)))
+        return (q0[1:] - q0[:-1]) + (q1[:, 1:] - q1[:, :-1])
 
     def laplacian_eigenvalues(self, shape, dtype):
         h, w = shape
