@@ -1156,7 +1156,9 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    # parts run on their own (--only-wavelets) keep their numbers from an earlier run
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**previous, **result}, indent=1))
     print(f"\nwritten: {out}")
 
 
