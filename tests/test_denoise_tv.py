@@ -1,5 +1,6 @@
 """``invcal.imaging.denoise_tv``: the one-call TV denoiser with its weight chosen by SURE."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -268,3 +269,21 @@ def test_an_unconverged_solve_warns(camera64):
     # (a weight below the certificate: weight=10 is now solved exactly, without iterating)
     with pytest.warns(RuntimeWarning, match="not converged. Raise max_steps"):
         denoise_tv(camera64, weight=1.0, max_steps=20)
+
+
+def test_the_default_penalty_is_a_folded_constant(noisy32):
+    # ρ = 2 (every weight below the knee) is passed as a Python number, which XLA folds into
+    # the iteration (a runtime ρ made a 512×512 iteration 1.4-1.8x slower); above the knee ρ
+    # is a scalar array, one program for every ρ; the image is the same either way
+    from invcal.imaging.denoise import _with_penalty
+
+    method = SplitBregman(norm=Anisotropic())
+    at_2 = _with_penalty(method, 2.0, jnp.float32)
+    assert type(at_2.penalty) is float and at_2.penalty == 2.0
+    at_3 = _with_penalty(method, 3.0, jnp.float32)
+    assert isinstance(at_3.penalty, jnp.ndarray) and at_3.penalty.dtype == jnp.float32
+    noisy, _ = noisy32
+    as_array = eqx.tree_at(lambda m: m.penalty, method, jnp.asarray(2.0))
+    u_float = split_bregman(noisy, 0.08, at_2, tol=1e-6, max_steps=500).u
+    u_array = split_bregman(noisy, 0.08, as_array, tol=1e-6, max_steps=500).u
+    np.testing.assert_allclose(u_float, u_array, atol=1e-12)
