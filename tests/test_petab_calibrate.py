@@ -21,7 +21,7 @@ from invcal.cli import main
 from invcal.ode import petab
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_petab import write_problem, yaml_of  # noqa: E402
+from test_petab import write_blow_up, write_problem, yaml_of  # noqa: E402
 
 
 def write_relative(folder: Path) -> Path:
@@ -202,3 +202,44 @@ def test_boehm_multistart_records_every_start(tmp_path):
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["settings"]["inner"] == ["sd_pSTAT5A_rel", "sd_pSTAT5B_rel", "sd_rSTAT5A_rel"]
     assert (tmp_path / "fit_pSTAT5A_rel.png").exists()
+
+
+@pytest.mark.slow
+def test_start_points_where_the_solve_fails_are_redrawn(tmp_path):
+    """pyPESTO's start-point resampling: a Latin-hypercube point whose objective is not
+    finite (the blow-up model A' = kin·A² − k1·A of test_petab: A explodes where A0·kin is
+    large) is replaced by a seeded uniform draw, recorded in results.json."""
+    path = write_blow_up(tmp_path / "p")
+    par = pd.read_csv(path.parent / "parameters.tsv", sep="\t")
+    par.loc[par.parameterId == "kin", "upperBound"] = 1.0  # about half the points blow up
+    par.to_csv(path.parent / "parameters.tsv", sep="\t", index=False)
+    m = pd.read_csv(path.parent / "measurements.tsv", sep="\t", keep_default_na=False)
+    m["preequilibrationConditionId"] = ""  # its steady state A = 0 is not found either
+    m.to_csv(path.parent / "measurements.tsv", sep="\t", index=False)
+    problem = petab.load(path, solver=dfx.Tsit5(), max_steps=300)
+    points = petab.start_points(problem, 4, seed=0)
+    finite = [np.isfinite(problem.objective(x)) for x in points]
+    assert not all(finite) and any(finite)  # the oracle: some points fail, some do not
+    result = petab.calibrate(problem, starts=4, seed=0, max_iterations=2, out=tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["settings"]["redraws"] == 20
+    for s in record["starts"]:
+        k = s["index"]
+        np.testing.assert_array_equal(s["drawn_x0"], points[k])
+        assert s["redraws"] == (0 if finite[k] else s["redraws"])
+        if not finite[k]:
+            assert s["redraws"] >= 1 and s["x0"] != s["drawn_x0"]
+            assert np.isfinite(problem.objective(np.array(s["x0"])))
+            assert s["status"] != "failed" or "start point" not in s["message"]
+        else:
+            assert s["x0"] == s["drawn_x0"]
+    assert "re-drawn" in (tmp_path / "run" / "report.md").read_text()
+    assert np.isfinite(result.objective)
+    # reproducible: the same seed draws the same points
+    again = petab.calibrate(problem, starts=4, seed=0, max_iterations=2)
+    by_index = {s.index: s.x0 for s in again.starts}
+    assert all(by_index[s["index"]] == s["x0"] for s in record["starts"])
+    # redraws=0: the failed points stay failed starts, as before
+    plain = petab.calibrate(problem, starts=4, seed=0, max_iterations=2, redraws=0)
+    failed = {s.index for s in plain.starts if "not finite at the start point" in s.message}
+    assert failed == {k for k in range(4) if not finite[k]}

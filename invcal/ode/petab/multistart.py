@@ -25,6 +25,13 @@ remedy is many local optimizations from points spread over the parameter box (Ra
   ``failed``. A start whose objective is not finite at its first point
   is ``failed`` too. Status: ``converged``, ``max_iterations`` or ``failed`` (with the
   optimizer's message).
+- **Re-drawn starts** (as pyPESTO's start-point resampling): a start point whose objective
+  is not finite (an ODE solve fails there: on Fujita_SciSignal2010 5 of 6 Latin-hypercube
+  points) is replaced, before any optimization, by a uniform draw in the bounds on the
+  parameters' scales from ``numpy.random.default_rng([seed, index])`` (reproducible per
+  start, also on resume), up to ``redraws`` times; the start records the number of draws it
+  rejected, and the first point drawn (``drawn_x0``). A start with no finite draw is
+  ``failed`` at its last draw.
 - **Record**: with ``out``, ``out/results.json`` is rewritten atomically after every start
   (:func:`invcal.outer.atomic_write_json`); the folder is held by
   :func:`invcal.runfolder.claim_run_folder` (one run per folder; ``resume`` continues a run
@@ -60,7 +67,9 @@ class StartResult:
     parameters; for a hierarchical run, the inner ones at their closed-form optimum),
     ``objective`` (the negative log-likelihood at ``x``; inf if not finite), ``status``
     (``converged``, ``max_iterations``, ``failed``), ``message``, ``iterations``,
-    ``evaluations``, ``failed_evaluations``, ``seconds``."""
+    ``evaluations``, ``failed_evaluations``, ``seconds``; ``redraws`` (start points rejected
+    because the objective was not finite there) and ``drawn_x0`` (the Latin-hypercube point,
+    equal to ``x0`` when nothing was re-drawn)."""
 
     index: int
     x0: list
@@ -72,6 +81,8 @@ class StartResult:
     evaluations: int
     failed_evaluations: int
     seconds: float
+    redraws: int = 0
+    drawn_x0: list | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,7 +92,7 @@ class StartResult:
         d = dict(d)
         d["objective"] = np.inf if d.get("objective") is None else float(d["objective"])
         d["x"] = [np.nan if v is None else v for v in d["x"]]
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 @dataclasses.dataclass
@@ -127,6 +138,27 @@ def start_points(problem: PEtabProblem, starts: int, seed: int = 0) -> np.ndarra
     n = len(problem.parameter_ids)
     unit = qmc.LatinHypercube(d=n, seed=int(seed)).random(int(starts))
     return qmc.scale(unit, problem.lower, problem.upper)
+
+
+def _finite_at(problem, x) -> bool:
+    """Whether every solve succeeds and the flat objective is finite at the full point x
+    (no derivatives: the value program of :meth:`PEtabProblem.objective`)."""
+    return bool(np.isfinite(problem.objective(x)))
+
+
+def _redraw(problem, x0, index: int, seed: int, redraws: int):
+    """(start point, number of rejected draws, ``x0`` included) for a start point ``x0``
+    whose objective is not finite: the first of up to ``redraws`` uniform draws in the
+    bounds (on the parameters' scales, ``default_rng([seed, index])``) where it is finite;
+    the last draw if none is."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    lo, hi = problem.lower, problem.upper
+    x = np.asarray(x0, np.float64)
+    for k in range(1, redraws + 1):
+        x = lo + rng.random(lo.size) * (hi - lo)
+        if _finite_at(problem, x):
+            return x, k
+    return x, redraws + 1
 
 
 def _flat_objective(problem, x, sensitivities):
@@ -250,7 +282,7 @@ def _sorted(starts: list) -> list:
     return sorted(starts, key=lambda s: (not np.isfinite(s.objective), s.objective, s.index))
 
 
-def _settings(problem, starts, seed, sensitivities, hierarchy, max_iterations) -> dict:
+def _settings(problem, starts, seed, sensitivities, hierarchy, max_iterations, redraws) -> dict:
     return {
         "problem": str(problem.file),
         "starts": int(starts),
@@ -260,6 +292,7 @@ def _settings(problem, starts, seed, sensitivities, hierarchy, max_iterations) -
         "sensitivities": type(sensitivities).__name__,
         "hierarchical": hierarchy is not None,
         "max_iterations": int(max_iterations),
+        "redraws": int(redraws),
         "inner": list(hierarchy.inner_ids) if hierarchy is not None else [],
         "inner_types": list(hierarchy.types) if hierarchy is not None else [],
     }
@@ -290,6 +323,7 @@ def calibrate(
     seed: int = 0,
     hierarchical: bool = False,
     max_iterations: int = 1000,
+    redraws: int = 20,
     out=None,
     resume: bool = False,
     overwrite: bool = False,
@@ -302,6 +336,8 @@ def calibrate(
     - ``hierarchical``: solve the observation parameters (scaling, offset, sigma) in closed
       form inside the objective (:mod:`.hierarchical`); the optimizer sees the others.
     - ``max_iterations``: L-BFGS-B's iterations per start (all segments together).
+    - ``redraws``: how many times a start point whose objective is not finite is replaced
+      by a seeded uniform draw in the bounds (0: never; module docstring).
     - ``out``: a run folder for results.json (after every start), report.md and figures;
       ``resume``/``overwrite`` as in ``invcal calibrate``.
     - ``progress``: called ``progress(done, total, start_result)`` after every start.
@@ -314,6 +350,8 @@ def calibrate(
         raise ValueError(f"max_iterations must be a positive integer; got {max_iterations!r}.")
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be a positive integer; got {max_iterations!r}.")
+    if isinstance(redraws, bool) or not isinstance(redraws, (int, np.integer)) or redraws < 0:
+        raise ValueError(f"redraws must be a non-negative integer; got {redraws!r}.")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other; pass one.")
     sensitivities = _check_sensitivities(sensitivities)
@@ -322,7 +360,7 @@ def calibrate(
         from .hierarchical import hierarchical_problem
 
         hierarchy = hierarchical_problem(problem)
-    settings = _settings(problem, starts, seed, sensitivities, hierarchy, max_iterations)
+    settings = _settings(problem, starts, seed, sensitivities, hierarchy, max_iterations, redraws)
     points = start_points(problem, starts, seed)
     if out is None:
         return _run(problem, hierarchy, sensitivities, settings, points, None, {}, progress)
@@ -385,11 +423,15 @@ def _run(problem, hierarchy, sensitivities, settings, points, written, done, pro
     lower, upper = problem.lower[outer], problem.upper[outer]
     bounds = list(zip(lower.tolist(), upper.tolist(), strict=True))
     results = list(done.values())
-    for k, x0 in enumerate(points):
+    for k, drawn in enumerate(points):
         if k in done:
             continue
         t0 = time.perf_counter()
+        x0, rejected = np.asarray(drawn, np.float64), 0
         fun = _Objective(problem, sensitivities, hierarchy)
+        if settings.get("redraws", 0) and not np.isfinite(fun.evaluate(x0[outer])[0]):
+            # the optimizer's own program said no; the draws use the value program alone
+            x0, rejected = _redraw(problem, x0, k, settings["seed"], settings["redraws"])
         try:
             z, f, status, message, iterations = _optimize(
                 fun, x0[outer], bounds, settings["max_iterations"]
@@ -413,6 +455,8 @@ def _run(problem, hierarchy, sensitivities, settings, points, written, done, pro
             evaluations=fun.evaluations,
             failed_evaluations=fun.failures,
             seconds=time.perf_counter() - t0,
+            redraws=int(rejected),
+            drawn_x0=np.asarray(drawn).tolist(),
         )
         results.append(result)
         if written is not None:

@@ -186,6 +186,10 @@ def write_report(problem, record: dict, out, *, model_values=None) -> Path:
         f"parameters: {_fmt(nominal)}",
         f"- starts within 0.1 of the best: {_fmt(record.get('success_rate'), 3)}; status: "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        f"- start points re-drawn because the objective was not finite there: "
+        f"{sum(1 for s in starts if s.get('redraws'))} of {len(starts)} starts, "
+        f"{sum(s.get('redraws') or 0 for s in starts)} draws rejected (at most "
+        f"{settings.get('redraws', 0)} per start)",
         f"- time: {_fmt(record.get('seconds'), 4)} s",
         "",
         "## Best estimates",
