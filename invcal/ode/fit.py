@@ -16,7 +16,7 @@ from ..precision import computes_in_float64
 from ..runfolder import claim_run_folder
 from .approximations import FOCEI
 from .errors import Additive
-from .fit_record import FitRecord, decode_tree, recording, result_json
+from .fit_record import FitRecord, decode_tree, result_json
 from .loops import (
     _STATUS,
     _fit_lbfgs,
@@ -234,8 +234,7 @@ def fit_population(
     }
     with claim_run_folder(out, resume=resume, overwrite=overwrite, flag="out") as folder:
         rec = FitRecord(folder, header, resume=resume, progress=_progress_callback(progress))
-        with recording(rec) as recorder:
-            fit = run(progress=progress, record=recorder, saved=rec.saved_state)
+        fit = run(progress=progress, record=rec, saved=rec.saved_state)
         rec.finish(result_json(fit))
     return _enforce(fit, policy, where=f" (estimates so far: {folder / 'results.json'})")
 
@@ -293,9 +292,19 @@ def _run(
     """The compiled fit (continued from the ``saved`` state of a results.json, if any)."""
     from .summary import PopulationFit
 
-    # A recording fit reports progress from the record's callback (after each write), so
-    # that the compiled loop is the same whatever the progress callable.
-    opts = _options(**options, progress=None if record is not None else progress, record=record)
+    opts = _options(**options)
+    # After each accepted iteration the compiled loop pauses and the host writes the record
+    # (which reports progress after the write) or reports progress: the same compiled
+    # program with or without them (invcal.ode.loops._drive).
+    on_accept = None
+    if record is not None:
+        on_accept = functools.partial(record.accept, space)
+    elif progress is not None and progress is not False:
+        report = _progress_callback(progress)
+
+        def on_accept(phase, state):
+            report(phase, int(state["iter"] if "iter" in state else state["k"]), float(state["f"]))
+
     z0 = space.to_z(space.init())
     eta0 = jnp.zeros((arrays.n_subjects, pop.n_eta))
     t0 = time.perf_counter()
@@ -316,7 +325,7 @@ def _run(
         state0 = decode_tree(like, saved.get("leaves"), "the saved results.json")
     fitter = _fit_lbfgs if algorithm == "lbfgs" else _fit_lindstrom_bates
     with checks_without_callbacks():  # so that JAX's persistent cache keeps the fit
-        out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk, state0)
+        out = fitter(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk, state0, on_accept)
     out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
     status = int(out["status"])
     if auto and algorithm == "lindstrom-bates" and status == 5:
@@ -325,7 +334,9 @@ def _run(
         _, eta0, _ = _shard_subjects(arrays, jnp.asarray(out["eta"]), mesh)
         z0 = jnp.asarray(out["z"])
         with checks_without_callbacks():
-            out = _fit_lbfgs(pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk)
+            out = _fit_lbfgs(
+                pop, space, run_arrays, z0, eta0, opts, valid, mesh, chunk, None, on_accept
+            )
         out = _unpad(jax.tree_util.tree_map(np.asarray, out), arrays.n_subjects)
         status = int(out["status"])
     seconds = time.perf_counter() - t0

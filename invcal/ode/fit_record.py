@@ -9,17 +9,17 @@ time) and the compiled loop's whole carry (``state``: the L-BFGS memory, the ran
 η* and their first-order predictor dη*/dz, counters) so that ``resume=True`` continues the
 loop where it stopped: the same iterations as an uninterrupted fit.
 
-The rows are written from inside the compiled loop (a host callback), so the fit stays one
-compiled program; ``progress`` is called from the same callback, after the write.
+The compiled loop pauses after every accepted iteration (:func:`invcal.ode.loops._drive`)
+and the host writes the row there, from the carry: no host callback inside the program, so
+JAX's persistent cache keeps it, and the saved state is the carry bit for bit;
+``progress`` is called after the write.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,6 @@ __all__: list[str] = []
 
 #: ``results.json``'s ``kind`` for a population fit.
 KIND = "fit_population"
-
-# The record of the fit running in this process: the compiled loop's callback finds it here
-# (the callback object itself is static and the same for every fit, so that a repeated fit,
-# into any folder, compiles nothing). One recording fit at a time per process.
-_ACTIVE: list[FitRecord] = []
 
 
 def encode_tree(tree) -> list[dict]:
@@ -75,53 +70,6 @@ def decode_tree(like, leaves: list[dict], where: str):
             data = [float(v) for v in data]
         out.append(jnp.asarray(np.asarray(data, dtype=dtype).reshape(shape)))
     return jax.tree_util.tree_unflatten(treedef, out)
-
-
-@dataclass(frozen=True)
-class Recorder:
-    """The compiled loop's side of the record (a static, hashable argument): ``emit`` sends
-    an accepted iteration's state to the host, where the active :class:`FitRecord` writes
-    it."""
-
-    def emit(self, phase: str, accepted, state, theta, grad):
-        # The callback runs on a runtime thread, where JAX's x64 flag is the global one: with
-        # x64 off, float64 arguments reach the host as float32 (a resumed fit would then start
-        # from a rounded state). 8-byte leaves therefore travel bit for bit as uint32 pairs.
-        leaves, treedef = jax.tree_util.tree_flatten((state, theta, grad))
-        dtypes = [jnp.asarray(x).dtype for x in leaves]
-        packed = [
-            jax.lax.bitcast_convert_type(x, jnp.uint32) if d.itemsize == 8 else x
-            for x, d in zip(leaves, dtypes, strict=True)
-        ]
-
-        def host(acc, *args):
-            if not (bool(acc) and _ACTIVE):
-                return
-            out = [
-                np.ascontiguousarray(a).view(d).reshape(np.shape(a)[:-1])
-                if d.itemsize == 8
-                else np.asarray(a)
-                for a, d in zip(args, dtypes, strict=True)
-            ]
-            st, th, g = jax.tree_util.tree_unflatten(treedef, out)
-            _ACTIVE[-1].add(phase, st, th, g)
-
-        jax.debug.callback(host, accepted, *packed)
-
-
-@contextlib.contextmanager
-def recording(record: FitRecord):
-    """Make ``record`` the one the compiled loop writes to, for the duration."""
-    if _ACTIVE:
-        raise RuntimeError(
-            "fit_population(out=...): another fit with out= is running in this process; run "
-            "recording fits one after another (or in separate processes)."
-        )
-    _ACTIVE.append(record)
-    try:
-        yield Recorder()
-    finally:
-        _ACTIVE.clear()
 
 
 class FitRecord:
@@ -171,6 +119,15 @@ class FitRecord:
     def saved_state(self) -> dict | None:
         """``{"phase": "lbfgs" | "lindstrom-bates", "leaves": [...]}`` or None."""
         return self.results.get("state")
+
+    def accept(self, space, phase: str, state) -> None:
+        """Record the compiled loop's carry ``state`` (device arrays) after an accepted
+        iteration of ``phase``."""
+        from .loops import _theta_vector
+
+        st = jax.tree_util.tree_map(np.asarray, state)
+        theta = np.asarray(_theta_vector(space, jnp.asarray(st["z"])))
+        self.add(phase, st, theta, st["g"])
 
     def add(self, phase, state, theta, grad):
         z = np.asarray(state["z"])

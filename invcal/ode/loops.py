@@ -4,7 +4,6 @@ Lindström–Bates alternation (:func:`_fit_lindstrom_bates`); their options and
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 
@@ -70,14 +69,65 @@ def _info0(pop, arrays, q, n):
     }
 
 
-@eqx.filter_jit
-def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None, state0=None):
+def _fit_lbfgs(
+    pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None, state0=None, on_accept=None
+):
     """The exact maximum of the approximate likelihood by :func:`_lbfgs`; every evaluation
     solves the inner problems from the first-order prediction of η* at the trial point.
     ``valid``/``mesh``: see :meth:`Population.value_and_grad` and :func:`_shard_subjects`;
     ``state0``: the loop's carry to continue from (a resumed fit; :func:`lbfgs_init`'s
-    structure). With ``opts["record"]`` (:class:`invcal.ode.fit_record.Recorder`) every
-    accepted iteration's carry goes to results.json, and the progress with it."""
+    structure); ``on_accept(phase, state)``: called on the host with the carry after every
+    accepted pass (progress, results.json), the loop pausing there (:func:`_drive`)."""
+    info0 = _info0(pop, arrays, eta0.shape[1], z0.shape[0])
+    state = lbfgs_init(z0, eta0, info0, opts) if state0 is None else state0
+    state = _drive(
+        _lbfgs_steps, (pop, space, arrays, _compiled(opts), valid, mesh, chunk), state, on_accept
+    )
+    out = dict(state)
+    out["n_history"] = out["iter"] + 1
+    out["n_inner"] = out["evals"]
+    return out
+
+
+def _drive(steps, args, state, on_accept, phase="lbfgs"):
+    """Run a compiled loop ``steps(*args, state, pause)`` to its end. With ``on_accept`` the
+    loop pauses after each accepted iteration (``pause``: a runtime flag, so the paused and
+    the unpaused runs are one compiled program) and the host calls ``on_accept(phase,
+    state)`` there. The carry stays on the device between calls, so a paused run is the
+    same computation as an unpaused one, bit for bit. No host callback inside the program:
+    JAX's persistent cache keeps it (a program with one is compiled again in every
+    process)."""
+    state = _strong(state)
+    if on_accept is None:
+        return steps(*args, state, jnp.asarray(False))
+    while True:
+        before = int(state["evals"])
+        state = _strong(steps(*args, state, jnp.asarray(True)))
+        if int(state["evals"]) > before and int(state["ls"]) == 0:  # its last pass: accepted
+            on_accept(phase, state)
+        if bool(state["done"]):
+            return state
+
+
+def _strong(tree):
+    """``tree`` without weakly typed leaves (``jnp.asarray(0.0)``): a carry passed back into
+    a compiled loop (paused, resumed) must have the types of the first one, or the loop
+    compiles a second time; every carry enters strongly typed."""
+
+    def strong(x):
+        x = jnp.asarray(x)
+        return jax.lax.convert_element_type(x, x.dtype) if x.weak_type else x
+
+    return jax.tree_util.tree_map(strong, tree)
+
+
+def _compiled(opts):
+    """The options a compiled loop takes (arrays and the history length; no callables)."""
+    return {k: v for k, v in opts.items() if k not in ("progress", "record")}
+
+
+@eqx.filter_jit
+def _lbfgs_steps(pop, space, arrays, opts, valid, mesh, chunk, state, pause):
     inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
 
     def evaluate(z_t, z, eta, info):
@@ -87,35 +137,64 @@ def _fit_lbfgs(pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None,
             space, z_t, eta_guess, arrays, inner_tol, inner_max, valid=valid, mesh=mesh, chunk=chunk
         )
 
-    info0 = _info0(pop, arrays, eta0.shape[1], z0.shape[0])
-    progress, record = opts.get("progress"), opts.get("record")
-    on_step = (
-        None if progress is None or record is not None else functools.partial(progress, "lbfgs")
-    )
-    on_accept = None
-    if record is not None:
-
-        def on_accept(accepted, state):
-            record.emit("lbfgs", accepted, state, _theta_vector(space, state["z"]), state["g"])
-
-    out = _lbfgs(evaluate, z0, eta0, info0, opts, on_step, state0=state0, on_accept=on_accept)
-    out["n_history"] = out["iter"] + 1
-    out["n_inner"] = out["evals"]
-    return out
+    return _lbfgs_loop(evaluate, state, opts, pause)
 
 
-@eqx.filter_jit
 def _fit_lindstrom_bates(
-    pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None, state0=None
+    pop, space, arrays, z0, eta0, opts, valid, mesh=None, chunk=None, state0=None, on_accept=None
 ):
     """nlme's algorithm (Lindstrom & Bates 1990; Pinheiro & Bates 2000, §7.2): solve the
     inner problems at θ_k, linearize the predictions there, maximize the linear
     mixed-effects likelihood over θ by :func:`_lbfgs` (no ODE solve in that loop), repeat
     until θ stops moving. Its fixed point zeroes the gradient of the likelihood with the
     linearization held fixed: not the maximum of the FOCEI objective (which also follows
-    the linearization point), but what nlme reports."""
-    inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
+    the linearization point), but what nlme reports. ``state0``, ``on_accept``: as for
+    :func:`_fit_lbfgs` (every relinearization is accepted)."""
     n, q = z0.shape[0], eta0.shape[1]
+    info0 = _info0(pop, arrays, q, n)
+    c = lindstrom_bates_init(z0, eta0, info0, opts["history"]) if state0 is None else state0
+    c = _strong(c)
+    args = (pop, space, arrays, _compiled(opts), valid, mesh, chunk)
+    if on_accept is None:
+        c = _lb_steps(*args, c, jnp.asarray(False))
+    else:
+        while True:
+            before = int(c["k"])
+            c = _strong(_lb_steps(*args, c, jnp.asarray(True)))
+            if int(c["k"]) > before:
+                on_accept("lindstrom-bates", c)
+            k, change, f = int(c["k"]), float(c["change"]), float(c["f"])  # on the host
+            if not (
+                k < int(opts["max_iter"]) and change > float(opts["xtol"]) and math.isfinite(f)
+            ):
+                break
+    status = jnp.where(~jnp.isfinite(c["f"]), 4, jnp.where(c["change"] <= opts["xtol"], 6, 5))
+    return {
+        "z": c["z"],
+        "f": c["f"],
+        "g": c["g"],
+        "eta": c["eta"],
+        "info": c["info"],
+        "iter": c["k"],
+        "evals": c["evals"],
+        "history": c["history"],
+        "inner_history": c["inner_history"],
+        "status": status,
+        "n_history": c["k"],
+        "n_inner": c["k"],
+    }
+
+
+def _lb_continues(c, opts):
+    return (c["k"] < opts["max_iter"]) & (c["change"] > opts["xtol"]) & jnp.isfinite(c["f"])
+
+
+@eqx.filter_jit
+def _lb_steps(pop, space, arrays, opts, valid, mesh, chunk, c0, pause):
+    """Lindström–Bates relinearizations from the carry ``c0`` until it stops (or, with
+    ``pause``, after one)."""
+    inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
+    n, q = c0["z"].shape[0], c0["eta"].shape[1]
     info0 = _info0(pop, arrays, q, n)
     hist = opts["history"]
 
@@ -158,16 +237,14 @@ def _fit_lindstrom_bates(
             )
             return f, g, eta_lin, new
 
-        run = _lbfgs(evaluate, c["z"], eta, info0, opts)
+        run = _lbfgs_loop(evaluate, lbfgs_init(c["z"], eta, info0, opts), opts)
         th_old = jnp.stack(list(theta.values()))
         th_new = jnp.stack(list(space.to_theta(run["z"]).values()))
         change = jnp.max(jnp.abs(th_new - th_old) / (1.0 + jnp.abs(th_old)))
         k = c["k"]
-        if opts.get("progress") is not None and opts.get("record") is None:
-            step = functools.partial(opts["progress"], "lindstrom-bates")
-            _report(step, jnp.asarray(True), k + 1, run["f"])
-        c_new = {
+        return {
             "z": run["z"],
+            "g": run["g"],
             "eta": run["eta"],
             "f": run["f"],
             "info": run["info"],
@@ -179,47 +256,20 @@ def _fit_lindstrom_bates(
             "inner_history": c["inner_history"].at[jnp.minimum(k, hist - 1)].set(jnp.max(steps)),
             "lme_status": run["status"],
         }
-        if opts.get("record") is not None:
-            theta_new = _theta_vector(space, run["z"])
-            opts["record"].emit("lindstrom-bates", jnp.asarray(True), c_new, theta_new, run["g"])
-        return c_new
+
+    k0 = c0["k"]
 
     def cond(c):
-        return (c["k"] < opts["max_iter"]) & (c["change"] > opts["xtol"]) & jnp.isfinite(c["f"])
+        return _lb_continues(c, opts) & ~(pause & (c["k"] > k0))
 
-    c0 = lindstrom_bates_init(z0, eta0, info0, hist) if state0 is None else state0
-    c = jax.lax.while_loop(cond, relinearize, c0)
-    status = jnp.where(~jnp.isfinite(c["f"]), 4, jnp.where(c["change"] <= opts["xtol"], 6, 5))
-    return {
-        "z": c["z"],
-        "f": c["f"],
-        "eta": c["eta"],
-        "info": c["info"],
-        "iter": c["k"],
-        "evals": c["evals"],
-        "history": c["history"],
-        "inner_history": c["inner_history"],
-        "status": status,
-        "n_history": c["k"],
-        "n_inner": c["k"],
-    }
-
-
-def _report(callback, accepted, iteration, objective):
-    """``callback(iteration, objective)`` on the host, from inside the compiled loop, when
-    ``accepted`` (progress of a long fit; the loop does not wait for it)."""
-
-    def host(acc, it, f):
-        if bool(acc):
-            callback(int(it), float(f))
-
-    jax.debug.callback(host, accepted, iteration, objective)
+    return jax.lax.while_loop(cond, relinearize, c0)
 
 
 def lindstrom_bates_init(z0, eta0, info0, hist):
     """The carry of :func:`_fit_lindstrom_bates`'s loop before its first iteration."""
     return {
         "z": z0,
+        "g": jnp.zeros_like(z0),
         "eta": eta0,
         "f": jnp.asarray(0.0),
         "info": info0,
@@ -261,14 +311,13 @@ def lbfgs_init(z0, eta0, info0, opts, m=LBFGS_MEMORY):
     }
 
 
-def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None, state0=None, on_accept=None):
+def _lbfgs_loop(evaluate, state, opts, pause=None):
     """L-BFGS (memory 10) with backtracking (Armijo) line search, as one ``while_loop``
-    with one call of ``evaluate(z_trial, z, eta, info) -> (f, g, eta, info)`` per pass (so
-    the objective, and the ODE solves in it, are compiled once). The first pass evaluates
-    z0 itself; trial steps are capped at ``max_step`` in every coordinate. ``on_step``
-    (host callback): called with (iteration, objective) after each accepted step;
-    ``on_accept(accepted, state)`` (traced) after every pass; ``state0``: the carry to
-    start from (:func:`lbfgs_init`'s structure)."""
+    from the carry ``state`` (:func:`lbfgs_init`'s structure) with one call of
+    ``evaluate(z_trial, z, eta, info) -> (f, g, eta, info)`` per pass (so the objective,
+    and the ODE solves in it, are compiled once). The first pass evaluates z0 itself;
+    trial steps are capped at ``max_step`` in every coordinate. ``pause`` (a traced
+    boolean): stop after the first accepted pass of this call (:func:`_drive`)."""
     m = LBFGS_MEMORY
     max_iter, gtol, ftol, max_step = (
         opts["max_iter"],
@@ -276,11 +325,12 @@ def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None, state0=None, on_accept
         opts["ftol"],
         opts["max_step"],
     )
-
-    state = lbfgs_init(z0, eta0, info0, opts) if state0 is None else state0
+    evals0 = state["evals"]
 
     def cond(s):
-        return ~s["done"]
+        if pause is None:
+            return ~s["done"]
+        return ~s["done"] & ~(pause & (s["evals"] > evals0) & (s["ls"] == 0))
 
     def body(s):
         z_t = s["z"] + s["alpha"] * s["d"]
@@ -358,6 +408,7 @@ def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None, state0=None, on_accept
             .at[jnp.minimum(s["evals"], opts["history"] - 1)]
             .set(jnp.max(info_t["inner_steps"]))
         )
+        status = status.astype(s["status"].dtype)  # strongly typed, as the carry it enters
         new.update(
             history=history,
             inner_history=inner_history,
@@ -365,10 +416,6 @@ def _lbfgs(evaluate, z0, eta0, info0, opts, on_step=None, state0=None, on_accept
             status=status,
             done=status > 0,
         )
-        if on_step is not None:
-            _report(on_step, accept, new["iter"], new["f"])
-        if on_accept is not None:
-            on_accept(accept, new)
         return new
 
     return jax.lax.while_loop(cond, body, state)
