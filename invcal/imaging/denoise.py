@@ -446,10 +446,9 @@ def _sure_fixed_steps(method, data, w, num_steps):
     (f, f + εδ₁, …) of :func:`invcal.criteria.sure_pair` solved side by side."""
     fs = data["f"]
     w = jnp.asarray(w).astype(fs.dtype)
-    state = jax.vmap(method.init)(fs)
-    step = jax.vmap(method.step, in_axes=(0, 0, None))
-    state = jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, fs, w), state)
-    return _sure_value(state.u, data)
+    # one copy after the other (see _sure_stopped)
+    u = jnp.stack([_iterate(method, fs[i], w, num_steps) for i in range(fs.shape[0])])
+    return _sure_value(u, data)
 
 
 @eqx.filter_jit
@@ -462,8 +461,8 @@ def _sure_stopped(method, data, w, tol, max_steps):
     TVSolution)."""
     fs = data["f"]
     w = jnp.asarray(w).astype(fs.dtype)
-    step = jax.vmap(method.step, in_axes=(0, 0, None))
-    n = fs[0].size
+    f0 = fs[0]
+    n = f0.size
 
     def cond(c):
         k, _, ch = c
@@ -471,15 +470,23 @@ def _sure_stopped(method, data, w, tol, max_steps):
 
     def body(c):
         k, s, _ = c
-        s_new = step(s, fs, w)
-        ch = jnp.sqrt(jnp.sum((s_new.u[0] - s.u[0]) ** 2) / n)
+        s_new = method.step(s, f0, w)
+        ch = jnp.sqrt(jnp.sum((s_new.u - s.u) ** 2) / n)
         return k + 1, s_new, ch
 
-    init = (jnp.asarray(0), jax.vmap(method.init)(fs), jnp.asarray(jnp.inf, fs.dtype))
-    k, s, ch = jax.lax.while_loop(cond, body, init)
-    first = jax.tree_util.tree_map(lambda a: a[0], s)
+    init = (jnp.asarray(0), method.init(f0), jnp.asarray(jnp.inf, fs.dtype))
+    k, first, ch = jax.lax.while_loop(cond, body, init)
+    # the other copies, k iterations each, one after the other: a loop over one copy keeps
+    # its state (≈ 6 MB at 512×512 float32) in the cache, where the batch side by side did
+    # not (measured: the pair took 2.6× one solve's CPU time, vmapped or unrolled)
+    others = [_iterate(method, fs[i], w, k) for i in range(1, fs.shape[0])]
     sol = TVSolution(u=first.u, state=first, num_steps=k, change=ch, converged=ch < tol)
-    return _sure_value(s.u, data), sol
+    return _sure_value(jnp.stack([first.u, *others]), data), sol
+
+
+def _iterate(method, f, w, num_steps):
+    """u after ``num_steps`` Split Bregman iterations from ``method.init(f)``."""
+    return jax.lax.fori_loop(0, num_steps, lambda _, s: method.step(s, f, w), method.init(f)).u
 
 
 def _sure_weight(f, sigma, method, num_steps, seed, probes=2, fast=False, stop=None, penalty=None):
