@@ -272,11 +272,27 @@ def test_existing_run_refused_then_resumed(theoph_run, capsys):
     assert main(argv) == 2  # a previous run: neither --resume nor --overwrite
     assert "holds a previous run" in capsys.readouterr().err
     before = json.loads((out / "results.json").read_text())
+    assert before["fit_record"]["kind"] == "fit_population" and before["fit_record"]["finished"]
     assert main([*argv, "--resume"]) == 0
-    assert "resuming from the estimates" in capsys.readouterr().err
+    assert "resuming the fit saved in" in capsys.readouterr().err
     after = json.loads((out / "results.json").read_text())
+    # the finished fit runs no iteration again: the same estimates, the same record
+    assert after["theta"] == before["theta"]
+    assert after["fit_record"]["history"] == before["fit_record"]["history"]
+    # resuming with other settings is refused, naming them, before any compilation
+    with count_compilations() as c:
+        assert main([*argv, "--resume", "--error", "combined"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("invcal: error: cannot resume from") and c.total == 0
+    assert "other settings" in err[-1] and "error: 'Additive' -> 'Combined'" in err[-1], err
+    # an earlier invcal's results.json (no fit record): the fit restarts from its estimates
+    old = {k: v for k, v in before.items() if k != "fit_record"}
+    (out / "results.json").write_text(json.dumps(old))
+    assert main([*argv, "--resume"]) == 0
+    assert "resuming from the estimates recorded in" in capsys.readouterr().err
+    again = json.loads((out / "results.json").read_text())
     for p in ("lKe", "lKa", "lCl"):
-        assert after["fixed_effects"][p] == pytest.approx(before["fixed_effects"][p], abs=1e-4)
+        assert again["fixed_effects"][p] == pytest.approx(before["fixed_effects"][p], abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -804,3 +820,66 @@ def test_proportional_error_with_zero_predictions_names_the_rows(tmp_path, capsy
     assert len(err.splitlines()) == 1, err
     assert "with proportional error the residual variance (sigma_prop*IPRED)^2 is 0" in err
     assert "row 2 (ID 1, TIME 0)" in err and "--error combined" in err, err
+
+
+# --------------------------------------------------------------------------------------
+# A killed invcal calibrate resumes to the uninterrupted estimates (slow)
+# --------------------------------------------------------------------------------------
+KILL_AFTER = r"""
+import os, signal, sys
+from invcal.ode import fit_record
+
+add = fit_record.FitRecord.add
+
+def add_then_die(self, *args):
+    add(self, *args)  # results.json written: then killed, as a job is (no cleanup)
+    if len(self.results["history"]) >= int(os.environ["KILL_AFTER_ROWS"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+fit_record.FitRecord.add = add_then_die
+from invcal.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_killed_calibration_resumes_to_the_uninterrupted_estimates(tmp_path):
+    """Fresh processes with JAX's defaults: invcal calibrate on Theoph (Lindstrom-Bates, 8
+    relinearizations) killed by SIGKILL after the 3rd iteration's results.json, then
+    --resume, against an uninterrupted run: the same estimates to 1e-8, the same
+    iterations, each recorded once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("JAX_ENABLE_X64", None)
+    args = ["calibrate", str(THEOPH_CSV), *THEOPH_ARGS, "--covariance", "lme"]
+    args += ["--simulations", "0", "--no-progress"]
+
+    def run(out, *extra, kill=None):
+        e = {**env, "KILL_AFTER_ROWS": str(kill or 10**6)}
+        cmd = [sys.executable, "-c", KILL_AFTER, *args, "--out", str(out), *extra]
+        return subprocess.run(cmd, env=e, capture_output=True, text=True)
+
+    ref = run(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    killed = run(tmp_path / "run", kill=3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["kind"] == "fit_population" and saved["finished"] is False
+    assert [r["iteration"] for r in saved["history"]] == [1, 2, 3]
+    resumed = run(tmp_path / "run", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming the fit saved in" in resumed.stderr
+    a = json.loads((tmp_path / "ref" / "results.json").read_text())
+    b = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert b["iterations"] == a["iterations"] > 3
+    for k in a["theta"]:
+        assert b["theta"][k] == pytest.approx(a["theta"][k], rel=1e-8, abs=1e-8), k
+    assert b["loglik"] == pytest.approx(a["loglik"], rel=1e-10)
+    its = [r["iteration"] for r in b["fit_record"]["history"]]
+    assert its == list(range(1, a["iterations"] + 1))  # each iteration recorded once

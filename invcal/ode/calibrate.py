@@ -483,6 +483,9 @@ def calibrate(
     max_iter: int = 200,
     progress=None,
     rtol: float | None = None,
+    out=None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> Calibration:
     """Calibrate a population ODE model on a NONMEM-style table.
 
@@ -515,6 +518,9 @@ def calibrate(
       :func:`invcal.ode.residuals.vpc_bins`), each drawn at its median time;
       ``prediction_corrected``: pcVPC.
     - ``progress``: as :func:`fit_population`'s.
+    - ``out``, ``resume``, ``overwrite``: the fit's run folder, as :func:`fit_population`'s
+      (``out/results.json`` after every outer iteration; ``resume=True`` continues a fit
+      saved there to the estimates of an uninterrupted one).
     - ``rtol``: the ODE solver's relative tolerance for a built-in model (atol = rtol/100;
       default ODEModel's).
 
@@ -558,6 +564,9 @@ def calibrate(
         iov=prep["iov"] or None,
         max_iter=max_iter,
         progress=progress,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
     )
     seconds = {"fit": time.perf_counter() - t0}
     t0 = time.perf_counter()

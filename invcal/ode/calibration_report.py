@@ -43,8 +43,10 @@ def _g(v, digits=4) -> str:
     return f"{f:.{digits}g}"
 
 
-def write_calibration(cal, out) -> Path:
-    """Write every file of calibration ``cal`` into folder ``out``; return report.md's path."""
+def write_calibration(cal, out, *, fit_record: dict | None = None) -> Path:
+    """Write every file of calibration ``cal`` into folder ``out``; return report.md's path.
+    ``fit_record``: the fit's own results.json (:func:`invcal.ode.fit_population`'s, with
+    its outer state), kept under ``fit_record`` so that ``--resume`` can continue from it."""
     from ..outer import atomic_write_json
     from ..runfolder import RESULTS_FILE
 
@@ -55,6 +57,8 @@ def write_calibration(cal, out) -> Path:
     figures = _figures(cal, out)
     results = cal.to_json()
     results["figures"] = [list(f) for f in figures]
+    if fit_record and fit_record.get("kind") == "fit_population":
+        results["fit_record"] = fit_record
     atomic_write_json(out / RESULTS_FILE, results)
     path = out / "report.md"
     path.write_text(_markdown(cal, figures))

@@ -11,11 +11,13 @@
 
 A thin layer on :func:`invcal.ode.calibrate.calibrate`: every check (table, model, names)
 runs before the output folder is claimed and before anything is compiled; mistakes are one
-``invcal: error:`` line and exit status 2. ``DIR/results.json`` is written at the start
-(status ``running``), rewritten after every outer iteration with the objective's history
-(unless ``--no-progress``: the fit then has no host callback, and JAX's persistent cache can
-keep its compilation) and at the end with every result; ``--resume`` starts the fit from
-the estimates a previous run recorded there.
+``invcal: error:`` line and exit status 2. During the fit ``DIR/results.json`` is the fit's
+record (:func:`invcal.ode.fit_population` with ``out=DIR``: every outer iteration with the
+loop's whole state, written after each); at the end it holds every result, with the fit's
+record under ``fit_record``. ``--resume`` continues the saved fit where it stopped
+(``fit_population(resume=True)``: the estimates of an uninterrupted run; a finished run's
+fit runs no iteration again, and the report is made anew); a results.json of an earlier
+invcal without the fit's state restarts the fit from its estimates.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def add_parser(sub, name: str):
     p.add_argument("--pcvpc", action="store_true", help="prediction-corrected VPC")
     p.add_argument("--max-iter", type=int, default=200, help="most outer iterations")
     p.add_argument("--out", help="output folder (default: runs/calibrate-<data name>)")
-    p.add_argument("--resume", action="store_true", help="start from the run found in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run found in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run found in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--starts", type=int, help="PEtab: multistart local optimizations (default 20)")
@@ -201,54 +203,45 @@ def _run_in(args, results_path: Path, out: Path, prep: dict, kwargs: dict) -> in
 
     import jax
 
-    from ..outer import atomic_write_json
     from .calibrate import calibrate, read_results
     from .calibration_report import write_calibration
 
     previous = read_results(results_path) if results_path.exists() else None
-    if args.resume:
+    resume = bool(args.resume)
+    if resume:
+        kind = (previous or {}).get("kind")
         if previous is None:
             _line(f"invcal: no {results_path} to resume from; starting a new run.")
-        elif previous.get("kind") != "calibration" or previous.get("model") != prep["name"]:
+            resume = False
+        elif kind == "fit_population" or (kind == "calibration" and previous.get("fit_record")):
+            # the fit's own record (its whole outer state): fit_population continues it
+            _line(f"invcal: resuming the fit saved in {results_path}.")
+        elif kind == "calibration" and previous.get("model") == prep["name"]:
+            # a run of an earlier invcal, without the fit's state: restart from its estimates
+            given = kwargs["init"]
+            kwargs["init"] = {**_resume_init(previous, prep), **given}
+            _line(f"invcal: resuming from the estimates recorded in {results_path}.")
+            resume = False
+        else:
             raise ValueError(
                 f"--resume: {results_path} holds a run of "
                 f"{previous.get('model') or previous.get('problem')!r}, not a calibration of "
                 f"model {prep['name']!r}; pass another --out or drop --resume."
             )
-        elif previous.get("theta"):
-            given = kwargs["init"]
-            kwargs["init"] = {**_resume_init(previous, prep), **given}
-            _line(f"invcal: resuming from the estimates recorded in {results_path}.")
     elif previous is not None:
         _line(f"invcal: overwriting the run in {out} (--overwrite).")
-    state = {
-        "kind": "calibration",
-        "problem": f"calibrate {prep['name']}",
-        "status": "running",
-        "model": prep["name"],
-        "data": str(args.data),
-        "history": [],
-    }
-    if args.resume and previous and previous.get("theta"):
-        state["theta"] = previous["theta"]
-        state["random_sd"] = previous.get("random_sd")
-    atomic_write_json(results_path, state)
     t_start = time.perf_counter()
     show = not args.no_progress
     tty = sys.stderr.isatty()
 
     def sink(algorithm, iteration, objective):
-        state["history"].append(float(objective))
-        state["iterations"] = int(iteration)
-        state["algorithm"] = algorithm
-        atomic_write_json(results_path, state)
-        if show:
-            text = (
-                f"calibrate [{algorithm}] iteration {iteration}: -2LL {2 * objective:.8g}, "
-                f"elapsed {time.perf_counter() - t_start:.0f} s"
-            )
-            sys.stderr.write(("\r" + text + "\x1b[K") if tty else text + "\n")
-            sys.stderr.flush()
+        # called after the fit has written the iteration to results.json
+        text = (
+            f"calibrate [{algorithm}] iteration {iteration}: -2LL {2 * objective:.8g}, "
+            f"elapsed {time.perf_counter() - t_start:.0f} s"
+        )
+        sys.stderr.write(("\r" + text + "\x1b[K") if tty else text + "\n")
+        sys.stderr.flush()
 
     _SINK[0] = sink
     if show:
@@ -261,24 +254,28 @@ def _run_in(args, results_path: Path, out: Path, prep: dict, kwargs: dict) -> in
             seed=args.seed,
             prediction_corrected=args.pcvpc,
             max_iter=args.max_iter,
-            # JAX's persistent cache refuses programs with host callbacks: without progress
-            # the fit's compilation is cached across processes
+            # the fit writes results.json after every outer iteration (resumable); progress
+            # after each write (neither changes the compiled fit, which JAX's cache keeps)
             progress=None if args.no_progress else _progress,
+            out=out,
+            resume=resume,
+            overwrite=not resume,
             **kwargs,
         )
         jax.effects_barrier()
     except RuntimeError as e:
-        jax.effects_barrier()
         _SINK[0] = None
         if show and tty:
             sys.stderr.write("\n")
-        _line(f"invcal: error: {' '.join(str(e).split())} (estimates so far: {results_path})")
+        saved = f" (estimates so far: {results_path})" if results_path.exists() else ""
+        _line(f"invcal: error: {' '.join(str(e).split())}{saved}")
         return 1
     finally:
         _SINK[0] = None
     if show and tty:
         sys.stderr.write("\n")
-    report = write_calibration(cal, out)
+    record = read_results(results_path)  # the fit's record: kept in the calibration's
+    report = write_calibration(cal, out, fit_record=record)
     fit = cal.fit
     print(f"report: {report}")
     print(

@@ -98,6 +98,8 @@ class FitRecord:
             prev = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot resume from {self.path}: {e}") from None
+        if prev.get("kind") == "calibration" and isinstance(prev.get("fit_record"), dict):
+            prev = prev["fit_record"]  # a finished invcal calibrate run keeps its fit's record
         if prev.get("kind") != KIND:
             raise ValueError(
                 f"cannot resume from {self.path}: it holds a {prev.get('kind') or 'tune'!r} "
