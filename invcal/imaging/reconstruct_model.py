@@ -26,9 +26,14 @@ _RHO_MIN = 0.01  # deblurring's penalty floor (deblur_penalty)
 @eqx.filter_jit
 def _tv_run(method, fs, state, lam, num_steps):
     """The Split Bregman state after ``num_steps`` iterations from ``state``, for each f of the
-    batch."""
-    step = jax.vmap(method.step, in_axes=(0, 0, None))
-    return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, fs, lam), state)
+    batch: one loop per f, one after the other, not the batch side by side (a loop over one
+    image keeps its state in the cache; see ``invcal.imaging.denoise._sure_stopped``)."""
+    out = []
+    for i in range(fs.shape[0]):
+        s = jax.tree_util.tree_map(lambda a, i=i: a[i], state)
+        f = fs[i]
+        out.append(jax.lax.fori_loop(0, num_steps, lambda _, s, f=f: method.step(s, f, lam), s))
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *out)
 
 
 def _en_map(op, transform, weights, t, lam, lam2):
