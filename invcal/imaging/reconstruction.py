@@ -77,9 +77,10 @@ colorwheel): better in 31 of 32 cases. Denoising σ = 0.05: +0.33 to +1.28 dB (m
 to +0.66 dB (median +0.27; the loss is the synthetic colorwheel, where SURE itself is 2–3 dB
 from the oracle with either coupling); inpainting (60% kept, σ 0.03): +0.10 to +1.02 dB
 (median +0.21). SSIM higher in all 32. Cost: the same number of criterion
-evaluations; 1.4–1.9× the time of per-channel TV for denoising (0.66–0.70 s against
-0.36–0.50 s for astronaut 256×256 on one core: a vectorial iteration costs 1.7× the three
-channels' isotropic ones), about 1.1–1.2× (medians, load 8–10) for deblurring and inpainting.
+evaluations; 1.3–1.5× the time of per-channel TV for denoising (``benchmarks/reconstruct.py``'s
+colour rows, one core: 0.39–0.85 s against 0.26–0.64 s; a vectorial iteration costs 1.7× the
+three channels' isotropic ones), about 1.1–1.2× (medians, load 8–10) for deblurring and
+inpainting.
 
 The elastic net is per channel (the wavelet penalty acts on each channel).
 
