@@ -139,6 +139,7 @@ def _resume_init(previous: dict, prep: dict) -> dict:
         if p in prep["random"] and sd and sd > 0:
             init[f"omega_{p}"] = sd
     allowed = set(prep["init"]) | {f"omega_{p}" for p in prep["random"]}
+    allowed |= {f"iov_{p}" for p in prep.get("iov", ())}
     allowed |= {"additive": {"sigma_add"}, "proportional": {"sigma_prop"}}.get(
         prep["error"], {"sigma_add", "sigma_prop"}
     )
