@@ -8,9 +8,17 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+# Slow leg: seed_adjoint compiles two hypergradient programs (adjoint and forward) even at
+# its small size, 61 s at load 4 of which 35 s compiling; the default run has no room for it.
+# Its outputs are stored, and tests/test_petab.py checks the adjoint sensitivities.
+_SLOW = {"seed_adjoint"}
+_PARAMS = [
+    pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in _SLOW else [])
+    for p in NOTEBOOKS
+]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", _PARAMS)
 def test_notebook_executes(path, monkeypatch, tmp_path):
     # Notebooks read INVCAL_SMALL to shrink their problems; outputs go to a temp dir.
     monkeypatch.setenv("INVCAL_SMALL", "1")
