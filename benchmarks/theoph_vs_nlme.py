@@ -138,12 +138,12 @@ def run_nlme(csv: Path, random: str = "pdDiag", reps: int = 5) -> dict | None:
 
 def run_invcal(method: str, rtol: float, algorithm: str, omega: str = "diagonal") -> dict:
     t = time.perf_counter()
-    fit = theo.fit(method=method, rtol=rtol, algorithm=algorithm, omega=omega)
+    fit = theo.fit(approximation=method, rtol=rtol, algorithm=algorithm, omega=omega)
     cold = time.perf_counter() - t
     warm = []
     for _ in range(3):
         t = time.perf_counter()
-        fit = theo.fit(method=method, rtol=rtol, algorithm=algorithm, omega=omega)
+        fit = theo.fit(approximation=method, rtol=rtol, algorithm=algorithm, omega=omega)
         warm.append(time.perf_counter() - t)
     out = {k: fit.theta[k] for k in NAMES if k in fit.theta}
     out.update({f"omega_{p}": v for p, v in fit.random_sd.items()})

@@ -157,27 +157,27 @@ def load_theoph(path=THEOPH_CSV, *, subjects: int | None = None) -> ode.Events:
     return ode.read_events(cols, source=f"{events.source} (first {n} subjects)")
 
 
-def _check_method(method):
-    if method not in ("focei", "laplace"):
-        raise ValueError(f"method must be 'focei' or 'laplace'; got {method!r}.")
-    return method
+def _check_approximation(approximation):
+    if approximation not in ("focei", "laplace"):
+        raise ValueError(f"approximation must be 'focei' or 'laplace'; got {approximation!r}.")
+    return approximation
 
 
 def _check_omega(omega):
     return choice("omega", omega, OMEGAS)
 
 
-def build(*, method="focei", rtol=1e-7, subjects=None, omega="diagonal"):
+def build(*, approximation="focei", rtol=1e-7, subjects=None, omega="diagonal"):
     """(problem, solver): Theoph as an :class:`invcal.Problem` over the stacked random
     effects, criterion −log-likelihood (FOCEI or Laplace), with the vmapped
     Levenberg–Marquardt inner solver. ``rtol`` is the ODE solver's relative tolerance
     (atol = rtol/100); ``subjects`` keeps the first n subjects; ``omega``: "diagonal" or
     "full" (see :data:`OMEGAS`)."""
-    method, omega = _check_method(method), _check_omega(omega)
+    approximation, omega = _check_approximation(approximation), _check_omega(omega)
     model = theophylline_model(rtol=float(rtol), atol=float(rtol) * 1e-2)
     events = load_theoph(subjects=subjects)
     problem, solver = ode.population_problem(
-        model, events, init=INIT, method=method, name="theophylline", omega=omega
+        model, events, init=INIT, approximation=approximation, name="theophylline", omega=omega
     )
     return problem, ode.PopulationLM(population=solver.population, tol=1e-9)
 
@@ -277,14 +277,18 @@ def _extra_report(model, events, pop):
 def setup(**options) -> Setup:
     """Theophylline PK (R's Theoph), one-compartment ODE, FOCEI likelihood (nlme's reference).
 
-    ``options``: ``method`` ("focei" or "laplace"), ``rtol`` (ODE tolerance, default 1e-7),
-    ``subjects`` (keep the first n), ``omega`` ("diagonal", the default, or "full": a
-    general random-effect covariance by its log-Cholesky factor, nlme's pdSymm; the report
-    then lists the correlations). Defaults: vmapped Levenberg–Marquardt inner solver,
-    implicit differentiation with CG on the block-diagonal Hessian, L-BFGS in the
-    unconstrained parameters (log SDs).
+    ``options``: ``approximation`` ("focei" or "laplace"; ``method`` is its old name),
+    ``rtol`` (ODE tolerance, default 1e-7), ``subjects`` (keep the first n), ``omega``
+    ("diagonal", the default, or "full": a general random-effect covariance by its
+    log-Cholesky factor, nlme's pdSymm; the report then lists the correlations). Defaults:
+    vmapped Levenberg–Marquardt inner solver, implicit differentiation with CG on the
+    block-diagonal Hessian, L-BFGS in the unconstrained parameters (log SDs).
     """
-    known = ("method", "rtol", "subjects", "omega")
+    known = ("approximation", "rtol", "subjects", "omega")
+    if "method" in options:  # the old name, which `invcal run --method` means otherwise
+        if "approximation" in options:
+            raise ValueError("theophylline: give approximation= only (method= is its old name).")
+        options["approximation"] = options.pop("method")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"theophylline got unknown option(s) {unknown}; known: {list(known)}.")
@@ -306,16 +310,21 @@ def setup(**options) -> Setup:
 
 
 def fit(
-    *, method="focei", rtol=1e-7, subjects=None, omega="diagonal", **kwargs
+    *, approximation="focei", rtol=1e-7, subjects=None, omega="diagonal", **kwargs
 ) -> ode.PopulationFit:
     """Fit Theoph from the issue's initial values with :func:`invcal.ode.fit_population`
     (``omega``: "diagonal" or "full"; ``kwargs`` go to it; FOCEI fits default to nlme's
     Lindstrom-Bates algorithm, ``algorithm="lbfgs"`` gives the exact maximum of the FOCEI
     likelihood)."""
-    method, omega = _check_method(method), _check_omega(omega)
+    approximation, omega = _check_approximation(approximation), _check_omega(omega)
     model = theophylline_model(rtol=float(rtol), atol=float(rtol) * 1e-2)
     return ode.fit_population(
-        model, load_theoph(subjects=subjects), init=INIT, method=method, omega=omega, **kwargs
+        model,
+        load_theoph(subjects=subjects),
+        init=INIT,
+        approximation=approximation,
+        omega=omega,
+        **kwargs,
     )
 
 

@@ -23,7 +23,7 @@ def setting():
 def test_heldout_value_is_the_predictive_density_of_the_held_out_rows(setting):
     model, events = setting
     rows = ode.holdout_rows(events, 0.3, seed=1)
-    obj = ode.population_objective(model, events, THETA, method="heldout", holdout=rows)
+    obj = ode.population_objective(model, events, THETA, approximation="heldout", holdout=rows)
     # each subject keeps >= 1 observation and holds out round(0.3 * 7) = 2
     for s in events.subjects:
         assert rows[events.id == s].sum() == 2
@@ -45,14 +45,14 @@ def test_heldout_value_is_the_predictive_density_of_the_held_out_rows(setting):
             "DV": np.where(rows, events.dv + 5.0, events.dv),
         }
     )
-    obj2 = ode.population_objective(model, ev2, THETA, method="heldout", holdout=rows)
+    obj2 = ode.population_objective(model, ev2, THETA, approximation="heldout", holdout=rows)
     np.testing.assert_allclose(obj2.eta, obj.eta, atol=1e-12)
     assert obj2.value > obj.value + 10
 
 
 def test_heldout_hypergradient_matches_finite_differences(setting):
     model, events = setting
-    kw = {"method": "heldout", "holdout": 0.3, "holdout_seed": 1, "inner_tol": 1e-12}
+    kw = {"approximation": "heldout", "holdout": 0.3, "holdout_seed": 1, "inner_tol": 1e-12}
     obj = ode.population_objective(model, events, THETA, **kw)
     _, _, _, space = _prepare(model, events, THETA, None, "additive", "heldout", None, 0.3, 1)
     eps = 1e-5
@@ -75,12 +75,12 @@ def test_heldout_fit(setting):
     model, events = setting
     init = {"p": 1.5, "q": 0.5}
     fit = ode.fit_population(
-        model, events, init=init, method="heldout", holdout=0.3, holdout_seed=1, max_iter=100
+        model, events, init=init, approximation="heldout", holdout=0.3, holdout_seed=1, max_iter=100
     )
     assert fit.method == "HeldOutDensity" and fit.n_holdout == 16 and fit.n_obs == 56 - 16
     assert np.isnan(fit.loglik) and np.isnan(fit.aic)
     start = ode.population_objective(
-        model, events, {**fit.theta, **init}, method="heldout", holdout=0.3, holdout_seed=1
+        model, events, {**fit.theta, **init}, approximation="heldout", holdout=0.3, holdout_seed=1
     )
     assert fit.criterion < start.value
     assert "Held-out -log predictive density" in fit.summary()
@@ -89,11 +89,11 @@ def test_heldout_fit(setting):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"method": "heldout"}, "needs holdout="),
-        ({"holdout": 0.2}, "holdout= is for method='heldout'"),
-        ({"method": "heldout", "holdout": 1.5}, r"fraction must be in \(0, 1\)"),
-        ({"method": "heldout", "holdout": np.ones(3, bool)}, r"shape \(56,\)"),
-        ({"method": "heldout", "holdout": np.zeros(56, bool)}, "selects no observation"),
+        ({"approximation": "heldout"}, "needs holdout="),
+        ({"holdout": 0.2}, "holdout= is for approximation='heldout'"),
+        ({"approximation": "heldout", "holdout": 1.5}, r"fraction must be in \(0, 1\)"),
+        ({"approximation": "heldout", "holdout": np.ones(3, bool)}, r"shape \(56,\)"),
+        ({"approximation": "heldout", "holdout": np.zeros(56, bool)}, "selects no observation"),
     ],
 )
 def test_heldout_arguments(setting, kwargs, match):

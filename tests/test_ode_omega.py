@@ -51,7 +51,7 @@ DIRECTIONS = (np.eye(6)[4], np.array([0.3, -0.5, 0.7, 0.2, -0.4, 0.6]))
 def fd_check(model, events, theta, eps=1e-5, **kw):
     """(largest relative error of the directional derivatives, objective, FD values)."""
     obj = ode.population_objective(model, events, theta, inner_tol=1e-12, omega="full", **kw)
-    method = kw.get("method", "focei")
+    method = kw.get("approximation", "focei")
     _, _, _, space = _prepare(model, events, theta, None, "additive", method, None, omega="full")
     errors, fds = [], []
     for d in DIRECTIONS:
@@ -161,7 +161,7 @@ def test_theoph_full_omega_matches_nlme_pdsymm_and_nests_the_diagonal_fit():
 @pytest.mark.parametrize("method", ["focei", "laplace"])
 def test_full_omega_hypergradient_matches_finite_differences(setting, method):
     model, events = setting
-    rel, obj, fd = fd_check(model, events, THETA, method=method)
+    rel, obj, fd = fd_check(model, events, THETA, approximation=method)
     assert obj.names == ("p", "q", "omega_chol_p", "omega_chol_q", "omega_chol_q_p", "sigma_add")
     assert rel < 1e-5, (rel, obj.grad_z, fd)
     assert obj.inner_converged.all()

@@ -54,7 +54,7 @@ def fd_check(model, events, theta, eps=1e-5, **kwargs):
         theta,
         kwargs.get("random"),
         kwargs.get("error", "additive"),
-        kwargs.get("method", "focei"),
+        kwargs.get("approximation", "focei"),
         kwargs.get("covariates"),
     )
     fd = np.zeros(obj.z.shape[0])
@@ -93,7 +93,7 @@ def test_unconverged_inner_fit_warns_and_names_the_subjects(model, theoph):
 
 
 def test_focei_hypergradient_matches_finite_differences(model, theoph):
-    err, obj, fd = fd_check(model, theoph, THETA, method="focei")
+    err, obj, fd = fd_check(model, theoph, THETA, approximation="focei")
     assert err < 1e-5
     # the log-determinant's dependence on eta* matters: without it the error is large
     assert np.linalg.norm(fd) > 1.0
@@ -214,7 +214,9 @@ def test_lindstrom_bates_reproduces_nlme(theoph, capsys):
     assert fit.residual_sd == pytest.approx(NLME["sigma_add"], rel=0.01)
     assert "Lindstrom-Bates" in fit.summary()
     with pytest.raises(ValueError, match="lindstrom-bates.*additive"):
-        ode.fit_population(model, theoph, init=INIT, algorithm="lindstrom-bates", method="laplace")
+        ode.fit_population(
+            model, theoph, init=INIT, algorithm="lindstrom-bates", approximation="laplace"
+        )
     with pytest.raises(ValueError, match="algorithm must be"):
         ode.fit_population(model, theoph, init=INIT, algorithm="newton")
     with pytest.raises(TypeError, match="progress must be None, True"):
@@ -225,9 +227,9 @@ def test_lindstrom_bates_reproduces_nlme(theoph, capsys):
 # Laplace (one compilation)
 # --------------------------------------------------------------------------------------
 def test_laplace_hypergradient_matches_finite_differences(model, theoph):
-    err, obj, _ = fd_check(model, theoph, THETA, method="laplace")
+    err, obj, _ = fd_check(model, theoph, THETA, approximation="laplace")
     assert err < 1e-5
-    focei = ode.population_objective(model, theoph, THETA, method="focei")
+    focei = ode.population_objective(model, theoph, THETA, approximation="focei")
     # same inner problem, different Hessian in the log-determinant
     np.testing.assert_allclose(obj.eta, focei.eta, atol=1e-8)
     assert obj.value != pytest.approx(focei.value, abs=1e-6)
@@ -289,7 +291,7 @@ def test_exact_focei_fit_from_issue_init(theoph):
 @pytest.mark.parametrize("method", ["focei", "laplace"])
 def test_combined_error_hypergradient(model, theoph, method):
     theta = {**THETA, "sigma_prop": 0.1}
-    err, _, _ = fd_check(model, theoph, theta, method=method, error="combined")
+    err, _, _ = fd_check(model, theoph, theta, approximation=method, error="combined")
     assert err < 1e-5
 
 
@@ -297,7 +299,7 @@ def test_combined_error_hypergradient(model, theoph, method):
 def test_engine_implicit_methods_agree(model, theoph):
     import lineax as lx
 
-    problem, solver = ode.population_problem(model, theoph, init=THETA, method="focei")
+    problem, solver = ode.population_problem(model, theoph, init=THETA, approximation="focei")
     solver = ode.PopulationLM(population=solver.population, tol=1e-12)
     ref = ode.population_objective(model, theoph, THETA, inner_tol=1e-12)
     for method in (ic.Implicit(), ic.Implicit(mode="forward"), ic.Implicit(lx.LU())):

@@ -27,7 +27,7 @@ def test_setup_contract():
     "options, match",
     [
         ({"solver": 1}, r"unknown option\(s\) \['solver'\]"),
-        ({"method": "foce"}, "method must be 'focei' or 'laplace'"),
+        ({"method": "foce"}, "approximation must be 'focei' or 'laplace'"),
         ({"subjects": 13}, r"subjects must be an integer >= 1 and <= 12; got 13"),
         ({"omega": "pdSymm"}, r"omega must be one of \['diagonal', 'full'\]; got 'pdSymm'"),
         ({"omega": 1}, r"omega must be one of \['diagonal', 'full'\]; got 1"),
@@ -144,3 +144,18 @@ def test_cli_run_full_omega_reports_correlations(tmp_path):
     assert "general Omega (log-Cholesky)" in report
     for pair in ("(lKa, lKe)", "(lCl, lKe)", "(lCl, lKa)"):
         assert f"random-effect correlation {pair}" in report
+
+
+def test_the_likelihood_approximation_has_its_own_keyword():
+    from invcal.ode.approximations import approximation_argument
+
+    assert approximation_argument("laplace", None, "fit_population") == "laplace"
+    with pytest.warns(DeprecationWarning, match=r"fit_population\(approximation=...\)"):
+        assert approximation_argument("focei", "laplace", "fit_population") == "laplace"
+    with pytest.raises(TypeError, match="pass approximation= only"):
+        approximation_argument("laplace", "focei", "fit_population")
+    # the public entry points take it, and refuse a bad one in one line naming it
+    with pytest.raises(ValueError, match="approximation must be 'focei'"):
+        ode.population_objective(
+            h.theophylline_model(), h.load_theoph(subjects=2), h.INIT, approximation="x"
+        )

@@ -98,7 +98,7 @@ def test_run_folder_rules(tmp_path, theoph):
         ode.fit_population(model, events, init=INIT, algorithm="lbfgs", out=run, max_iter=2)
     with pytest.raises(ValueError, match="other settings.*approximation"):
         ode.fit_population(
-            model, events, init=INIT, method="laplace", out=run, resume=True, max_iter=2
+            model, events, init=INIT, approximation="laplace", out=run, resume=True, max_iter=2
         )
     fit = ode.fit_population(
         model, events, init=INIT, algorithm="lbfgs", out=run, overwrite=True, max_iter=2

@@ -96,9 +96,28 @@ def _approximation(method) -> AbstractApproximation:
     if isinstance(method, str) and method.lower() in _METHODS:
         return _METHODS[method.lower()]()
     raise ValueError(
-        f"method must be 'focei', 'laplace', 'heldout', invcal.ode.FOCEI(), "
+        f"approximation must be 'focei', 'laplace', 'heldout', invcal.ode.FOCEI(), "
         f"invcal.ode.Laplace() or invcal.ode.HeldOutDensity(); got {method!r}."
     )
+
+
+def approximation_argument(approximation, method, who: str):
+    """The likelihood approximation asked for: ``approximation``, or the older keyword
+    ``method`` (which elsewhere in invcal names the hypergradient method), with a
+    DeprecationWarning naming the new one."""
+    if method is None:
+        return approximation
+    if not (isinstance(approximation, str) and approximation == "focei"):
+        raise TypeError(f"{who}: pass approximation= only (method= is its old name).")
+    import warnings
+
+    warnings.warn(
+        f"{who}(method=...) is now {who}(approximation=...): method= names the "
+        "hypergradient method elsewhere in invcal.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return method
 
 
 def _logdet_spd(H):

@@ -558,7 +558,7 @@ def calibrate(
         init=prep["init"],
         random=prep["random"],
         error=error,
-        method=approximation,
+        approximation=approximation,
         covariates=prep["covariates"] or None,
         omega=omega,
         iov=prep["iov"] or None,

@@ -14,7 +14,7 @@ from ..compilation_cache import checks_without_callbacks
 from ..diagnostics import OnFailure
 from ..precision import computes_in_float64
 from ..runfolder import claim_run_folder
-from .approximations import FOCEI
+from .approximations import FOCEI, approximation_argument
 from .errors import Additive
 from .fit_record import FitRecord, decode_tree, result_json
 from .loops import (
@@ -48,7 +48,8 @@ def fit_population(
     init,
     random=None,
     error="additive",
-    method="focei",
+    approximation="focei",
+    method=None,
     covariates=None,
     max_iter: int = 200,
     gtol: float = 1e-5,
@@ -92,7 +93,7 @@ def fit_population(
       on every occasion (NONMEM's BLOCK SAME); the κ are random effects of the subject like
       η (FOCEI/Laplace integrate over both). The fit reports ``iov_sd`` and ``kappa``.
     - ``error``: ``"additive"``, ``"proportional"``, ``"combined"`` or an error model object.
-    - ``method``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``), or
+    - ``approximation``: ``"focei"`` or ``"laplace"`` (or ``FOCEI()``/``Laplace()``), or
       ``"heldout"`` (:class:`HeldOutDensity`): minimize −log predictive density of held-out
       observations (``holdout``: a fraction of each subject's observations, drawn with
       ``holdout_seed``, or a boolean array over the table's rows) at the MAP random
@@ -158,7 +159,7 @@ def fit_population(
         init,
         random,
         error,
-        method,
+        approximation_argument(approximation, method, "fit_population"),
         covariates,
         holdout,
         holdout_seed,
@@ -184,7 +185,7 @@ def fit_population(
         raise ValueError(
             "algorithm='lindstrom-bates' is nlme's algorithm for FOCEI with additive error "
             "and no censored observations (where the linearized model is a linear "
-            "mixed-effects model); got method="
+            "mixed-effects model); got approximation="
             f"{type(pop.approximation).__name__}, error={type(pop.error).__name__}"
             f"{', censored observations' if arrays.cens is not None else ''}. Use "
             "algorithm='lbfgs'."

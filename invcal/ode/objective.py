@@ -13,6 +13,7 @@ import numpy as np
 
 from ..precision import computes_in_float64
 from ..problem import Problem
+from .approximations import approximation_argument
 from .events import Events, subject_arrays
 from .loops import _fit_lbfgs, _options
 from .population import _holdout_mask, _initial_theta, _population, _prepare
@@ -43,7 +44,8 @@ def population_problem(
     init,
     random=None,
     error="additive",
-    method="focei",
+    approximation="focei",
+    method=None,
     covariates=None,
     name="population",
     holdout=None,
@@ -59,7 +61,8 @@ def population_problem(
     ``invcal.Implicit()`` in either mode applies."""
     if not isinstance(events, Events):
         raise TypeError("events must come from invcal.ode.read_events(...).")
-    pop = _population(model, random, covariates, error, method, omega, iov, events)
+    approximation = approximation_argument(approximation, method, "population_problem")
+    pop = _population(model, random, covariates, error, approximation, omega, iov, events)
     rows = _holdout_mask(pop, events, holdout, holdout_seed)
     arrays = subject_arrays(events, model, covariates=pop.cov_names, holdout=rows, iov=pop.iov)
     space = pop.space(_initial_theta(pop, init, events))
@@ -157,7 +160,8 @@ def population_objective(
     *,
     random=None,
     error="additive",
-    method="focei",
+    approximation="focei",
+    method=None,
     covariates=None,
     eta0=None,
     inner_tol: float = 1e-9,
@@ -183,7 +187,17 @@ def population_objective(
     the occasion SDs ``iov_<p>``); η (``eta0``, ``eta``) is then (η, κ₁, …, κ_K) per subject.
     """
     pop, events, arrays, space = _prepare(
-        model, events, theta, random, error, method, covariates, holdout, holdout_seed, omega, iov
+        model,
+        events,
+        theta,
+        random,
+        error,
+        approximation_argument(approximation, method, "population_objective"),
+        covariates,
+        holdout,
+        holdout_seed,
+        omega,
+        iov,
     )
     names = tuple(space.names)
     missing = [k for k in names if k not in theta]

@@ -707,13 +707,13 @@ def _holdout_mask(pop, events, holdout, holdout_seed):
     heldout = isinstance(pop.approximation, HeldOutDensity)
     if heldout and holdout is None:
         raise ValueError(
-            "method='heldout' needs holdout=: a fraction of each subject's observations to "
+            "approximation='heldout' needs holdout=: a fraction of each subject's observations to "
             "hold out (e.g. 0.2) or a boolean array over the table's rows."
         )
     if not heldout and holdout is not None:
         raise ValueError(
-            f"holdout= is for method='heldout'; the {type(pop.approximation).__name__} "
-            "likelihood uses every observation. Drop holdout=, or set method='heldout'."
+            f"holdout= is for approximation='heldout'; the {type(pop.approximation).__name__} "
+            "likelihood uses every observation. Drop holdout=, or set approximation='heldout'."
         )
     return None if holdout is None else holdout_rows(events, holdout, seed=holdout_seed)
 
