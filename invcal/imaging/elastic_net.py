@@ -66,6 +66,7 @@ from .tuning import (
     AbstractImageCriterion,
     _measurement_noise,
     _num_measurements,
+    _positive,
 )
 from .wavelets import AbstractBasis, Wavelet
 
@@ -221,16 +222,6 @@ def _check_criterion(criterion):
             "criterion must be invcal.imaging.PSNR(), MSE() (both need truth=) or SURE(sigma) "
             f"(one image, no truth); got {criterion!r}."
         )
-
-
-def _positive(name, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
-    if isinstance(value, bool) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
-    return v
 
 
 def images_of(problem, c):
