@@ -246,7 +246,7 @@ def test_laplace_hypergradient_matches_finite_differences(model, theoph):
         ({"init": {**INIT, "omega_lKe": -1.0}}, ValueError, "omega_lKe.*> 0"),
         ({"init": [1, 2]}, TypeError, "init must be a dict"),
         ({"error": "poisson"}, ValueError, "error must be 'additive'"),
-        ({"method": "foce"}, ValueError, "method must be 'focei'"),
+        ({"approximation": "foce"}, ValueError, "approximation must be 'focei'"),
         ({"random": ("V",)}, ValueError, r"random \['V'\] are not parameters"),
         ({"random": ()}, ValueError, "at least one parameter"),
         ({"covariates": {"V": ("WT",)}}, ValueError, "covariates key 'V'"),
