@@ -383,17 +383,17 @@ def part_methods(sizes):
             truth=truth,
             criterion=MSE(),
             init=0.1,
-            method=SplitBregman(Anisotropic(), Neumann(), GaussSeidel(), 8.0),
+            tv=SplitBregman(Anisotropic(), Neumann(), GaussSeidel(), 8.0),
         )
         huber_iso = tv_problem(
-            f, truth=truth, criterion=MSE(), init=0.1, method=SplitBregman(Isotropic(), huber=0.01)
+            f, truth=truth, criterion=MSE(), init=0.1, tv=SplitBregman(Isotropic(), huber=0.01)
         )
         huber_ani = tv_problem(
             f,
             truth=truth,
             criterion=MSE(),
             init=0.1,
-            method=SplitBregman(Anisotropic(), huber=0.01),
+            tv=SplitBregman(Anisotropic(), huber=0.01),
         )
         n_state = 5 * size * size
         tol = 1e-12 * math.sqrt(n_state)
@@ -530,9 +530,7 @@ def part_learn(size, steps, sigmas=SIGMAS, cache_dir=None):
         # invcal: −mean training PSNR, implicit hypergradients (GMRES on the Split Bregman
         # fixed point), ic.tune's secant search on dE/dlog w from w = σ/2. (Adam at rate 0.1
         # oscillated around the start at σ = 0.05 and never improved on it.)
-        problem = tv_problem(
-            f_train, truth=t_train, criterion=PSNR(), method=method, init=sigma / 2
-        )
+        problem = tv_problem(f_train, truth=t_train, criterion=PSNR(), tv=method, init=sigma / 2)
         n = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(problem.x0))
         solver = ic.FixedPointIteration(tol=1e-8 * math.sqrt(n), max_steps=20000)
         imp = ic.Implicit(
@@ -847,7 +845,7 @@ def part_blocks(size, steps, images=None):
         w_scalar = float(grid[int(np.argmax(scalar_scores))])
         # 64 block weights learned on draw A from the best scalar, −PSNR, implicit
         problem = tv_problem(
-            f_a, truth=truth, criterion=PSNR(), method=method, weights=layout, init=w_scalar
+            f_a, truth=truth, criterion=PSNR(), tv=method, weights=layout, init=w_scalar
         )
         n = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(problem.x0))
         solver = ic.FixedPointIteration(tol=1e-8 * math.sqrt(n), max_steps=20000)

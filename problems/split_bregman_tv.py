@@ -158,7 +158,7 @@ def _build(data, norm, weights, blocks, criterion, image, init, huber):
         return tv_problem(
             data["noisy_train"][k],
             criterion=SURE(data["sigma"]),
-            method=method,
+            tv=method,
             weights=layout,
             init=init,
             name="split_bregman_tv",
@@ -168,7 +168,7 @@ def _build(data, norm, weights, blocks, criterion, image, init, huber):
         data["noisy_train"],
         truth=data["truth_train"],
         criterion=crit,
-        method=method,
+        tv=method,
         weights=layout,
         init=init,
         name="split_bregman_tv",

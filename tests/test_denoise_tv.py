@@ -56,7 +56,7 @@ def test_the_sure_hypergradient_matches_finite_differences(noisy32):
     # SURE of the 100-step estimator as a tv_problem criterion (invcal run split-bregman-tv
     # -o criterion=sure); denoise_tv minimizes the same SURE from its values only
     noisy, _ = noisy32
-    problem = tv_problem(noisy, criterion=SURE(0.1), method=SplitBregman(Isotropic()), init=0.1)
+    problem = tv_problem(noisy, criterion=SURE(0.1), tv=SplitBregman(Isotropic()), init=0.1)
     res = ic.check_hypergradient(
         problem,
         {"weight": jnp.asarray(0.05)},

@@ -334,7 +334,7 @@ def camera32():
 @pytest.fixture(scope="module")
 def exact_problem(camera64):
     noisy, truth = camera64
-    return tv_problem(noisy, truth=truth, criterion=MSE(), method=ANISO, init=0.1)
+    return tv_problem(noisy, truth=truth, criterion=MSE(), tv=ANISO, init=0.1)
 
 
 def test_implicit_hypergradient_of_exact_tv_matches_finite_differences(exact_problem):
@@ -354,7 +354,7 @@ def test_unrolled_hypergradient_of_exact_tv_matches_finite_differences(exact_pro
 def test_huber_implicit_hypergradient_matches_finite_differences(camera64):
     noisy, truth = camera64
     method = SplitBregman(Isotropic(), huber=0.01)
-    problem = tv_problem(noisy, truth=truth, criterion=MSE(), method=method, init=0.1)
+    problem = tv_problem(noisy, truth=truth, criterion=MSE(), tv=method, init=0.1)
     assert problem.objective is not None  # x is the image; CG on the Hessian applies
     res = ic.check_hypergradient(
         problem,
@@ -369,7 +369,7 @@ def test_huber_implicit_hypergradient_matches_finite_differences(camera64):
 def test_directional_weights_hypergradient(camera32):
     noisy, truth = camera32
     problem = tv_problem(
-        noisy, truth=truth, criterion=MSE(), method=ANISO, weights=DirectionalWeights(), init=0.1
+        noisy, truth=truth, criterion=MSE(), tv=ANISO, weights=DirectionalWeights(), init=0.1
     )
     theta = {"weight": jnp.asarray([0.08, 0.12])}
     res = ic.check_hypergradient(problem, theta, IMPLICIT, solver=SOLVER)
@@ -379,7 +379,7 @@ def test_directional_weights_hypergradient(camera32):
 def test_block_weights_directional_derivative(camera32):
     noisy, truth = camera32
     problem = tv_problem(
-        noisy, truth=truth, criterion=MSE(), method=ANISO, weights=BlockWeights(8, 8), init=0.1
+        noisy, truth=truth, criterion=MSE(), tv=ANISO, weights=BlockWeights(8, 8), init=0.1
     )
     rng = np.random.default_rng(0)
     theta = {"weight": jnp.asarray(0.1 * np.exp(0.3 * rng.normal(size=(8, 8))))}
@@ -405,7 +405,7 @@ def test_block_weights_directional_derivative(camera32):
 def test_training_set_is_vmapped_with_psnr_criterion():
     truth = np.stack([load_image(n, 24) for n in ("camera", "text")])
     noisy = add_noise(truth, 0.1, seed=1)
-    problem = tv_problem(noisy, truth=truth, criterion=PSNR(), method=ANISO, init=0.1)
+    problem = tv_problem(noisy, truth=truth, criterion=PSNR(), tv=ANISO, init=0.1)
     assert problem.x0.u.shape == (2, 24, 24)
     solver = SOLVER
     res = ic.check_hypergradient(problem, problem.space.init(), IMPLICIT, solver=solver)
@@ -418,7 +418,7 @@ def test_training_set_is_vmapped_with_psnr_criterion():
 @pytest.mark.slow  # ~10 s: its own compiled hypergradient
 def test_sure_hypergradient_and_unbiasedness(camera64):
     noisy, truth = camera64
-    problem = tv_problem(noisy, criterion=SURE(0.1, seed=0), method=ANISO, init=0.1)
+    problem = tv_problem(noisy, criterion=SURE(0.1, seed=0), tv=ANISO, init=0.1)
     assert problem.x0.u.shape == (2, 64, 64)  # f and f + εδ side by side
     res = ic.check_hypergradient(problem, problem.space.init(), IMPLICIT, solver=SOLVER)
     assert res.relative_error < 1e-6
@@ -455,3 +455,16 @@ def test_tv_problem_errors(camera64):
         tv_problem(noisy, truth=truth * np.nan, criterion=MSE())
     with pytest.raises(TypeError, match="criterion must be MSE"):
         tv_problem(noisy, truth=truth, criterion="mse")
+
+
+def test_the_tv_settings_have_their_own_keyword():
+    noisy = np.random.default_rng(0).uniform(size=(8, 8))
+    new = tv_problem(noisy, criterion=SURE(0.1), tv=ANISO)
+    with pytest.warns(DeprecationWarning, match=r"tv_problem\(tv=...\)"):
+        old = tv_problem(noisy, criterion=SURE(0.1), method=ANISO)
+    assert jax.tree_util.tree_structure(old) == jax.tree_util.tree_structure(new)
+    with pytest.raises(TypeError, match="pass tv= only"):
+        tv_problem(noisy, criterion=SURE(0.1), tv=ANISO, method=ANISO)
+    with pytest.warns(DeprecationWarning, match=r"split_bregman\(tv=...\)"):
+        old = split_bregman(noisy, 0.1, method=ANISO)
+    np.testing.assert_array_equal(old.u, split_bregman(noisy, 0.1, ANISO).u)

@@ -507,11 +507,12 @@ def _split_bregman(method, f, w, state, tol, max_steps):
 def split_bregman(
     f,
     weight,
-    method: SplitBregman | None = None,
+    tv: SplitBregman | None = None,
     *,
     tol: float = 1e-3,
     max_steps: int = 100,
     init: SplitBregmanState | None = None,
+    method: SplitBregman | None = None,
 ) -> TVSolution:
     r"""Solve min_u TV_w(u) + ½‖Ku − f‖² by Split Bregman, stopping (as scikit-image does)
     when the root-mean-square change of u between iterations, ‖u_k − u_{k−1}‖₂/√N, falls below
@@ -522,8 +523,23 @@ def split_bregman(
     dtype of f (float32 or float64) is kept.
 
     For a solution to high accuracy with a residual-based test, or differentiable in w, use
-    the engine: :func:`invcal.imaging.tv_problem` with ``invcal.FixedPointIteration``."""
-    method = SplitBregman() if method is None else method
+    the engine: :func:`invcal.imaging.tv_problem` with ``invcal.FixedPointIteration``.
+
+    ``tv`` is the TV model and its :class:`SplitBregman` settings (``method=`` is its old
+    name and warns: elsewhere ``method`` is the hypergradient method)."""
+    if method is not None:
+        if tv is not None:
+            raise TypeError("split_bregman: pass tv= only (method= is its old name).")
+        import warnings
+
+        warnings.warn(
+            "split_bregman(method=...) is now split_bregman(tv=...): method= names the "
+            "hypergradient method elsewhere in invcal.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        tv = method
+    method = SplitBregman() if tv is None else tv
     f = jnp.asarray(f)
     if method.coupled and f.ndim != 3:
         raise ValueError(

@@ -324,10 +324,11 @@ def tv_problem(
     *,
     criterion: AbstractTVCriterion,
     truth=None,
-    method: SplitBregman | None = None,
+    tv: SplitBregman | None = None,
     weights: AbstractWeightLayout | None = None,
     init=0.1,
     name: str = "split_bregman_tv",
+    method: SplitBregman | None = None,
 ) -> Problem:
     """The bilevel TV-denoising problem (see the module docstring).
 
@@ -336,16 +337,30 @@ def tv_problem(
     - ``noisy``: one image (H, W) or a stack (n, H, W) of real float images.
     - ``criterion``: :class:`MSE`, :class:`PSNR` (both need ``truth``, same shape as
       ``noisy``) or :class:`SURE` (one image).
-    - ``method``: the :class:`~invcal.solvers.SplitBregman` settings (norm, boundary,
-      u-step, penalty, Huber ε); default ``SplitBregman()`` (isotropic, Neumann, spectral).
+    - ``tv``: the TV model and its :class:`~invcal.imaging.SplitBregman` settings (norm,
+      boundary, u-step, penalty, Huber ε); default ``SplitBregman()`` (isotropic, Neumann,
+      spectral). ``method=`` is its old name (it warns): elsewhere ``method`` is the
+      hypergradient method.
     - ``weights``: the layout of θ = {"weight": …}: :class:`~invcal.imaging.ScalarWeight`
       (default), :class:`~invcal.imaging.DirectionalWeights`, :class:`~invcal.imaging.
       BlockWeights`; ``init`` its initial value (positive; log-scale parameter).
     """
-    method = SplitBregman() if method is None else method
+    if method is not None:
+        if tv is not None:
+            raise TypeError("tv_problem: pass tv= only (method= is its old name).")
+        import warnings
+
+        warnings.warn(
+            "tv_problem(method=...) is now tv_problem(tv=...): method= names the "
+            "hypergradient method elsewhere in invcal.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        tv = method
+    method = SplitBregman() if tv is None else tv
     layout = ScalarWeight() if weights is None else weights
     if not isinstance(method, SplitBregman):
-        raise TypeError(f"method must be an invcal.imaging.SplitBregman; got {method!r}.")
+        raise TypeError(f"tv must be an invcal.imaging.SplitBregman; got {method!r}.")
     if not isinstance(layout, AbstractWeightLayout):
         raise TypeError(
             "weights must be ScalarWeight(), DirectionalWeights() or BlockWeights(rows, cols); "
