@@ -90,6 +90,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import prox
+from .._renamed import renamed_from_method
 from ..prox import soft_threshold, vector_shrink
 from .operators import AbstractBoundary, Blur, Neumann, Periodic
 
@@ -527,18 +528,7 @@ def split_bregman(
 
     ``tv`` is the TV model and its :class:`SplitBregman` settings (``method=`` is its old
     name and warns: elsewhere ``method`` is the hypergradient method)."""
-    if method is not None:
-        if tv is not None:
-            raise TypeError("split_bregman: pass tv= only (method= is its old name).")
-        import warnings
-
-        warnings.warn(
-            "split_bregman(method=...) is now split_bregman(tv=...): method= names the "
-            "hypergradient method elsewhere in invcal.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        tv = method
+    tv = renamed_from_method(tv, method, who="split_bregman", new="tv")
     method = SplitBregman() if tv is None else tv
     f = jnp.asarray(f)
     if method.coupled and f.ndim != 3:

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._renamed import renamed_from_method
 from ..criteria import AbstractCriterion, stein_risk, sure, sure_pair
 from ..problem import Problem
 from ..space import Space
@@ -345,18 +346,7 @@ def tv_problem(
       (default), :class:`~invcal.imaging.DirectionalWeights`, :class:`~invcal.imaging.
       BlockWeights`; ``init`` its initial value (positive; log-scale parameter).
     """
-    if method is not None:
-        if tv is not None:
-            raise TypeError("tv_problem: pass tv= only (method= is its old name).")
-        import warnings
-
-        warnings.warn(
-            "tv_problem(method=...) is now tv_problem(tv=...): method= names the "
-            "hypergradient method elsewhere in invcal.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        tv = method
+    tv = renamed_from_method(tv, method, who="tv_problem", new="tv")
     method = SplitBregman() if tv is None else tv
     layout = ScalarWeight() if weights is None else weights
     if not isinstance(method, SplitBregman):

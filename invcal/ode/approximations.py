@@ -11,6 +11,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._renamed import renamed_from_method
+
 __all__ = ["AbstractApproximation", "AbstractLaplace", "FOCEI", "Laplace", "HeldOutDensity"]
 
 _LOG2PI = math.log(2.0 * math.pi)
@@ -105,19 +107,9 @@ def approximation_argument(approximation, method, who: str):
     """The likelihood approximation asked for: ``approximation``, or the older keyword
     ``method`` (which elsewhere in invcal names the hypergradient method), with a
     DeprecationWarning naming the new one."""
-    if method is None:
-        return approximation
-    if not (isinstance(approximation, str) and approximation == "focei"):
-        raise TypeError(f"{who}: pass approximation= only (method= is its old name).")
-    import warnings
-
-    warnings.warn(
-        f"{who}(method=...) is now {who}(approximation=...): method= names the "
-        "hypergradient method elsewhere in invcal.",
-        DeprecationWarning,
-        stacklevel=3,
+    return renamed_from_method(
+        approximation, method, who=who, new="approximation", default="focei", stacklevel=4
     )
-    return method
 
 
 def _logdet_spd(H):
