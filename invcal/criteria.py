@@ -57,6 +57,7 @@ __all__ = [
     "KFold",
     "MSEToTruth",
     "SURE",
+    "SureProbes",
     "held_out",
     "kfold",
     "kfold_data",
@@ -64,6 +65,7 @@ __all__ = [
     "mse_to_truth",
     "sure",
     "sure_pair",
+    "sure_probes",
     "sure_value",
     "stein_risk",
 ]
@@ -267,6 +269,37 @@ def _check_probes(probes, who):
         raise ValueError(f"{who}: probes must be an integer >= 1; got {probes!r}.")
 
 
+class SureProbes(eqx.Module):
+    r"""What finite-difference SURE reads besides the solutions, typed: the probes δ, the
+    step ε and the noise level σ, and ``measurements`` m (the number of real measurements
+    when it is not the size of the fitted vector, e.g. the kept pixels of an inpainting).
+
+    In a batch from :func:`sure_pair` every leaf has the batch's leading axis: copy k ≥ 1
+    holds its probe δₖ (copy 0 holds δ₁), and ε, σ one entry per copy. It travels in the
+    problem's data under the one name ``"sure_probes"`` (:func:`sure_probes` reads it)."""
+
+    delta: jax.Array
+    eps: jax.Array
+    sigma: jax.Array
+    measurements: jax.Array | None = None
+
+
+def sure_probes(data) -> SureProbes:
+    """The :class:`SureProbes` of prepared SURE data (a dict or a typed problem data)."""
+    try:
+        probes = data["sure_probes"]
+    except KeyError:
+        probes = None
+    if not isinstance(probes, SureProbes):
+        names = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+        raise KeyError(
+            "SURE reads the probes that its preparation puts in the data "
+            "(invcal.criteria.sure_pair, or the criterion's prepare()); this data has none: "
+            f"{names}."
+        )
+    return probes
+
+
 def sure_pair(
     data: Mapping,
     *,
@@ -278,8 +311,8 @@ def sure_pair(
 ) -> dict:
     r"""A batch of 1 + ``probes`` inner problems for finite-difference SURE: every leaf of
     ``data`` stacked, copy k ≥ 1 with its measurements perturbed to y + εδₖ (δₖ ~ N(0, I) drawn
-    with ``seed``; copy 0 keeps y). ε defaults to 2σ/m^0.3 (Deledalle et al. 2014). Adds
-    ``sure_delta`` (copy k holds δₖ, copy 0 holds δ₁), ``sure_eps`` and ``sure_sigma``.
+    with ``seed``; copy 0 keeps y). ε defaults to 2σ/m^0.3 (Deledalle et al. 2014). Adds the
+    probes, ε and σ as one :class:`SureProbes` entry, ``"sure_probes"``.
     More probes average the Monte-Carlo divergence (its variance falls as 1/probes) at the
     cost of one inner solve each. Raises before any solve if σ <= 0 or y is not finite."""
     sigma = _check_sigma(sigma)
@@ -298,9 +331,13 @@ def sure_pair(
     copies = int(probes) + 1
     pair = jax.tree_util.tree_map(lambda a: jnp.stack([jnp.asarray(a)] * copies), dict(data))
     pair[target] = jnp.stack([jnp.asarray(y)] + [jnp.asarray(y + eps * d) for d in delta])
-    pair["sure_delta"] = jnp.stack([jnp.asarray(delta[0])] + [jnp.asarray(d) for d in delta])
-    pair["sure_eps"] = jnp.full((copies,), eps)
-    pair["sure_sigma"] = jnp.full((copies,), sigma)
+    if "sure_probes" in pair:
+        raise ValueError("sure_pair: data already holds SURE probes ('sure_probes').")
+    pair["sure_probes"] = SureProbes(
+        delta=jnp.stack([jnp.asarray(delta[0])] + [jnp.asarray(d) for d in delta]),
+        eps=jnp.full((copies,), eps),
+        sigma=jnp.full((copies,), sigma),
+    )
     return pair
 
 
@@ -356,12 +393,13 @@ class SURE(AbstractCriterion):
         d0 = jax.tree_util.tree_map(lambda a: a[0], data)
         f0 = pred(x[0], d0)
         y = tgt(d0)
-        sigma, eps = d0["sure_sigma"], d0["sure_eps"]
+        probes = sure_probes(data)
+        sigma, eps = probes.sigma[0], probes.eps[0]
         # Copies 1..K are the probes (K = 1 for a pair): the divergence is their mean.
         div = 0.0
         for k in range(1, x.shape[0]):
             dk = jax.tree_util.tree_map(lambda a, k=k: a[k], data)
-            div = div + jnp.vdot(dk["sure_delta"], pred(x[k], dk) - f0)
+            div = div + jnp.vdot(probes.delta[k], pred(x[k], dk) - f0)
         div = div / ((x.shape[0] - 1) * eps)
         value = stein_risk(y - f0, div, sigma, y.size)
         return value / y.size if self.normalize else value

@@ -135,12 +135,12 @@ def test_sure_with_several_probes_averages_their_divergences():
     four = criteria.sure_pair({"y": y}, sigma=sigma, seed=5, probes=4)
     assert one["y"].shape == (2, n) and four["y"].shape == (5, n)
     # One probe is the pair of before; the first of four probes is that same δ.
-    np.testing.assert_array_equal(four["sure_delta"][1], one["sure_delta"][1])
-    np.testing.assert_array_equal(one["sure_delta"][0], one["sure_delta"][1])
+    np.testing.assert_array_equal(four["sure_probes"].delta[1], one["sure_probes"].delta[1])
+    np.testing.assert_array_equal(one["sure_probes"].delta[0], one["sure_probes"].delta[1])
     crit = criteria.sure(predict=lambda x, d: x, normalize=False)
     for data in (one, four):
         fits = jnp.asarray(np.asarray(data["y"]) @ H.T)  # f(y), f(y + εδₖ)
-        deltas = np.asarray(data["sure_delta"][1:])
+        deltas = np.asarray(criteria.sure_probes(data).delta[1:])
         div = np.mean([d @ H @ d for d in deltas])
         expected = np.sum((y - H @ y) ** 2) - n * sigma**2 + 2 * sigma**2 * div
         assert float(crit(fits, None, data)) == pytest.approx(expected, rel=1e-10)
@@ -161,6 +161,21 @@ def test_sure_rejects_bad_sigma_and_data():
         criteria.sure_pair({"b": jnp.ones(3)}, sigma=1.0)
     with pytest.raises(TypeError, match="predict must be"):
         criteria.held_out(predict=3)
+
+
+def test_sure_probes_are_one_typed_entry():
+    y = np.random.default_rng(3).normal(size=6)
+    pair = criteria.sure_pair({"y": y, "w": np.ones(6)}, sigma=0.2, eps=0.01, probes=3)
+    probes = criteria.sure_probes(pair)
+    assert isinstance(probes, criteria.SureProbes)
+    assert sorted(pair) == ["sure_probes", "w", "y"]  # the user's entries and the probes
+    assert probes.delta.shape == (4, 6) and probes.eps.shape == probes.sigma.shape == (4,)
+    np.testing.assert_allclose(pair["y"][1:] - y, 0.01 * probes.delta[1:], atol=1e-12)
+    crit = criteria.sure(predict=lambda x, d: x)
+    with pytest.raises(KeyError, match=r"sure_pair.*has none: \['y'\]"):
+        crit(jnp.ones((2, 6)), None, {"y": jnp.ones((2, 6))})
+    with pytest.raises(ValueError, match="already holds SURE probes"):
+        criteria.sure_pair(pair, sigma=0.2)
 
 
 def test_every_criterion_is_one_abstraction_with_a_preparation_step():
@@ -187,8 +202,10 @@ def test_every_criterion_is_one_abstraction_with_a_preparation_step():
         criteria.sure_pair({"y": y}, sigma=0.3, seed=5, probes=2),
     )
     assert prepared.keys() == direct.keys()
-    for key in direct:
-        np.testing.assert_array_equal(prepared[key], direct[key])
+    assert jax.tree_util.tree_structure(prepared) == jax.tree_util.tree_structure(direct)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(prepared), leaves(direct), strict=True):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="SURE.prepare needs the noise level"):
         criteria.sure().prepare({"y": y})
     with pytest.raises(ValueError, match="sigma > 0"):

@@ -13,6 +13,7 @@ from invcal.imaging import (
     PSNR,
     SURE,
     Blur,
+    ImagingData,
     Inpainting,
     SubsampledFourier,
     Wavelet,
@@ -110,7 +111,7 @@ def _problem(name, criterion=None, **kw):
 def _optimality_gap(pb, c, theta):
     """max violation of the elastic-net optimality conditions in the wavelet domain:
     ∇f(c) + λ₂c = −λ₁ w sign(c) on the support, |∇f(c)| ≤ λ₁w off it."""
-    op, W, w = pb.data["op"], TRANSFORM, pb.data["weights"]
+    op, W, w = pb.data.operator, TRANSFORM, pb.data.weights
     grad = jax.vmap(lambda c1, y1: W.forward(op.rmv(op.mv(W.inverse(c1)) - y1)))(c, pb.data["y"])
     grad = grad + theta["lam2"] * c
     on = c != 0
@@ -186,6 +187,24 @@ def test_sure_tracks_the_prediction_risk():
     assert abs(value - risk) < 0.3 * sigma**2, (value, risk)
 
 
+def test_the_problem_data_is_typed():
+    op = _operators((N, N))["inpainting"]
+    y = en.observe(TRUTH[:1], op, 0.05, seed=3)
+    pb = en.elastic_net_problem(y, op, criterion=SURE(0.05), transform=TRANSFORM)
+    data = pb.data
+    assert isinstance(data, ImagingData) and data.operator is op and data.basis == TRANSFORM
+    assert data.y.shape == (2, N, N) and data["y"] is data.y  # the pair y, y + εδ
+    assert sorted(data) == sorted(["operator", "basis", "y", "step", "weights", "sure_probes"])
+    probes = data["sure_probes"]
+    assert int(probes.measurements) == int(np.sum(op.mask))  # the kept pixels
+    np.testing.assert_allclose(data.y[1] - data.y[0], probes.eps * probes.delta, atol=1e-12)
+    for old, new in (("op", "operator"), ("transform", "basis")):
+        with pytest.raises(KeyError, match=f"now the field '{new}'"):
+            data[old]
+    truth_pb = en.elastic_net_problem(y, op, criterion=PSNR(), truth=TRUTH[:1], transform=TRANSFORM)
+    assert sorted(truth_pb.data.extra) == ["truth"]
+
+
 # --------------------------------------------------------------------------------------
 # Clear errors before any solve
 # --------------------------------------------------------------------------------------
@@ -258,9 +277,12 @@ def test_setup_defaults_and_options():
     assert set(s.methods) == {"implicit", "implicit-forward", "unrolled"}
     assert s.method.active_set and s.solver_for("unrolled").max_steps == eni.UNROLL
     for op, kind in (("inpainting", Inpainting), ("mri", SubsampledFourier)):
-        assert isinstance(eni.setup(**SMALL, operator=op).problem.data["op"], kind)
+        assert isinstance(eni.setup(**SMALL, operator=op).problem.data.operator, kind)
     sure = eni.setup(**SMALL, criterion="sure", image="text", sigma="0.05")
-    assert sure.problem.x0.shape == (2, 32, 32) and float(sure.problem.data["sure_sigma"]) == 0.05
+    assert (
+        sure.problem.x0.shape == (2, 32, 32)
+        and float(sure.problem.data["sure_probes"].sigma) == 0.05
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ reusable (the operators by any imaging problem, :func:`split_bregman` as a fast 
 
 from .data import IMAGES, TRAIN, VALIDATION, add_noise, load_image, load_images
 from .denoise import DenoiseInfo, denoise_tv
-from .elastic_net import elastic_net_problem, measurement_noise, observe
+from .elastic_net import ImagingData, elastic_net_problem, measurement_noise, observe
 from .metrics import mse, psnr
 from .noise import estimate_sigma
 from .operators import (
@@ -61,6 +61,7 @@ __all__ = [
     "SubsampledFourier",
     "Wavelet",
     "daubechies_filter",
+    "ImagingData",
     "elastic_net_problem",
     "measurement_noise",
     "observe",

@@ -60,6 +60,7 @@ from ..problem import Problem
 from ..prox import prox_elastic_net
 from ..solvers.fixed_point import FISTA
 from ..space import Log, Param, Space
+from ..typed_data import AbstractData
 from .operators import Blur, Inpainting, SubsampledFourier
 from .tuning import (
     MSE,
@@ -71,6 +72,7 @@ from .tuning import (
 from .wavelets import AbstractBasis, Wavelet
 
 __all__ = [
+    "ImagingData",
     "elastic_net_problem",
     "images_of",
     "lipschitz",
@@ -190,28 +192,50 @@ def observe(images, op, sigma: float, seed: int = 0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------
+# The data
+# --------------------------------------------------------------------------------------
+class ImagingData(AbstractData):
+    r"""The data of an elastic-net reconstruction problem, typed: the measurement operator K
+    (``operator``), the orthonormal basis W (``basis``), the measurements ``y`` (n, …) (for
+    SURE, the pair y and y + εδ), the forward–backward ``step`` t = 1/‖K‖² and the ℓ1
+    ``weights`` w on the coefficients; ``extra`` holds what the criterion reads (``"truth"``,
+    or SURE's ``"sure_probes"``). Read as a mapping it is one namespace of fields and extra
+    entries (:class:`invcal.typed_data.AbstractData`). :func:`elastic_net_problem` builds it."""
+
+    operator: object
+    basis: AbstractBasis
+    y: jax.Array
+    step: jax.Array
+    weights: jax.Array
+    extra: dict = eqx.field(default_factory=dict)
+
+    FIELDS = ("operator", "basis", "y", "step", "weights")
+    RENAMED = {"op": "operator", "transform": "basis"}
+
+
+# --------------------------------------------------------------------------------------
 # The problem's pure functions (cached so that equal settings share compiled code)
 # --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def _functions(value):
-    # The transform travels in the data (a pytree with no array leaves: its settings are
+    # The basis travels in the data (a pytree with no array leaves: its settings are
     # static), so these functions depend only on the criterion's module-level value
     # function E(u, predict, data) (AbstractImageCriterion.measured_value_fn).
-    def fb_step(c, theta, data):
-        op, t, w, transform = data["op"], data["step"], data["weights"], data["transform"]
+    def fb_step(c, theta, data: ImagingData):
+        op, t, w, basis = data.operator, data.step, data.weights, data.basis
 
         def one(c1, y1):
-            u = transform.inverse(c1)
-            v = c1 - t * transform.forward(op.rmv(op.mv(u) - y1))
+            u = basis.inverse(c1)
+            v = c1 - t * basis.forward(op.rmv(op.mv(u) - y1))
             return prox_elastic_net(v, t, theta["lam1"] * w, theta["lam2"])
 
-        return jax.vmap(one)(c, data["y"])
+        return jax.vmap(one)(c, data.y)
 
     def support(c, theta, data):
         return c != 0
 
-    def criterion(c, theta, data):
-        return value(data["transform"].inverse(c), data["op"].mv, data)
+    def criterion(c, theta, data: ImagingData):
+        return value(data.basis.inverse(c), data.operator.mv, data)
 
     return {"fixed_point": fb_step, "support": support, "criterion": criterion}
 
@@ -226,7 +250,7 @@ def _check_criterion(criterion):
 
 def images_of(problem, c):
     """The reconstructed images Wᵀc (n, H, W) of a solution c of ``problem``."""
-    return problem.data["transform"].inverse(c)
+    return problem.data.basis.inverse(c)
 
 
 def elastic_net_problem(
@@ -273,16 +297,18 @@ def elastic_net_problem(
     if penalize_coarse:
         weights = np.ones_like(weights)
     step = 1.0 / lipschitz(operator)
-    data = {
-        "op": operator,
-        "transform": transform,
-        "step": jnp.asarray(step),
-        "weights": jnp.asarray(weights),
-    }
     truth = None if truth is None else stack_images(truth, "truth")
-    data.update(criterion.prepare_measured(y, operator, truth))
+    measured = dict(criterion.prepare_measured(y, operator, truth))
+    data = ImagingData(
+        operator=operator,
+        basis=transform,
+        y=measured.pop("y"),
+        step=jnp.asarray(step),
+        weights=jnp.asarray(weights),
+        extra=measured,
+    )
     fns = _functions(criterion.measured_value_fn())
-    backprojection = jax.vmap(operator.rmv)(data["y"])
+    backprojection = jax.vmap(operator.rmv)(data.y)
     x0 = transform.forward(jnp.real(backprojection))
     space = Space(lam1=Param(lam1, Log()), lam2=Param(lam2, Log()))
     return Problem(space=space, x0=x0, data=data, symmetric=True, name=name, **fns)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._renamed import renamed_from_method
-from ..criteria import AbstractCriterion, stein_risk, sure, sure_pair
+from ..criteria import AbstractCriterion, SureProbes, stein_risk, sure, sure_pair, sure_probes
 from ..problem import Problem
 from ..space import Space
 from .metrics import mse, psnr
@@ -183,13 +183,13 @@ class SURE(AbstractImageCriterion):
         m = _num_measurements(operator)
         eps = 2.0 * sigma / m**0.3 if self.eps is None else _positive("eps", self.eps)
         delta = _measurement_noise(operator, 1.0, np.random.default_rng(self.probe_seed()))
-        return {
-            "y": jnp.asarray(np.stack([y[0], y[0] + eps * delta])),
-            "sure_delta": jnp.asarray(delta),
-            "sure_eps": jnp.asarray(eps),
-            "sure_sigma": jnp.asarray(sigma),
-            "sure_m": jnp.asarray(float(m)),
-        }
+        probes = SureProbes(
+            delta=jnp.asarray(delta),
+            eps=jnp.asarray(eps),
+            sigma=jnp.asarray(sigma),
+            measurements=jnp.asarray(float(m)),
+        )
+        return {"y": jnp.asarray(np.stack([y[0], y[0] + eps * delta])), "sure_probes": probes}
 
     def probe_seed(self) -> int:
         """The seed handed to :func:`invcal.criteria.sure_pair`, derived from ``seed``: a probe
@@ -231,10 +231,10 @@ def _sure_value(u, data):
 def _sure_measured(u, predict, data):
     """SURE per measurement of the pair (u(y), u(y + εδ)) seen through K: f = K u."""
     f0, f1 = predict(u[0]), predict(u[1])
-    y, delta = data["y"][0], data["sure_delta"]
-    sigma, eps, m = data["sure_sigma"], data["sure_eps"], data["sure_m"]
-    div = jnp.real(jnp.vdot(delta, f1 - f0)) / eps
-    return stein_risk(y - f0, div, sigma, m) / m
+    p = sure_probes(data)
+    m = p.measurements
+    div = jnp.real(jnp.vdot(p.delta, f1 - f0)) / p.eps
+    return stein_risk(data["y"][0] - f0, div, p.sigma, m) / m
 
 
 def _positive(name, value) -> float:

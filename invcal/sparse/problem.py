@@ -16,6 +16,7 @@ from ..batching import map_batched
 from ..problem import Problem
 from ..prox import prox_l1, prox_l1_nonneg
 from ..space import Space
+from ..typed_data import AbstractData
 
 __all__ = [
     "AbstractLinearMap",
@@ -71,7 +72,7 @@ def _shape(A) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------
 # The data
 # --------------------------------------------------------------------------------------
-class LassoData(eqx.Module, Mapping):
+class LassoData(AbstractData):
     r"""The data of an ℓ1 least-squares problem, typed: the design ``A`` (an (n, p) matrix or
     an :class:`AbstractLinearMap`), the measurements ``y`` (n,), ``lipschitz`` L ≥ ‖A‖₂² (the
     forward–backward step is 1/L), and ``extra``: what the criterion and the weights read
@@ -87,28 +88,7 @@ class LassoData(eqx.Module, Mapping):
     lipschitz: jax.Array
     extra: dict = eqx.field(default_factory=dict)
 
-    _FIELDS = ("A", "y", "lipschitz")
-
-    def __check_init__(self):
-        clash = sorted(set(self.extra) & set(self._FIELDS))
-        if clash:
-            raise ValueError(f"LassoData: {clash} are fields, not extra entries.")
-
-    def __getitem__(self, key):
-        if key in self._FIELDS:
-            return getattr(self, key)
-        try:
-            return self.extra[key]
-        except KeyError:
-            raise KeyError(
-                f"the Lasso problem's data has no entry {key!r}; it has {sorted(self)}."
-            ) from None
-
-    def __iter__(self):
-        return iter((*self._FIELDS, *self.extra))
-
-    def __len__(self):
-        return len(self._FIELDS) + len(self.extra)
+    FIELDS = ("A", "y", "lipschitz")
 
 
 def lasso_fields(data):
@@ -322,7 +302,7 @@ def lasso_problem(
         raise ValueError(
             f"lasso_problem: A has shape {np.shape(A)}; pass batched=True for a stack of problems."
         )
-    extra = {k: v for k, v in data.items() if k not in LassoData._FIELDS}
+    extra = {k: v for k, v in data.items() if k not in LassoData.FIELDS}
     A = A if isinstance(A, AbstractLinearMap) else jnp.asarray(A)
     lip = data.get("lipschitz")
     if lip is None:
