@@ -4,7 +4,7 @@
                                      [--out benchmarks/results/reconstruct.json]
 
 JAX's default configuration (float32), this CPU, one process, one thread for BLAS/OpenMP and
-for XLA's CPU pool, the process pinned to one core (set at the top of this file;
+for XLA's CPU pool, the process pinned to one core (``benchmarks/one_core.py``;
 ``INVCAL_BENCH_THREADS=default`` leaves XLA's pool and the affinity as a user gets them);
 timings are medians of ``--repeats`` calls, interleaved with their peers' so that both see
 the same machine load; the load average is recorded (the machine is shared: compare the
@@ -75,20 +75,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One thread for every library, set before numpy and jax load (the machine is shared; the
-# peers, scikit-image's Cython loops and unsupervised_wiener's NumPy, run on one): BLAS/OpenMP
-# and XLA's CPU pool. INVCAL_BENCH_THREADS=default leaves XLA's pool as a user gets it.
-THREADS = os.environ.get("INVCAL_BENCH_THREADS", "one")
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-if THREADS == "one":
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
-    # XLA's CPU runtime also splits large loop fusions over a thread pool as wide as the
-    # machine (no XLA flag turns that off): pin the whole process, both solvers, to one core
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+# One thread for every library and the process pinned to one core, set before numpy and jax
+# load (benchmarks/one_core.py; INVCAL_BENCH_THREADS=default leaves XLA's pool as a user gets it)
+import one_core  # noqa: E402
+
+THREADS = one_core.THREADS
+thread_settings = one_core.record
+
 REPEATS = 3  # timed calls per figure (medians; --repeats)
 
 import jax  # noqa: E402
@@ -1012,11 +1005,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             result = unseen(images, UNSEEN_TASKS, tmp)
         result["jax"] = jax.__version__
-        result["threads"] = {
-            "xla": THREADS,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        }
+        result["threads"] = thread_settings(omp=False)
         result["loadavg_at_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1))
         print(f"written: {out}")
@@ -1027,11 +1016,7 @@ def main(argv=None):
         n = 128 if args.quick else 256
         images = COLOR_IMAGES[:2] if args.quick else COLOR_IMAGES
         result = color_tasks(n, images, COLOR_TASKS)
-        result["threads"] = {
-            "xla": THREADS,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        }
+        result["threads"] = thread_settings(omp=False)
         result["jax"] = jax.__version__
         result["loadavg_at_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1))
@@ -1139,12 +1124,7 @@ def main(argv=None):
             "python": sys.version.split()[0],
         },
         "quick": args.quick,
-        "threads": {
-            "xla": THREADS,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        },
+        "threads": thread_settings(),
         "repeats": REPEATS,
         "solve_vs_skimage": sv,
         "denoise_tv_auto": t1,

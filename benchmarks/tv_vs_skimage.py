@@ -6,10 +6,10 @@ by hypergradients.
                                        [--out benchmarks/results/tv_vs_skimage.json]
                                        [--repeats 3]
 
-Threads: one for BLAS/OpenMP and for XLA's CPU pool, the process pinned to one core (set at
-the top of this file before numpy and jax load); ``INVCAL_BENCH_THREADS=default`` leaves
-XLA's pool and the affinity as a user gets them, and the
-solve part then goes to ``solve_xla_default_threads``. The load average is recorded with
+Threads: one for BLAS/OpenMP and for XLA's CPU pool, the process pinned to one core (set by
+``benchmarks/one_core.py``, imported before numpy and jax load);
+``INVCAL_BENCH_THREADS=default`` leaves XLA's pool and the affinity as a user gets them, and
+the solve part then goes to ``solve_xla_default_threads``. The load average is recorded with
 every timed row: the machine is shared.
 
 Parts (each prints a table; all numbers go to the JSON, where parts skipped in a run keep the
@@ -59,21 +59,13 @@ import sys
 import time
 from pathlib import Path
 
-# One thread for every library, set before numpy and jax load (the machine is shared; the
-# peers, scikit-image's Cython loops, run on one): BLAS/OpenMP, and XLA's CPU thread pool.
-# INVCAL_BENCH_THREADS=default leaves XLA's pool alone (what a user gets), and the solve part
-# is then recorded under "solve_xla_default_threads".
-THREADS = os.environ.get("INVCAL_BENCH_THREADS", "one")
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-if THREADS == "one":
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
-    # XLA's CPU runtime also splits large loop fusions over a thread pool as wide as the
-    # machine (no XLA flag turns that off): pin the whole process, both solvers, to one core
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+# One thread for every library and the process pinned to one core, set before numpy and jax
+# load (benchmarks/one_core.py). INVCAL_BENCH_THREADS=default leaves XLA's pool alone (what a
+# user gets), and the solve part is then recorded under "solve_xla_default_threads".
+import one_core  # noqa: E402
+
+THREADS = one_core.THREADS
+thread_settings = one_core.record
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -965,12 +957,7 @@ def main(argv=None):
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "skimage": skv,
-        "threads": {
-            "xla": THREADS,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        },
+        "threads": thread_settings(),
     }
     results["quick"] = quick
     runs = results.setdefault("runs", {})
