@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .noise import MIN_WINDOWS, estimate_sigma_masked
 from .noise import estimate_sigma as _estimate_sigma_2d
 from .operators import gaussian_kernel
 
@@ -162,26 +163,22 @@ def _check_sigma(sigma):
 # --------------------------------------------------------------------------------------
 # Noise level
 # --------------------------------------------------------------------------------------
-_MAD = 0.6744897501960817  # Φ⁻¹(3/4)
-
-
 def estimate_noise(channels: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """σ̂ of white Gaussian noise in (C, H, W) channels: the mean of the channels' wavelet
-    MAD estimates; with a ``mask``, the MAD of the Haar diagonal details of the 2×2 windows
-    whose pixels are all observed (at least 30 such windows are needed)."""
+    """σ̂ of white Gaussian noise in (C, H, W) channels: the mean of the channels' estimates,
+    each from its weakly textured patches (:func:`invcal.imaging.noise.estimate_sigma`, Liu,
+    Tanaka & Okutomi 2013); with a ``mask``, from the Haar details of the fully observed 2×2
+    windows in weakly textured neighbourhoods
+    (:func:`invcal.imaging.noise.estimate_sigma_masked`; at least 30 such windows are
+    needed)."""
     if mask is None:
         return float(np.mean([_estimate_sigma_2d(c) for c in channels]))
     full = mask[:-1, :-1] & mask[1:, :-1] & mask[:-1, 1:] & mask[1:, 1:]
-    if full.sum() < 30:
+    if full.sum() < MIN_WINDOWS:
         raise ValueError(
             f"cannot estimate sigma: only {int(full.sum())} 2×2 windows of the mask are fully "
-            "observed (30 needed); pass sigma (--sigma S) instead."
+            f"observed ({MIN_WINDOWS} needed); pass sigma (--sigma S) instead."
         )
-    out = []
-    for c in channels:
-        hh = (c[:-1, :-1] - c[1:, :-1] - c[:-1, 1:] + c[1:, 1:]) / 2.0
-        out.append(np.median(np.abs(hh[full])) / _MAD)
-    return float(np.mean(out))
+    return float(np.mean([estimate_sigma_masked(c, mask) for c in channels]))
 
 
 def validate(image, **kwargs) -> None:
