@@ -4,8 +4,9 @@ r"""``denoise_tv``: total-variation denoising with the weight chosen by SURE, in
 
 solved by Split Bregman (Goldstein & Osher 2009; :mod:`invcal.imaging.tv`). With
 ``weight="auto"`` the weight minimizes Stein's unbiased risk estimate of the mean squared error
-(Stein 1981), which needs only the noise level σ — known, or estimated from the image
-(:func:`invcal.imaging.noise.estimate_sigma`) — and no ground truth. SURE's divergence term
+(Stein 1981), which needs only the noise level σ — known, or estimated from the image's
+weakly textured patches (Liu, Tanaka & Okutomi 2013, cross-fitted;
+:func:`invcal.imaging.noise.estimate_sigma`) — and no ground truth. SURE's divergence term
 averages finite-difference Monte-Carlo probes (Deledalle, Vaiter, Fadili & Peyré 2014)
 with a step ε = 4σ/N^0.3 (twice their 2σ/N^0.3, see below). The estimator whose risk is
 estimated is ``num_steps`` Split Bregman iterations from f (a fixed, continuous function of f,
@@ -47,11 +48,12 @@ oracle. With the default ε = 2σ/N^0.3 one probe's SURE curve had a spurious di
 about 1e-5 (per pixel) near w = σ on that image (for 100 and 300 iterations alike) that
 pulled the minimum there; with 4σ/N^0.3 the curve is smooth at the scale of a few per cent
 in w, and with 8σ/N^0.3 its minimum moved above the oracle weight (a biased divergence).
-One probe was not enough there: over five probe seeds and σ = 0.2 or its estimate 0.1975,
-one probe missed the oracle PSNR by 0.21 and 0.62 dB in two cases; two probes came within
-0.035 dB in all five (each probe costs one more solve per SURE value). A coarse-to-fine
-schedule (w chosen on the 2×2-averaged image, with σ/2) was tried and dropped: on camera
-512², σ = 0.1, its choice sat 20% below the full-size SURE minimum (0.21–0.25 dB).
+One probe was not enough there: over five probe seeds and σ = 0.2 or its wavelet-MAD
+estimate 0.1975, one probe missed the oracle PSNR by 0.21 and 0.62 dB in two cases; two
+probes came within 0.035 dB in all five (each probe costs one more solve per SURE value). A
+coarse-to-fine schedule (w chosen on the 2×2-averaged image, with σ/2) was tried and
+dropped: on camera 512², σ = 0.1, its choice sat 20% below the full-size SURE minimum
+(0.21–0.25 dB).
 
 **Large weights** (issue 16): with ρ = 2 throughout, w = 10, 10⁶ or ``"auto"`` with σ = 10⁶ on
 64×64 camera + N(0, 0.1²) hit ``max_steps`` with an image of std 0.041 where the solution is
@@ -201,8 +203,10 @@ def denoise_tv(
     - ``weight``: the TV weight w > 0 of w·TV(u) + ½‖u − f‖², or ``"auto"`` (default) to
       minimize SURE. Larger w removes more noise (and detail). scikit-image's
       ``denoise_tv_bregman(weight=μ, isotropic=False)`` is w = 1/μ.
-    - ``sigma``: the noise standard deviation for SURE; ``None`` estimates it
-      (:func:`~invcal.imaging.noise.estimate_sigma`). Ignored for a numeric ``weight``.
+    - ``sigma``: the noise standard deviation for SURE; ``None`` estimates it from the
+      weakly textured patches of the image (Liu, Tanaka & Okutomi 2013;
+      :func:`~invcal.imaging.noise.estimate_sigma`, which falls back to the wavelet MAD on
+      images of 38×38 pixels or fewer). Ignored for a numeric ``weight``.
     - ``isotropic``: ``True`` (default) for Σ‖∇u‖₂ per pixel, ``False`` for Σ|∂₀u| + |∂₁u|.
     - ``return_info``: also return a :class:`DenoiseInfo` (weight used, σ, SURE, diagnostics).
     - ``tol`` / ``max_steps``: the final solve stops when the RMS change of u is below ``tol``

@@ -97,11 +97,13 @@ large-λ end it returns the largest λ with ``details["rule_met"] = False``.
 reconstruction and of the input, and the oracle λ: the best PSNR of the final solve over the
 λ the rule evaluated and ¼, ½, 2 and 4 × the chosen λ (a check of the rule, not used by it).
 
-**Noise level.** ``sigma="auto"`` estimates σ by the wavelet median absolute deviation of
-Donoho & Johnstone (1994) on the finest diagonal band (:func:`invcal.imaging.estimate_sigma`,
-the estimator of ``skimage.restoration.estimate_sigma``, which needs PyWavelets); for
-inpainting, from the Haar diagonal details (a − b − c + d)/2 of the 2×2 windows whose four
-pixels are observed.
+**Noise level.** ``sigma="auto"`` estimates σ per channel from the image's weakly textured
+7×7 patches (Liu, Tanaka & Okutomi 2013, "Single-image noise level estimation for blind
+denoising", IEEE TIP 22(12); :func:`invcal.imaging.estimate_sigma`, the noise variance
+cross-fitted on a checkerboard of the patches; the wavelet MAD of Donoho & Johnstone 1994 only
+for images too small for the patch statistics), and averages the channels; for inpainting,
+from the Haar diagonal details (a − b − c + d)/2 of the fully observed 2×2 windows in weakly
+textured neighbourhoods (:func:`invcal.imaging.noise.estimate_sigma_masked`).
 
 **Precision.** Computes in JAX's current precision: float32 in JAX's default configuration
 (enough for images: every stopping rule is relative to the image's range), float64 with
