@@ -12,9 +12,13 @@ With states x(t; θ) from ẋ = f(t, x, p(θ)) and an objective J(θ) = Σⱼ �
   as AMICI computes it: Fröhlich et al. 2017, "Scalable parameter estimation for
   genome-scale biochemical reaction networks", PLoS Comput Biol 13:e1005331). The state
   x(t) in the adjoint ODE is the forward solve's dense interpolation (diffrax
-  ``SaveAt(dense=True)``), both solves with the problem's diffrax solver and tolerances.
-  Its cost is independent of the number of parameters; its gradient is that of the
-  continuous problem, equal to the discrete one to the solver's tolerance.
+  ``SaveAt(dense=True)``), held at x(0) for the stages an implicit solver places before
+  t = 0 (Kvaerno5 has a stage at 1.23 steps), both solves with the problem's diffrax solver
+  and tolerances; the adjoint ODE being linear in (λ, μ), an implicit solver's stage
+  equations are solved by one linear solve each (diffrax's VeryChord stopped on rounding
+  noise there). Its cost is independent of the number of parameters; its gradient is that
+  of the continuous problem, equal to the discrete one to the solver's tolerance (measured
+  in benchmarks/petab_gradients.py).
   ``diffrax.BacksolveAdjoint`` is not used: it recomputes x(t) by integrating the model
   backwards in time, which is unstable for the stiff, dissipative models of systems
   biology (on Boehm_JProteomeRes2014 its gradient had not finished after 500 s).
