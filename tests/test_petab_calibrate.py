@@ -82,6 +82,8 @@ def relative(tmp_path_factory):
         (["--starts", "0"], "--starts must be a positive integer"),
         (["--sensitivities", "backsolve"], "--sensitivities: unknown method 'backsolve'"),
         (["--model", "1cmt-iv"], "--model does not apply to a PEtab problem"),
+        (["--redraws", "-1"], "--redraws must be a non-negative integer"),
+        (["--redraws", "two"], "--redraws: invalid int value: 'two'"),
     ],
 )
 def test_bad_input_one_line_before_compiling(extra, match, relative, tmp_path, capsys):
@@ -90,6 +92,28 @@ def test_bad_input_one_line_before_compiling(extra, match, relative, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and match in err
     assert not (tmp_path / "o").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "extra, expected", [([], 20), (["--redraws", "0"], 0), (["--redraws", "7"], 7)]
+)
+def test_redraws_flag_reaches_calibrate(extra, expected, relative, tmp_path, monkeypatch):
+    """--redraws N is calibrate(redraws=N) (default 20); checked without optimizing."""
+    _, path = relative
+    seen = {}
+
+    def fake(problem, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(petab, "calibrate", fake)
+    with pytest.raises(_Stop):
+        main(["calibrate", str(path), "--no-progress", "--out", str(tmp_path / "o"), *extra])
+    assert seen["redraws"] == expected
 
 
 def test_missing_yaml_one_line(tmp_path, capsys):

@@ -87,6 +87,7 @@ def add_parser(sub, name: str):
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--starts", type=int, help="PEtab: multistart local optimizations (default 20)")
     p.add_argument("--sensitivities", help="PEtab: forward (default)|adjoint|checkpointed")
+    p.add_argument("--redraws", type=int, help="PEtab: redraws of a non-finite start (default 20)")
     p.add_argument(
         "--hierarchical",
         action="store_true",

@@ -1,15 +1,17 @@
 """``invcal calibrate PROBLEM.yaml``: multistart calibration of a PEtab problem.
 
     invcal calibrate PROBLEM.yaml [--starts N] [--sensitivities forward|adjoint|checkpointed]
-        [--hierarchical] [--seed S] [--max-iter N] [--out DIR] [--resume | --overwrite]
-        [--no-progress]
+        [--hierarchical] [--seed S] [--max-iter N] [--redraws N] [--out DIR]
+        [--resume | --overwrite] [--no-progress]
 
 :func:`invcal.ode.command.run` hands a ``.yaml`` here. Every check of the command line and of
 the PEtab files runs before anything is compiled; a mistake is one ``invcal: error:`` line
 and exit status 2. ``DIR/results.json`` is rewritten after every start (a killed run
 continues with ``--resume``), then ``report.md`` and its figures are written
 (:mod:`invcal.ode.petab.report`). A progress line per start goes to stderr unless
-``--no-progress``. ``--max-iter`` bounds L-BFGS-B's iterations per start.
+``--no-progress``. ``--max-iter`` bounds L-BFGS-B's iterations per start. ``--redraws N``
+(default 20, 0: never) is how many times a start point whose objective is not finite is
+replaced by a seeded uniform draw in the bounds (:func:`invcal.ode.petab.calibrate`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = ["run", "SENSITIVITIES"]
 
 SENSITIVITIES = ("forward", "adjoint", "checkpointed")
 DEFAULT_STARTS = 20
+DEFAULT_REDRAWS = 20
 
 
 def _sensitivities(name: str | None):
@@ -36,7 +39,7 @@ def _sensitivities(name: str | None):
 
 
 def _check(args) -> tuple:
-    """Every check that needs no PEtab file read: (starts, sensitivities, out)."""
+    """Every check that needs no PEtab file read: (starts, sensitivities, redraws, out)."""
     path = Path(args.data)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such PEtab problem file (the .yaml).")
@@ -44,6 +47,11 @@ def _check(args) -> tuple:
     if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
         raise ValueError(f"--starts must be a positive integer; got {starts!r}.")
     sensitivities = _sensitivities(getattr(args, "sensitivities", None))
+    redraws = DEFAULT_REDRAWS if getattr(args, "redraws", None) is None else args.redraws
+    if isinstance(redraws, bool) or not isinstance(redraws, int) or redraws < 0:
+        raise ValueError(
+            f"--redraws must be a non-negative integer (0: never re-draw); got {redraws!r}."
+        )
     if getattr(args, "model", None):
         raise ValueError(
             f"--model does not apply to a PEtab problem ({path} names its own SBML model); "
@@ -54,11 +62,11 @@ def _check(args) -> tuple:
     if args.max_iter < 1:
         raise ValueError(f"--max-iter must be >= 1; got {args.max_iter}.")
     out = Path(args.out) if args.out else Path("runs") / f"calibrate-{path.stem}"
-    return starts, sensitivities, out
+    return starts, sensitivities, redraws, out
 
 
 def run(args) -> int:
-    starts, sensitivities, out = _check(args)
+    starts, sensitivities, redraws, out = _check(args)
     from . import calibrate, load
 
     problem = load(args.data)  # reads and checks the tables; compiles nothing
@@ -89,6 +97,7 @@ def run(args) -> int:
         seed=args.seed,
         hierarchical=bool(args.hierarchical),
         max_iterations=args.max_iter,
+        redraws=redraws,
         out=out,
         resume=args.resume,
         overwrite=args.overwrite,
