@@ -1032,7 +1032,8 @@ def main(argv=None):
         print(f"written: {out}")
         return
     points = 9 if args.quick else 21
-    print(f"load average at start: {os.getloadavg()}; XLA threads: {THREADS}")
+    load_at_start = os.getloadavg()
+    print(f"load average at start: {load_at_start}; XLA threads: {THREADS}")
     sv = solve_vs_skimage(256 if args.quick else 512)
     print("one anisotropic solve, invcal against skimage.denoise_tv_bregman (target ≤ 0.5×):")
     for name, r in sv["rows"].items():
@@ -1132,6 +1133,7 @@ def main(argv=None):
         "deblur": b,
         "deblur_cases": dc,
         "color": col,
+        "loadavg_at_start": load_at_start,
         "loadavg_at_end": os.getloadavg(),
     }
     out = Path(args.out)
