@@ -32,18 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "petab"
 
 
-def fd4(problem, x, h):
-    import numpy as np
-
-    g = np.zeros_like(x)
-    for i in range(x.size):
-        e = np.zeros_like(x)
-        e[i] = h
-        f = [problem.objective(x + k * e) for k in (2, 1, -1, -2)]
-        g[i] = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h)
-    return g
-
-
 def differences(g, ref):
     import numpy as np
 
@@ -76,6 +64,7 @@ def main():
 
     jax.config.update("jax_enable_x64", True)
     from invcal.ode import petab
+    from invcal.testing import central_difference4
 
     methods = {
         "forward": petab.Forward(),
@@ -136,7 +125,7 @@ def main():
                         flush=True,
                     )
                 t = time.perf_counter()
-                fd = fd4(problem, x, args.h)
+                fd = central_difference4(problem.objective, x, args.h)
                 row["central_differences"] = {"gradient": fd.tolist(), "s": time.perf_counter() - t}
                 ref = grads["forward"]
                 row["vs_forward"] = {

@@ -17,7 +17,7 @@ import petab.v1 as libpetab
 import pytest
 
 from invcal.ode import petab
-from invcal.testing import count_compilations
+from invcal.testing import central_difference4, count_compilations
 
 DATA = Path(__file__).parent / "data" / "petab"
 # AMICI's benchmark values (log-likelihood at the nominal parameters).
@@ -388,13 +388,7 @@ def gradient_fd4(problem, x, h=1e-3):
     """Fourth-order central differences (truncation O(h⁴)): Boehm's objective is strongly
     curved at its nominal point, where second-order differences need h so small that the
     solver's tolerance dominates them."""
-    g = np.zeros_like(x)
-    for i in range(x.size):
-        e = np.zeros_like(x)
-        e[i] = h
-        f = [problem.objective(x + k * e) for k in (2, 1, -1, -2)]
-        g[i] = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h)
-    return g
+    return central_difference4(problem.objective, x, h)
 
 
 @pytest.mark.slow
