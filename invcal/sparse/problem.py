@@ -61,8 +61,15 @@ def matvec(A, x):
 
 
 def rmatvec(A, r):
-    """Aᵀ r for a dense matrix or an :class:`AbstractLinearMap`."""
-    return A.rmv(r) if isinstance(A, AbstractLinearMap) else A.T @ r
+    """Aᵀ r for a dense matrix or an :class:`AbstractLinearMap`.
+
+    For a matrix and a vector r it is written r·A, a contraction over A's rows: XLA on CPU
+    runs ``A.T @ r`` as a transpose and a product, 2.4–3.9× slower (one thread, 1000
+    Landweber steps u − τAᵀ(Au − y): 560×280 0.104 → 0.027 ms per step, 560×5000
+    2.49 → 1.05 ms)."""
+    if isinstance(A, AbstractLinearMap):
+        return A.rmv(r)
+    return r @ A if jnp.ndim(r) == 1 else A.T @ r
 
 
 def _shape(A) -> tuple[int, int]:

@@ -72,7 +72,7 @@ class _Restricted(eqx.Module):
         if self.A_S is None:
             Hu = self.gather(rmatvec(self.A, matvec(self.A, self.scatter(u_valid))))
         else:
-            Hu = self.A_S.T @ (self.A_S @ u_valid)
+            Hu = (self.A_S @ u_valid) @ self.A_S
         return jnp.where(self.valid, Hu, u)
 
     def operator(self, like):

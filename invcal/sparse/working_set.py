@@ -184,7 +184,7 @@ class WorkingSetFISTA(AbstractInnerSolver):
 
         def full_gap(x):
             r = y - A @ x
-            corr = A.T @ r
+            corr = r @ A
             return _gap_from_residual(x, r, corr, w, y, fb.nonneg) / scale, corr
 
         def cond(c):
@@ -205,11 +205,11 @@ class WorkingSetFISTA(AbstractInnerSolver):
 
             def sub_gap(u):
                 r = y - AW @ u
-                return _gap_from_residual(u, r, AW.T @ r, wW, y, fb.nonneg) / scale
+                return _gap_from_residual(u, r, r @ AW, wW, y, fb.nonneg) / scale
 
             def fista(u, target, budget):
                 return _restarted_fista(
-                    lambda u: AW.T @ (AW @ u - y),
+                    lambda u: (AW @ u - y) @ AW,
                     lambda v, s: prox_fn(v, s, wW),
                     sub_gap,
                     u,
@@ -220,7 +220,7 @@ class WorkingSetFISTA(AbstractInnerSolver):
                 )
 
             def polish(u):
-                return _polish(u, lambda v: AW.T @ (AW @ v), AW.T @ y, wW, fb.nonneg)
+                return _polish(u, lambda v: (AW @ v) @ AW, y @ AW, wW, fb.nonneg)
 
             # FISTA only has to find the support and signs; the polishing solve then lands on
             # the solution. Rounds: polish, and if that is not yet the solution, FISTA cuts the
@@ -254,7 +254,7 @@ class WorkingSetFISTA(AbstractInnerSolver):
             # two passes without progress say the working sets miss it: FISTA on all columns
             # (stopped by the full gap) finishes the solve, polished at the end.
             u, k_full, _ = _restarted_fista(
-                lambda u: A.T @ (A @ u - y),
+                lambda u: (A @ u - y) @ A,
                 lambda v, s: prox_fn(v, s, w),
                 lambda u: full_gap(u)[0],
                 x,
@@ -263,7 +263,7 @@ class WorkingSetFISTA(AbstractInnerSolver):
                 jnp.maximum(self.max_steps - steps, 0),
                 self.check_every,
             )
-            return _polish(u, lambda v: A.T @ (A @ v), A.T @ y, w, fb.nonneg), k_full
+            return _polish(u, lambda v: (A @ v) @ A, y @ A, w, fb.nonneg), k_full
 
         passes = [functools.partial(ws_pass, K=size) for size in sizes] + [full_pass]
         bounds = jnp.asarray(sizes)
@@ -369,10 +369,10 @@ def _subproblem_lipschitz(M, L_full, steps: int = 10):
     def body(j, c):
         Q, a, b = c
         q = Q[j]
-        w = M.T @ (M @ q)
+        w = (M @ q) @ M
         a = a.at[j].set(jnp.vdot(q, w))
         for _ in range(2):  # twice is enough (Kahan's rule); unfilled rows of Q are zero
-            w = w - Q.T @ (Q @ w)
+            w = w - (Q @ w) @ Q
         norm = jnp.linalg.norm(w)
         b = b.at[j].set(norm)
         Q = Q.at[j + 1].set(jnp.where(norm > 0, w / jnp.maximum(norm, 1e-300), 0.0))
