@@ -54,11 +54,13 @@ import numpy as np
 from ...precision import computes_in_float64
 from .problem import PEtabProblem, _check_sensitivities, _log_density
 from .solve import observe, simulate
+from .stopping import RELATIVE_OFFSET, relative_offset_step
 
 __all__ = ["MultistartResult", "StartResult", "calibrate", "start_points"]
 
 KIND = "petab_multistart"
 _SEGMENTS = 6  # L-BFGS-B runs per start (restarts after failed evaluations)
+_GAUSS_NEWTON_STEPS = 10  # steps off a plateau per start (.stopping)
 
 
 @dataclasses.dataclass
@@ -229,7 +231,10 @@ def _optimize(fun: _Objective, z0, bounds, max_iterations: int):
     met failed evaluations, L-BFGS-B restarts from its best point inside a box of radius
     1, then 0.1 (on the parameters' scales) around it, so that its first steps cannot jump
     back into the region where the solves fail; a restricted segment that ends on its own
-    box's edge is followed by one with the whole bounds (module docstring)."""
+    box's edge is followed by one with the whole bounds (module docstring). A stop that
+    the relative offset test does not accept (a plateau, :mod:`.stopping`) is followed by
+    a Gauss-Newton step and L-BFGS-B again, at most ``_GAUSS_NEWTON_STEPS`` times; each
+    step counts as an iteration."""
     from scipy.optimize import minimize
 
     f0, _ = fun(z0)
@@ -237,7 +242,9 @@ def _optimize(fun: _Objective, z0, bounds, max_iterations: int):
         return np.asarray(z0), np.inf, "failed", "objective not finite at the start point", 0
     lo, hi = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
     z, f, iterations, radius = np.asarray(z0, np.float64), f0, 0, None
-    for _ in range(_SEGMENTS):
+    segments, steps = 0, 0
+    while segments < _SEGMENTS:
+        segments += 1
         failures = fun.failures
         if radius is None:
             box_lo, box_hi = lo, hi
@@ -265,9 +272,23 @@ def _optimize(fun: _Objective, z0, bounds, max_iterations: int):
             if radius is not None and on_edge:
                 radius = None  # the restricted box held it back: the whole bounds again
                 continue
-            if res.status == 0:
+            if res.status != 0:
+                return z, f, "failed", message, iterations
+            if steps >= _GAUSS_NEWTON_STEPS:
+                message += f"; stopped after {steps} Gauss-Newton steps off plateaus"
+                return z, f, "max_iterations", message, iterations
+            z_new, offset = relative_offset_step(fun, z, f, lo, hi)
+            if z_new is None:
+                if offset > RELATIVE_OFFSET:
+                    message += (
+                        f"; relative offset {offset:.2g}, no Gauss-Newton step decreases "
+                        "the objective"
+                    )
                 return z, f, "converged", message, iterations
-            return z, f, "failed", message, iterations
+            # a stop on a plateau, not at a minimum (.stopping): L-BFGS-B again from there
+            steps, segments, iterations = steps + 1, segments - 1, iterations + 1
+            z, f, radius = fun.best[1], fun.best[0], None
+            continue
         if not improved and radius is not None and radius <= 0.1:
             break
         radius = 1.0 if radius is None else 0.1
