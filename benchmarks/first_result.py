@@ -32,8 +32,9 @@ The cache folder reaches the subprocesses through ``JAX_COMPILATION_CACHE_DIR``
 (``--cache-env jax``, the default), or with ``--cache-env xdg`` through ``XDG_CACHE_HOME``
 (the folder invcal picks for a user who sets nothing); either way invcal lowers JAX's
 threshold for caching a program (``jax_persistent_cache_min_compile_time_secs``) from 1 s to
-0.2 s. Each child records the cache folder and threshold it ran with, and the JSON the number
-of files and bytes in the folder after each process. "First process ever"
+0 (0.2 s before 2026-12-04). Each child records the cache folder and threshold it ran with,
+and the JSON the number of files and bytes in the folder after each process. "First process
+ever"
 means an empty compilation cache; the operating system's file cache is warm from the earlier
 runs.
 
@@ -523,7 +524,7 @@ def main(argv=None) -> int:
         choices=["jax", "xdg"],
         default="jax",
         help="how the fresh cache folder reaches invcal: JAX_COMPILATION_CACHE_DIR (jax) or "
-        "XDG_CACHE_HOME, i.e. invcal's default folder and 0.2 s threshold (xdg)",
+        "XDG_CACHE_HOME, i.e. invcal's default folder and threshold (xdg)",
     )
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     args = ap.parse_args(argv)
