@@ -5,8 +5,9 @@ or when an iteration decreases the objective by less than ``ftol``·|f|. Both te
 that the objective is curved on the scale of one unit of the parameters. Where it is not,
 they fire far from any minimum: on Boehm_JProteomeRes2014, 68 of 100 Latin-hypercube
 starts begin on a plateau (objective 249.746) where the simulated observables hardly move
-with the parameters, and the gradient's largest entry is 1e-14 to 4e-4
-(benchmarks/petab_multistart_checks.py): L-BFGS-B stopped where those starts began.
+with the parameters, and the gradient's largest entry is 5e-6 (median; 1e-14 to 4e-4 on
+eleven of them; benchmarks/petab_multistart_checks.py): L-BFGS-B stopped where those starts
+began.
 
 **The test** is the relative offset criterion of Bates & Watts (1981, "A relative offset
 orthogonality convergence criterion for nonlinear least squares", Technometrics 23:179),
@@ -26,13 +27,16 @@ the threshold (inference is unaffected below it).
 step δ = −J⁺r (least squares; on a plateau it is long, as fides' and Data2Dynamics'
 trust-region Gauss–Newton steps are where the sensitivities are small) is tried, first
 shortened to the width of the box, projected onto the bounds and halved until the objective
-decreases by Armijo's rule against the Gauss–Newton prediction ½‖P r‖²; L-BFGS-B restarts
-from the point reached. A stop where no such step decreases the objective is accepted (the
-start is then at a minimum of the objective along both methods' directions) and says so.
+decreases by Armijo's rule against the Gauss–Newton prediction ½‖P r‖² (at most 12
+halvings); L-BFGS-B restarts from the point reached (at most 10 such steps per start, then
+the start ends as ``max_iterations``). A stop where no such step decreases the objective is
+accepted, with c in its message: neither L-BFGS-B nor the Gauss–Newton direction found a
+decrease there.
 Free parameters: those not held at a bound by the gradient (the projected-gradient active
 set); in a hierarchical problem the inner scaling and offset parameters are free too, so
-that the step in the outer parameters is the variable-projection step (Golub & Pereyra
-1973), and noise parameters have no column (σ is held). Laplace noise has no least-squares
+that the step in the outer parameters is the Gauss–Newton step of the variable-projection
+functional (Golub & Pereyra 1973) in Kaufman's (1975) approximation, and noise parameters
+have no column (σ is held). Laplace noise has no least-squares
 form: a problem with a Laplace observable keeps L-BFGS-B's own tests.
 
 The Jacobian comes from forward-mode differentiation of the simulation with forward
