@@ -9,6 +9,7 @@ large or small (the production saturates: its sensitivity to log10 a is 2 ln10/a
 tests) stops at the plateau's start point, which is what the relative offset test exists to catch.
 """
 
+import sys
 from pathlib import Path
 
 import diffrax as dfx
@@ -20,6 +21,9 @@ from invcal.ode import petab
 from invcal.ode.petab import stopping
 from invcal.ode.petab.multistart import _Objective, _optimize
 from invcal.ode.petab.stopping import relative_offset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_petab import write_problem  # noqa: E402
 
 SBML = """<?xml version="1.0" encoding="UTF-8"?>
 <sbml xmlns="http://www.sbml.org/sbml/level3/version1/core" level="3" version="1">
@@ -202,3 +206,49 @@ def test_plateau_start_moves_and_optimum_start_stops_closed_form(monkeypatch):
 def test_plateau_start_moves_and_optimum_start_stops_petab(saturation):
     """The same through the PEtab problem's compiled objective and Jacobian."""
     _plateau_then_optimum(lambda: _Objective(saturation, petab.Forward(), None))
+
+
+@pytest.mark.slow
+def test_jacobian_matches_central_differences(tmp_path):
+    """The weighted residuals' Jacobian (forward mode through the solves) against central
+    differences of the residuals with σ held, on test_petab's problem (pre-equilibration,
+    lin/log/log10 observables, a noise parameter, numeric and parametric overrides) with
+    normal noise everywhere; a noise parameter has a zero column."""
+    import jax
+    import jax.numpy as jnp
+    import petab.v1.C as C
+
+    from invcal.ode.petab.solve import observe, simulate
+
+    path = write_problem(tmp_path / "p")
+    o = pd.read_csv(path.parent / "observables.tsv", sep="\t")
+    o["noiseDistribution"] = "normal"
+    o.to_csv(path.parent / "observables.tsv", sep="\t", index=False)
+    problem = petab.load(path)
+    assert stopping.applies(problem)
+    transform = {C.LOG: jnp.log, C.LOG10: jnp.log10, C.LIN: lambda v: v}
+
+    def unweighted(x):  # (h(m) − h(y), σ) by the solve alone
+        sim = simulate(problem, jnp.asarray(x), petab.Forward())
+        rs, ss = [], []
+        for k, trafo in enumerate(problem.transformations):
+            m, y, s = observe(problem, sim, k)
+            rs.append(transform[trafo](m) - transform[trafo](y))
+            ss.append(s)
+        return np.asarray(jnp.concatenate(rs)), np.asarray(jnp.concatenate(ss))
+
+    x0, h = np.asarray(problem.x_nominal), 1e-5
+    with jax.enable_x64(True):
+        r, jac, ok = stopping._jacobian(problem, jnp.asarray(x0))
+        r0, sigma = unweighted(x0)
+        columns = []
+        for i in range(x0.size):
+            e = np.zeros(x0.size)
+            e[i] = h
+            columns.append((unweighted(x0 + e)[0] - unweighted(x0 - e)[0]) / (2 * h) / sigma)
+    jac, differences = np.asarray(jac), np.array(columns).T
+    assert bool(ok)
+    np.testing.assert_allclose(np.asarray(r), r0 / sigma, rtol=1e-12)
+    assert np.max(np.abs(jac - differences)) <= 1e-6 * np.max(np.abs(jac))
+    noise = list(problem.parameter_ids).index("sdA")
+    assert np.all(jac[:, noise] == 0.0)  # σ is held: no column
