@@ -7,12 +7,11 @@ from __future__ import annotations
 import math
 import sys
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import batching
+from .. import batching, program_cache
 
 __all__: list[str] = []
 
@@ -126,7 +125,7 @@ def _compiled(opts):
     return {k: v for k, v in opts.items() if k not in ("progress", "record")}
 
 
-@eqx.filter_jit
+@program_cache.cached
 def _lbfgs_steps(pop, space, arrays, opts, valid, mesh, chunk, state, pause):
     inner_tol, inner_max = opts["inner_tol"], opts["inner_max_steps"]
 
@@ -189,7 +188,7 @@ def _lb_continues(c, opts):
     return (c["k"] < opts["max_iter"]) & (c["change"] > opts["xtol"]) & jnp.isfinite(c["f"])
 
 
-@eqx.filter_jit
+@program_cache.cached
 def _lb_steps(pop, space, arrays, opts, valid, mesh, chunk, c0, pause):
     """Lindström–Bates relinearizations from the carry ``c0`` until it stops (or, with
     ``pause``, after one)."""
