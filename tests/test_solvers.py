@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import invcal as ic
+from invcal.solvers.marquardt import levenberg_marquardt
 
 N, P = 30, 10
 _rng = np.random.default_rng(0)
@@ -251,3 +252,42 @@ def test_x0_takes_the_dtype_of_the_iterates(dtype):
     unrolled = ic.hypergradient(problem, THETA, solver=ic.FixedSteps(60), method=ic.Unrolled())
     for g in (hg, warm, unrolled):
         assert float(g.grad["lam"]) == pytest.approx(80.0, rel=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# Levenberg–Marquardt (the population models' inner solver)
+# --------------------------------------------------------------------------------------
+def _pseudo_huber(x):
+    """Σ √(1 + xᵢ²): convex, minimum 0 at x = 0; Newton's step −xᵢ(1 + xᵢ²) overshoots
+    wherever |xᵢ| > 1."""
+    return jnp.sum(jnp.sqrt(1.0 + x**2))
+
+
+@pytest.mark.parametrize("max_step", [100.0, 10.0])
+def test_marquardt_shrinks_its_trust_radius_after_a_rejected_step(max_step):
+    trials = []
+
+    def evaluate(x):
+        jax.debug.callback(lambda v: trials.append(np.asarray(v)), x, ordered=True)
+        L = _pseudo_huber(x)
+        return L, jax.grad(_pseudo_huber)(x), jax.hessian(_pseudo_huber)(x), x, jnp.isfinite(L)
+
+    x0 = jnp.array([3.0, -5.0, 8.0])
+    sol = levenberg_marquardt(evaluate, x0, x0, 1e-10, 100, resolution=1e-12, max_step=max_step)
+    jax.effects_barrier()
+    assert bool(sol.converged) and float(jnp.max(jnp.abs(sol.x))) < 1e-9
+    assert len(trials) == int(sol.num_steps) + 1  # the start point, then one per step
+    # Replay the acceptance rule: a step after a rejected one is at most a quarter of it.
+    x, rejected, last = trials[0], 0, None
+    for t in trials[1:]:
+        size = float(np.max(np.abs(t - x)))
+        assert size <= max_step * (1 + 1e-12)
+        if last is not None:
+            assert size <= last / 4 * (1 + 1e-12), (size, last)
+        fx, ft = float(_pseudo_huber(x)), float(_pseudo_huber(t))
+        if ft <= fx + 1e-12 * (1 + abs(fx)):
+            x, last = t, None
+        else:
+            rejected, last = rejected + 1, size
+    assert rejected >= 1  # the rule above was exercised
+    np.testing.assert_allclose(x, sol.x, atol=0)
