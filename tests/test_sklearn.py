@@ -76,6 +76,28 @@ def test_weighted_lasso_lowers_the_cv_error(regression, fitted):
     np.testing.assert_allclose(w.coef_, ref.coef_ / w.alpha_, atol=1e-7)
 
 
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_refit_working_set_adds_the_violators(regression, fit_intercept, positive):
+    # The refit starts from the columns where the warm start is nonzero and adds every
+    # column whose optimality condition fails; a start that misses the true support (and
+    # holds a column that is zero at the solution) still ends at the full problem's solution.
+    X, y = regression
+    alpha = 0.05
+    ref = Lasso(alpha=alpha, fit_intercept=fit_intercept, positive=positive, tol=1e-12,
+                max_iter=100_000).fit(X, y)  # fmt: skip
+    support = np.flatnonzero(ref.coef_)
+    assert support.size >= 2
+    start = np.zeros(X.shape[1])
+    start[support[1:]] = ref.coef_[support[1:]]  # the first support column is missing
+    start[np.setdiff1d(np.arange(X.shape[1]), support)[0]] = 0.3  # one that is zero
+    est = BilevelLassoCV(fit_intercept=fit_intercept, positive=positive)
+    est._refit(X, y, alpha, start)
+    np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-8)
+    assert est.intercept_ == pytest.approx(ref.intercept_, abs=1e-8)
+    assert 0 <= est.dual_gap_ <= 1e-8
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
