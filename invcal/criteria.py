@@ -219,32 +219,91 @@ def kfold_data(
     # Written in place into preallocated stacks: K copies of the design are the largest
     # arrays of a cross-validation problem (5 × 560 × 5000 floats for 700 × 5000).
     out = {
-        "A": np.zeros((k, n_tr, p)),
+        "A": _host_stack((k, n_tr, p)),
         "y": np.zeros((k, n_tr)),
-        "A_val": np.zeros((k, n_va, p)),
+        "A_val": _host_stack((k, n_va, p)),
         "y_val": np.zeros((k, n_va)),
         "val_weight": np.zeros((k, n_va)),
         "n_train": np.zeros(k),
         "x_mean": np.zeros((k, p)),
         "y_mean": np.zeros(k),
     }
+    total = A.sum(0) if center else None
     for i, (tr, va) in enumerate(splits):
         At, Av = out["A"][i, : len(tr)], out["A_val"][i, : len(va)]
-        np.take(A, tr, axis=0, out=At)
-        np.take(A, va, axis=0, out=Av)
         yt, yv = y[tr], y[va]
+        xm = None
         if center:
-            xm, ym = At.mean(0), yt.mean()
-            At -= xm
-            Av -= xm
+            # the training mean from the column sums (one pass over the validation rows),
+            # so that each row is copied and centered in one pass
+            if len(va) <= len(tr):
+                xm = (total - A[va].sum(0)) / len(tr)
+            else:
+                xm = A[tr].mean(0)
+            ym = yt.mean()
             out["x_mean"][i], out["y_mean"][i] = xm, ym
             yt, yv = yt - ym, yv - ym
+        _copy_rows(A, tr, At, xm)
+        _copy_rows(A, va, Av, xm)
+        out["A"][i, len(tr) :] = 0.0  # padding rows (folds of unequal size)
+        out["A_val"][i, len(va) :] = 0.0
         out["y"][i, : len(tr)] = yt
         out["y_val"][i, : len(va)] = yv
         out["val_weight"][i, : len(va)] = 1.0
         out["n_train"][i] = len(tr)
-    # device_put, not jnp.asarray: half the time for the 100+ MB stacks (measured on CPU).
-    return {name: jax.device_put(v) for name, v in out.items()}
+    return {name: _to_device(v) for name, v in out.items()}
+
+
+#: Alignment XLA's CPU client needs to use a host buffer in place.
+_ALIGN = 64
+
+
+def _host_stack(shape) -> np.ndarray:
+    """An uninitialized float64 array at a 64-byte aligned address (see :func:`_to_device`)."""
+    nbytes = int(np.prod(shape)) * 8
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGN
+    return raw[offset : offset + nbytes].view(np.float64).reshape(shape)
+
+
+def _to_device(a: np.ndarray) -> jax.Array:
+    """``a`` as a JAX array. On a CPU backend an aligned array (:func:`_host_stack`) of a
+    dtype JAX keeps is shared through DLPack, not copied (the fold stacks of 700 × 5000: 112
+    + 28 MB that ``device_put`` copied in ~40 ms each, per fit), and ``a`` must not be
+    written afterwards. A shared array is committed to its device, so on a CPU backend every
+    other array is committed to the same device too: a repeated call then passes arrays of
+    the same kind and compiles nothing. Elsewhere, ``device_put`` (uncommitted)."""
+    if jax.default_backend() != "cpu":
+        return jax.device_put(a)
+    shared = (
+        a.ctypes.data % _ALIGN == 0
+        and a.flags.c_contiguous
+        and jax.dtypes.canonicalize_dtype(a.dtype) == a.dtype
+    )
+    return jax.dlpack.from_dlpack(a) if shared else jax.device_put(a, jax.devices()[0])
+
+
+def _copy_rows(A, rows, out, shift=None) -> None:
+    """out[:] = A[rows] (− ``shift``), by slices over the runs of consecutive indices (the
+    contiguous folds of ``KFold``: one or two runs), each row written once: 700 × 5000 into
+    five folds in 13 ms against 32 ms for ``np.take`` and a second pass to center."""
+    rows = np.asarray(rows)
+    if rows.size == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [rows.size]])
+    if starts.size > max(8, rows.size // 64):  # scattered rows: one gather
+        np.take(A, rows, axis=0, out=out)
+        if shift is not None:
+            out -= shift
+        return
+    for a, b in zip(starts, stops, strict=True):
+        src = A[rows[a] : rows[a] + (b - a)]
+        if shift is None:
+            out[a:b] = src
+        else:
+            np.subtract(src, shift, out=out[a:b])
 
 
 # --------------------------------------------------------------------------------------

@@ -56,6 +56,24 @@ def test_kfold_data_matches_sklearn_kfold_and_centers_per_fold():
         criteria.kfold_data(A, y[:-1], 5)
 
 
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_kfold_data_copies_contiguous_and_scattered_folds(center, shuffle):
+    # contiguous folds are copied run by run, shuffled ones (runs of one row) gathered
+    from sklearn.model_selection import KFold
+
+    rng = np.random.default_rng(1)
+    A, y = rng.normal(size=(700, 6)), rng.normal(size=700)
+    splits = list(KFold(5, shuffle=shuffle, random_state=0 if shuffle else None).split(A))
+    data = criteria.kfold_data(A, y, splits, center=center)
+    for k, (tr, va) in enumerate(splits):
+        xm = A[tr].mean(0) if center else 0.0
+        np.testing.assert_allclose(data["A"][k, : len(tr)], A[tr] - xm, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(data["A_val"][k, : len(va)], A[va] - xm, rtol=0, atol=1e-13)
+        if center:
+            np.testing.assert_allclose(data["x_mean"][k], xm, rtol=0, atol=1e-14)
+
+
 def test_kfold_equals_the_mean_of_separate_folds(cs):
     A, y = np.asarray(cs["A"]), np.asarray(cs["y"])
     lam = sparse.lambda_max(A, y) / 4
