@@ -74,6 +74,22 @@ def test_kfold_data_copies_contiguous_and_scattered_folds(center, shuffle):
             np.testing.assert_allclose(data["x_mean"][k], xm, rtol=0, atol=1e-14)
 
 
+def test_kfold_stacks_are_shared_with_jax_not_copied():
+    # The fold stacks (K copies of the design) are written into 64-byte aligned buffers,
+    # which XLA's CPU client uses in place: device_put shares them, uncommitted (so that
+    # jit's compiled programs are reused across fits), instead of copying 100+ MB per fit.
+    if jax.default_backend() != "cpu" or not jax.config.jax_enable_x64:
+        pytest.skip("host buffers are shared on a CPU backend, in float64")
+    a = criteria._host_stack((3, 50, 40))
+    assert a.ctypes.data % 64 == 0
+    a[:] = 1.0
+    shared = jax.device_put(a)
+    assert shared.unsafe_buffer_pointer() == a.ctypes.data and not shared.committed
+    A = np.random.default_rng(0).normal(size=(50, 40))
+    data = criteria.kfold_data(A, A[:, 0], 5, center=True)
+    assert not data["A"].committed and not data["A_val"].committed
+
+
 def test_kfold_equals_the_mean_of_separate_folds(cs):
     A, y = np.asarray(cs["A"]), np.asarray(cs["y"])
     lam = sparse.lambda_max(A, y) / 4
