@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .compilation_cache import to_device
+
 __all__ = [
     "BATCH_AXIS",
     "device_mesh",
@@ -200,7 +202,7 @@ def shard_batch(tree, mesh: Mesh | None, *, pad: str | None = "edge", local: boo
     _check_pad(pad)
     if mesh is None:
         n = _batch_length(tree)
-        return jax.tree_util.tree_map(jnp.asarray, tree), jnp.ones(n, bool)
+        return jax.tree_util.tree_map(to_device, tree), to_device(np.ones(n, bool))
     axis = _check_mesh(mesh)
     sharding = NamedSharding(mesh, PartitionSpec(axis))
     if not local:

@@ -26,8 +26,9 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 
-__all__ = ["cache_dir", "checks_without_callbacks", "enable_default_cache"]
+__all__ = ["cache_dir", "checks_without_callbacks", "enable_default_cache", "to_device"]
 
 _OFF = ("0", "off", "false", "no")
 MIN_COMPILE_SECONDS = 0.0
@@ -86,3 +87,20 @@ def checks_without_callbacks():
         yield
     finally:
         _errors.EQX_ON_ERROR = previous
+
+
+def to_device(x, dtype=None) -> jax.Array:
+    """``x`` as a JAX array, compiling nothing: a JAX array (or a tracer) of the right dtype
+    is returned as is, anything else goes through NumPy (in JAX's canonical dtype: float32
+    with ``jax_enable_x64`` off) and ``jax.device_put``, which transfers without a program.
+    ``jnp.asarray`` of a NumPy array compiles a small conversion program for each shape and
+    dtype, and ``jnp.zeros`` two; in a fresh process each costs 10–20 ms even when loaded
+    from the persistent cache (a fresh Theoph ``fit_population`` ran 46 such programs beside
+    its one compiled loop)."""
+    if isinstance(x, jax.core.Tracer):
+        return jax.numpy.asarray(x, dtype=dtype)
+    if isinstance(x, jax.Array) and (dtype is None or x.dtype == np.dtype(dtype)):
+        return x
+    a = np.asarray(x, dtype=dtype)
+    canonical = jax.dtypes.canonicalize_dtype(a.dtype)
+    return jax.device_put(a if a.dtype == canonical else a.astype(canonical))

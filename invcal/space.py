@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .compilation_cache import to_device
+
 __all__ = [
     "AbstractTransform",
     "Identity",
@@ -143,7 +145,7 @@ class Param(eqx.Module):
         arr = np.asarray(init, dtype=float)
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"Param init must be finite; got {init!r}.")
-        self.init = jnp.asarray(arr)
+        self.init = to_device(arr)
         self.transform = Identity() if transform is None else transform
         if not isinstance(self.transform, AbstractTransform):
             raise TypeError(
@@ -255,14 +257,14 @@ class Space(eqx.Module):
         for k, p in self.params.items():
             if not isinstance(theta[k], jax.core.Tracer):
                 p.transform.check(k, theta[k])  # e.g. log of a negative value: say so
-        parts = [
-            jnp.ravel(p.transform.inverse(jnp.asarray(theta[k]))) for k, p in self.params.items()
-        ]
-        return jnp.concatenate(parts)
+        values = tuple(to_device(theta[k]) for k in self.params)
+        if any(isinstance(v, jax.core.Tracer) for v in values):
+            return _to_z(self, values)
+        return _to_z_jit(self, values)
 
     def to_theta(self, z: jax.Array) -> dict[str, jax.Array]:
         """Flat unconstrained vector z → user θ."""
-        z = jnp.asarray(z)
+        z = to_device(z)
         if z.shape != (self.size,):
             raise ValueError(f"z must have shape ({self.size},); got {z.shape}.")
         # the compiled function returns a tuple: a dict would come back with sorted keys
@@ -293,6 +295,16 @@ class Space(eqx.Module):
 # Compiled once per space structure: an outer step calls these on concrete arrays, where
 # JAX's op-by-op dispatch (and a fresh vjp trace) cost ~10 ms per call, as much as a
 # small problem's whole hypergradient (BilevelLassoCV on diabetes: half of its warm fit).
+def _to_z(space: Space, values):
+    params = space.params.values()
+    return jnp.concatenate(
+        [jnp.ravel(p.transform.inverse(v)) for p, v in zip(params, values, strict=True)]
+    )
+
+
+_to_z_jit = eqx.filter_jit(_to_z)
+
+
 @eqx.filter_jit
 def _to_theta(space: Space, z):
     return tuple(space._unflatten(z).values())

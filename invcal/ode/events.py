@@ -45,6 +45,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ..compilation_cache import to_device
+
 __all__ = ["Events", "SubjectArrays", "holdout_rows", "read_events", "subject_arrays"]
 
 REQUIRED = ("ID", "TIME", "DV")
@@ -757,20 +759,20 @@ def subject_arrays(
 
         doses = dose_events(events, model, [p[4] for p in per], M, occ)
     return SubjectArrays(
-        seg_t0=jax.numpy.asarray(seg_t0),
-        seg_t1=jax.numpy.asarray(seg_t1),
-        seg_jump=jax.numpy.asarray(jump),
-        seg_rate=jax.numpy.asarray(rate),
-        obs_t=jax.numpy.asarray(obs_t),
-        obs_seg=jax.numpy.asarray(obs_seg),
-        dv=jax.numpy.asarray(dv),
-        obs_mask=jax.numpy.asarray(mask),
-        holdout=jax.numpy.asarray(held),
-        cov=jax.numpy.asarray(cov, dtype=float),
+        seg_t0=to_device(seg_t0),
+        seg_t1=to_device(seg_t1),
+        seg_jump=to_device(jump),
+        seg_rate=to_device(rate),
+        obs_t=to_device(obs_t),
+        obs_seg=to_device(obs_seg),
+        dv=to_device(dv),
+        obs_mask=to_device(mask),
+        holdout=to_device(held),
+        cov=to_device(cov, dtype=float),
         names=tuple(covariates),
-        cens=jax.numpy.asarray(cens) if cens.any() else None,
+        cens=to_device(cens) if cens.any() else None,
         doses=doses,
-        seg_occ=jax.numpy.asarray(seg_occ) if iov else None,
+        seg_occ=to_device(seg_occ) if iov else None,
         iov=tuple(model.params.index(p) for p in iov),
         n_occasions=n_occ,
     )

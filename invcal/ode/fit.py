@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..compilation_cache import checks_without_callbacks
+from ..compilation_cache import checks_without_callbacks, to_device
 from ..diagnostics import OnFailure
 from ..precision import computes_in_float64
 from ..runfolder import claim_run_folder
@@ -307,7 +307,7 @@ def _run(
             report(phase, int(state["iter"] if "iter" in state else state["k"]), float(state["f"]))
 
     z0 = space.to_z(space.init())
-    eta0 = jnp.zeros((arrays.n_subjects, pop.n_eta))
+    eta0 = to_device(np.zeros((arrays.n_subjects, pop.n_eta)))
     t0 = time.perf_counter()
     run_arrays, eta0, valid = _shard_subjects(arrays, eta0, mesh)
     state0 = None

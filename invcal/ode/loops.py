@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import batching, program_cache
+from ..compilation_cache import to_device
 
 __all__: list[str] = []
 
@@ -56,15 +57,15 @@ def _info0(pop, arrays, q, n):
     N, M = arrays.obs_t.shape
     d = pop.n_phi
     return {
-        "ok": jnp.zeros(N, bool),
-        "inner_converged": jnp.zeros(N, bool),
-        "inner_step": jnp.zeros(N),
-        "inner_steps": jnp.zeros(N, int),
-        "ipred": jnp.zeros((N, M)),
-        "J": jnp.zeros((N, M, d)),
-        "nll": jnp.zeros(N),
-        "deta_dz": jnp.zeros((N, q, n)),
-        "ift_residual": jnp.zeros(N),
+        "ok": np.zeros(N, bool),
+        "inner_converged": np.zeros(N, bool),
+        "inner_step": np.zeros(N),
+        "inner_steps": np.zeros(N, int),
+        "ipred": np.zeros((N, M)),
+        "J": np.zeros((N, M, d)),
+        "nll": np.zeros(N),
+        "deta_dz": np.zeros((N, q, n)),
+        "ift_residual": np.zeros(N),
     }
 
 
@@ -98,14 +99,22 @@ def _drive(steps, args, state, on_accept, phase="lbfgs"):
     process)."""
     state = _strong(state)
     if on_accept is None:
-        return steps(*args, state, jnp.asarray(False))
+        return steps(*args, state, _FALSE())
     while True:
         before = int(state["evals"])
-        state = _strong(steps(*args, state, jnp.asarray(True)))
+        state = _strong(steps(*args, state, _TRUE()))
         if int(state["evals"]) > before and int(state["ls"]) == 0:  # its last pass: accepted
             on_accept(phase, state)
         if bool(state["done"]):
             return state
+
+
+def _TRUE():
+    return to_device(np.asarray(True))
+
+
+def _FALSE():
+    return to_device(np.asarray(False))
 
 
 def _strong(tree):
@@ -114,8 +123,9 @@ def _strong(tree):
     compiles a second time; every carry enters strongly typed."""
 
     def strong(x):
-        x = jnp.asarray(x)
-        return jax.lax.convert_element_type(x, x.dtype) if x.weak_type else x
+        if isinstance(x, jax.Array) and x.weak_type:
+            return jax.lax.convert_element_type(x, x.dtype)
+        return to_device(x)  # NumPy values: strongly typed, transferred without a program
 
     return jax.tree_util.tree_map(strong, tree)
 
@@ -155,11 +165,11 @@ def _fit_lindstrom_bates(
     c = _strong(c)
     args = (pop, space, arrays, _compiled(opts), valid, mesh, chunk)
     if on_accept is None:
-        c = _lb_steps(*args, c, jnp.asarray(False))
+        c = _lb_steps(*args, c, _FALSE())
     else:
         while True:
             before = int(c["k"])
-            c = _strong(_lb_steps(*args, c, jnp.asarray(True)))
+            c = _strong(_lb_steps(*args, c, _TRUE()))
             if int(c["k"]) > before:
                 on_accept("lindstrom-bates", c)
             k, change, f = int(c["k"]), float(c["change"]), float(c["f"])  # on the host
@@ -167,7 +177,8 @@ def _fit_lindstrom_bates(
                 k < int(opts["max_iter"]) and change > float(opts["xtol"]) and math.isfinite(f)
             ):
                 break
-    status = jnp.where(~jnp.isfinite(c["f"]), 4, jnp.where(c["change"] <= opts["xtol"], 6, 5))
+    f, change = float(c["f"]), float(c["change"])  # on the host: no small programs
+    status = np.asarray(4 if not math.isfinite(f) else 6 if change <= float(opts["xtol"]) else 5)
     return {
         "z": c["z"],
         "f": c["f"],
@@ -268,17 +279,17 @@ def lindstrom_bates_init(z0, eta0, info0, hist):
     """The carry of :func:`_fit_lindstrom_bates`'s loop before its first iteration."""
     return {
         "z": z0,
-        "g": jnp.zeros_like(z0),
+        "g": np.zeros_like(z0),
         "eta": eta0,
-        "f": jnp.asarray(0.0),
+        "f": np.asarray(0.0),
         "info": info0,
-        "k": jnp.asarray(0),
-        "change": jnp.asarray(jnp.inf),
-        "evals": jnp.asarray(0),
-        "lme_iter": jnp.asarray(0),
-        "history": jnp.full((hist,), jnp.nan),
-        "inner_history": jnp.zeros((hist,), int),
-        "lme_status": jnp.asarray(0),
+        "k": np.asarray(0),
+        "change": np.asarray(np.inf),
+        "evals": np.asarray(0),
+        "lme_iter": np.asarray(0),
+        "history": np.full((hist,), np.nan),
+        "inner_history": np.zeros((hist,), int),
+        "lme_status": np.asarray(0),
     }
 
 
@@ -287,25 +298,25 @@ def lbfgs_init(z0, eta0, info0, opts, m=LBFGS_MEMORY):
     n = z0.shape[0]
     return {
         "z": z0,
-        "f": jnp.asarray(jnp.inf),
-        "g": jnp.zeros(n),
+        "f": np.asarray(np.inf),
+        "g": np.zeros(n),
         "eta": eta0,
-        "d": jnp.zeros(n),
-        "alpha": jnp.asarray(0.0),
-        "started": jnp.asarray(False),
-        "S": jnp.zeros((m, n)),
-        "Y": jnp.zeros((m, n)),
-        "rho": jnp.zeros(m),
-        "count": jnp.asarray(0),
-        "head": jnp.asarray(0),
-        "iter": jnp.asarray(0),
-        "evals": jnp.asarray(0),
-        "ls": jnp.asarray(0),
-        "done": jnp.asarray(False),
-        "status": jnp.asarray(0),
-        "small": jnp.asarray(0),
-        "history": jnp.full((opts["history"],), jnp.nan),
-        "inner_history": jnp.zeros((opts["history"],), int),
+        "d": np.zeros(n),
+        "alpha": np.asarray(0.0),
+        "started": np.asarray(False),
+        "S": np.zeros((m, n)),
+        "Y": np.zeros((m, n)),
+        "rho": np.zeros(m),
+        "count": np.asarray(0),
+        "head": np.asarray(0),
+        "iter": np.asarray(0),
+        "evals": np.asarray(0),
+        "ls": np.asarray(0),
+        "done": np.asarray(False),
+        "status": np.asarray(0),
+        "small": np.asarray(0),
+        "history": np.full((opts["history"],), np.nan),
+        "inner_history": np.zeros((opts["history"],), int),
         "info": info0,
     }
 
@@ -460,13 +471,13 @@ def _options(
             raise ValueError(f"{name} must be a positive number; got {v!r}.")
     # Arrays, not Python numbers: changing an option must not recompile the fit.
     return {
-        "max_iter": jnp.asarray(int(max_iter)),
-        "gtol": jnp.asarray(float(gtol)),
-        "ftol": jnp.asarray(float(ftol)),
-        "inner_tol": jnp.asarray(float(inner_tol)),
-        "inner_max_steps": jnp.asarray(int(inner_max_steps)),
-        "max_step": jnp.asarray(float(max_step)),
-        "xtol": jnp.asarray(float(xtol)),
+        "max_iter": to_device(np.asarray(int(max_iter))),
+        "gtol": to_device(np.asarray(float(gtol))),
+        "ftol": to_device(np.asarray(float(ftol))),
+        "inner_tol": to_device(np.asarray(float(inner_tol))),
+        "inner_max_steps": to_device(np.asarray(int(inner_max_steps))),
+        "max_step": to_device(np.asarray(float(max_step))),
+        "xtol": to_device(np.asarray(float(xtol))),
         "history": 512,
         "progress": _progress_callback(progress),
         "record": record,

@@ -253,10 +253,10 @@ class Population(eqx.Module):
         d = len(self.model.params)
         return np.concatenate([np.asarray(J)[..., ridx], np.asarray(J)[..., d:]], axis=-1)
 
-    def eta_covariance(self, theta):
+    def eta_covariance(self, theta, omega=None):
         """The prior covariance of a subject's whole random-effect vector, diag(Ω, Π, …, Π)
-        (n_eta, n_eta; NumPy)."""
-        omega = np.asarray(self.omega_matrix(theta))
+        (n_eta, n_eta; NumPy); ``omega``: Ω at ``theta`` if already computed."""
+        omega = np.asarray(self.omega_matrix(theta) if omega is None else omega)
         if not self.iov:
             return omega
         pi2 = np.asarray(self.iov_sd(theta)) ** 2

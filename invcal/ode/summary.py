@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import equinox as eqx
 import numpy as np
 
 from ..precision import computes_in_float64
@@ -108,7 +109,7 @@ class PopulationFit:
         for p, c in pop.covariates:
             fixed[f"beta_{p}_{c}"] = theta[f"beta_{p}_{c}"]
         th = {k: np.asarray(v) for k, v in theta.items()}
-        omega = np.asarray(pop.omega_matrix(th))
+        omega = np.asarray(_covariances(pop, th, np.asarray(run["info"]["ipred"]))[0])
         sd = np.sqrt(np.diagonal(omega))
         random_sd = {p: float(sd[k]) for k, p in enumerate(pop.random)}
         random_corr = {
@@ -325,6 +326,15 @@ class PopulationFit:
         return self.summary()
 
 
+@eqx.filter_jit
+def _covariances(pop, theta, ipred):
+    """(Ω, the residual variances at the predictions ``ipred`` (N, M)) at ``theta``: one
+    compiled program, where the eager operations of the two (stack, diag, products, powers)
+    compiled about ten small ones in a fresh process (~15 ms each from the persistent
+    cache)."""
+    return pop.omega_matrix(theta), pop.error.variance(ipred, theta)
+
+
 def _fixed_effect_se(pop, theta, arrays, info, fixed) -> dict:
     """nlme-style SEs of the fixed effects from the LME approximation at η*."""
     params = tuple(pop.model.params)
@@ -334,14 +344,14 @@ def _fixed_effect_se(pop, theta, arrays, info, fixed) -> dict:
     cov = np.asarray(arrays.cov)
     names = list(fixed)
     info_mat = np.zeros((len(names), len(names)))
-    import jax.numpy as jnp
-
-    th = {k: jnp.asarray(v) for k, v in theta.items()}
-    omega = pop.eta_covariance(th)  # diag(Ω, Π, …, Π) with occasions
+    th = {k: np.asarray(v) for k, v in theta.items()}
+    omega, R_all = _covariances(pop, th, f)
+    omega = pop.eta_covariance(th, omega)  # with occasions: diag(Ω, Π, …, Π)
+    R_all = np.asarray(R_all)
     for i in range(J.shape[0]):
         m = mask[i]
         Ji = J[i][m]
-        R = np.asarray(pop.error.variance(jnp.asarray(f[i][m]), th))
+        R = R_all[i][m]
         X = np.zeros((Ji.shape[0], len(names)))
         X[:, : len(params)] = Ji[:, : len(params)]
         for j, (p, c) in enumerate(pop.covariates):
