@@ -11,7 +11,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 
 from ..solvers.fixed_point import FixedSteps
 from .record import (
@@ -96,6 +95,8 @@ def _rtho_loop(problem, solver, rtho, learning_rate, steps, theta0, rec, progres
             f"RTHO advances the inner iteration step by step and needs problem {problem.name!r} "
             "to define fixed_point=T(x, theta, data)."
         )
+    import optax  # not at import: see invcal.outer.solvers
+
     opt = optax.sgd(learning_rate) if rtho.optimizer is None else rtho.optimizer
     z = space.to_z(theta0)
     opt_state = opt.init(z)

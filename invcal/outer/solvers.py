@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -22,7 +23,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ..diagnostics import OnFailure, enforce
 from .record import _is_number, _to_json, _tree_from_json, _tree_to_json
@@ -102,11 +102,18 @@ class _OptaxState(NamedTuple):
     opt_state: Any
 
 
-_LINESEARCH_STATES = tuple(
-    getattr(optax, n)
-    for n in ("ScaleByZoomLinesearchState", "ScaleByBacktrackingLinesearchState")
-    if hasattr(optax, n)
-)
+# optax is imported where it is used: importing it takes ~0.13 s (its contrib package), which
+# a fresh process that never tunes with an optax optimizer (a population fit, a Lasso CV
+# fit) need not pay.
+@functools.lru_cache(maxsize=1)
+def _linesearch_states() -> tuple:
+    import optax
+
+    return tuple(
+        getattr(optax, n)
+        for n in ("ScaleByZoomLinesearchState", "ScaleByBacktrackingLinesearchState")
+        if hasattr(optax, n)
+    )
 
 
 def _needs_value_fn(opt_state) -> bool:
@@ -115,8 +122,10 @@ def _needs_value_fn(opt_state) -> bool:
     scale_by_zoom_linesearch, ...): recognised from the state, so a transformation passed as
     an object works like its name."""
 
+    states = _linesearch_states()
+
     def is_search(node):
-        return isinstance(node, _LINESEARCH_STATES)
+        return isinstance(node, states)
 
     return any(map(is_search, jax.tree_util.tree_leaves(opt_state, is_leaf=is_search)))
 
@@ -166,6 +175,8 @@ class Optax(AbstractOuterSolver):
             )
         else:
             updates, opt_state = _optax_update(self.tx, gz, state.opt_state, z)
+        import optax
+
         return _OptaxState(z=optax.apply_updates(z, updates), opt_state=opt_state), StepInfo()
 
     def to_json(self, state):
@@ -533,6 +544,8 @@ class BarzilaiBorwein(AbstractOuterSolver):
 def _optax_by_name(name: str, learning_rate: float) -> Optax:
     """The optax transformation a name stands for, one object per (name, rate): the compiled
     update steps are cached by it, so a second ``tune`` call compiles nothing."""
+    import optax
+
     if name == "gd":
         tx = optax.sgd(learning_rate)
     elif name == "adam":
@@ -548,7 +561,8 @@ def outer_solver(optimizer, learning_rate: float):
     Names are parsed here only; everything past this point works on objects."""
     if isinstance(optimizer, AbstractOuterSolver):
         return optimizer
-    if isinstance(optimizer, optax.GradientTransformation):
+    optax = sys.modules.get("optax")  # an optax object means optax is imported already
+    if optax is not None and isinstance(optimizer, optax.GradientTransformation):
         return Optax(optimizer, label=getattr(optimizer, "__name__", None) or "optax")
     if isinstance(optimizer, str):
         name = optimizer.lower()
