@@ -80,6 +80,23 @@ def test_engine_repeated_calls_compile_nothing():
     assert c.total == 0, c.names
 
 
+def test_host_values_reach_jax_without_a_program():
+    # invcal's setup code moves host values to JAX by compilation_cache.to_device: no
+    # conversion program (jnp.asarray of a NumPy array compiles one per shape and dtype), in
+    # JAX's canonical dtype (float32 here), a JAX array passed through as it is.
+    from invcal.compilation_cache import to_device
+
+    host = np.arange(7 * 13, dtype=np.float64).reshape(7, 13)  # a shape no test uses
+    with count_compilations() as c:
+        a = to_device(host)
+        b = to_device(np.zeros(17, bool))
+        d = to_device(3, dtype=float)
+    assert c.total == 0, c.names
+    assert a.dtype == jnp.float32 and b.dtype == jnp.bool_ and d.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(a), host.astype(np.float32))
+    assert to_device(a) is a and not a.committed
+
+
 def test_unreachable_float32_tolerance_is_named():
     """A tolerance float32 cannot reach stops with a message naming float32, not only
     'raise max_steps'."""
