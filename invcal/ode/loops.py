@@ -99,22 +99,19 @@ def _drive(steps, args, state, on_accept, phase="lbfgs"):
     process)."""
     state = _strong(state)
     if on_accept is None:
-        return steps(*args, state, _FALSE())
+        return steps(*args, state, _flag(False))
     while True:
         before = int(state["evals"])
-        state = _strong(steps(*args, state, _TRUE()))
+        state = _strong(steps(*args, state, _flag(True)))
         if int(state["evals"]) > before and int(state["ls"]) == 0:  # its last pass: accepted
             on_accept(phase, state)
         if bool(state["done"]):
             return state
 
 
-def _TRUE():
-    return to_device(np.asarray(True))
-
-
-def _FALSE():
-    return to_device(np.asarray(False))
+def _flag(value: bool):
+    """A boolean argument of a compiled loop, transferred without a program."""
+    return to_device(np.asarray(value))
 
 
 def _strong(tree):
@@ -165,11 +162,11 @@ def _fit_lindstrom_bates(
     c = _strong(c)
     args = (pop, space, arrays, _compiled(opts), valid, mesh, chunk)
     if on_accept is None:
-        c = _lb_steps(*args, c, _FALSE())
+        c = _lb_steps(*args, c, _flag(False))
     else:
         while True:
             before = int(c["k"])
-            c = _strong(_lb_steps(*args, c, _TRUE()))
+            c = _strong(_lb_steps(*args, c, _flag(True)))
             if int(c["k"]) > before:
                 on_accept("lindstrom-bates", c)
             k, change, f = int(c["k"]), float(c["change"]), float(c["f"])  # on the host
