@@ -26,7 +26,10 @@ Anything the fingerprint cannot name with certainty (an object of a user's class
 a Jupyter-defined class, a device mesh) makes that call go through ``filter_jit`` as
 before: the cache is an optimisation and never a source of a different program. A file
 that cannot be read or written, or a function that cannot be exported, also falls back.
-``INVCAL_PROGRAM_CACHE=0`` (or ``off``) turns it off. What the fingerprint does not see:
+``INVCAL_PROGRAM_CACHE=0`` (or ``off``) turns it off. The folder keeps the
+``KEEP_PER_FUNCTION`` most recently used programs of each function (a load marks a file
+used); older ones, left by earlier versions of invcal or of a user's model, are deleted when
+a new one is written. What the fingerprint does not see:
 Python code that reads a file or an environment variable *while it is traced* (its value
 becomes a constant of the program); set the variable to 0 for such code.
 
@@ -79,6 +82,26 @@ _LIBRARY_ROOTS = tuple(
 
 class Unkeyable(Exception):
     """The fingerprint cannot name this value with certainty."""
+
+
+#: Programs kept per function name in the folder (each ~200 KB for a population fit).
+KEEP_PER_FUNCTION = 64
+
+
+def _prune(folder: Path, name: str) -> None:
+    """Delete all but the ``KEEP_PER_FUNCTION`` most recently used ``name-*.jax`` files.
+    Every source change of invcal or of a user's model writes new programs; without this the
+    folder grows with each one. A file another process is reading stays readable (POSIX),
+    and a file gone before it is read is traced again."""
+    try:
+        files = [(f.stat().st_mtime, f) for f in folder.glob(f"{name}-*.jax")]
+    except OSError:
+        return
+    for _, f in sorted(files, key=lambda t: t[0], reverse=True)[KEEP_PER_FUNCTION:]:
+        try:
+            f.unlink()
+        except OSError:
+            pass
 
 
 def _folder() -> Path | None:
@@ -342,6 +365,10 @@ class _Cached:
         except OSError:
             return None
         try:
+            os.utime(path)  # used now: the pruning keeps the most recently used
+        except OSError:
+            pass
+        try:
             return self._callable(jax.export.deserialize(bytearray(blob)))
         except Exception:  # a damaged or foreign file: trace again
             return None
@@ -366,6 +393,8 @@ class _Cached:
             os.replace(tmp, folder / f"{fn.__name__}-{key}.jax")
         except OSError:
             pass  # still run the traced program in this process
+        else:
+            _prune(folder, fn.__name__)
         return self._callable(exported)
 
 

@@ -88,6 +88,35 @@ def test_a_kept_program_is_loaded_and_gives_the_same_result(tmp_path, monkeypatc
     assert len(list(tmp_path.iterdir())) == 2
 
 
+def test_the_folder_keeps_the_most_recently_used_programs(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(program_cache, "_folder", lambda: tmp_path)
+    monkeypatch.setattr(program_cache, "KEEP_PER_FUNCTION", 3)
+    old = []
+    for i in range(5):  # programs of earlier versions, oldest first
+        f = tmp_path / f"_program-old{i}.jax"
+        f.write_bytes(b"")
+        os.utime(f, (1_000_000 + i, 1_000_000 + i))
+        old.append(f)
+    other = tmp_path / "_another-old.jax"
+    other.write_bytes(b"")
+    os.utime(other, (1, 1))
+    x, table = jnp.linspace(0.0, 1.0, 5), {"a": jnp.asarray(0.5)}
+    cached(_program)(x, 3, table)  # writes a new program, then prunes _program's files
+    kept = sorted(p.name for p in tmp_path.glob("_program-*.jax"))
+    assert len(kept) == 3 and "_program-old4.jax" in kept and "_program-old3.jax" in kept
+    assert not old[0].exists() and not old[2].exists()
+    assert other.exists()  # another function's programs are not touched
+    # a load marks a program used: it outlives older ones at the next pruning
+    new = next(p for p in tmp_path.glob("_program-*.jax") if "old" not in p.name)
+    os.utime(new, (1, 1))
+    fresh = cached(_program)
+    fresh.jitted = None
+    fresh(x, 3, table)  # loaded from the file
+    assert new.stat().st_mtime > 1_000_004
+
+
 def _with_callback(x):
     y = jax.pure_callback(np.cos, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
     return y + 1.0
