@@ -166,7 +166,7 @@ class _BilevelLassoBase(RegressorMixin, BaseEstimator):
         repeated (at most ``_REFIT_ROUNDS`` times, then all columns). When no column outside
         violates it, the restricted solution is the full problem's, and so is its duality
         gap (the dual point's scaling, max |Xᵀr|, is reached inside the set). 700 × 5000 with
-        ~300 columns in the set: 120 ms → ~15 ms."""
+        ~330 columns in the set (one thread): 0.12 s warm-started on all columns → 6 ms."""
         from sklearn.linear_model import Lasso
 
         alpha = np.broadcast_to(np.asarray(alpha, dtype=float), (X.shape[1],))

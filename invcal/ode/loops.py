@@ -111,7 +111,7 @@ def _drive(steps, args, state, on_accept, phase="lbfgs"):
 
 def _flag(value: bool):
     """A boolean argument of a compiled loop, transferred without a program."""
-    return to_device(np.asarray(value))
+    return to_device(value)
 
 
 def _strong(tree):
@@ -468,13 +468,13 @@ def _options(
             raise ValueError(f"{name} must be a positive number; got {v!r}.")
     # Arrays, not Python numbers: changing an option must not recompile the fit.
     return {
-        "max_iter": to_device(np.asarray(int(max_iter))),
-        "gtol": to_device(np.asarray(float(gtol))),
-        "ftol": to_device(np.asarray(float(ftol))),
-        "inner_tol": to_device(np.asarray(float(inner_tol))),
-        "inner_max_steps": to_device(np.asarray(int(inner_max_steps))),
-        "max_step": to_device(np.asarray(float(max_step))),
-        "xtol": to_device(np.asarray(float(xtol))),
+        "max_iter": to_device(int(max_iter)),
+        "gtol": to_device(float(gtol)),
+        "ftol": to_device(float(ftol)),
+        "inner_tol": to_device(float(inner_tol)),
+        "inner_max_steps": to_device(int(inner_max_steps)),
+        "max_step": to_device(float(max_step)),
+        "xtol": to_device(float(xtol)),
         "history": 512,
         "progress": _progress_callback(progress),
         "record": record,

@@ -109,7 +109,7 @@ class PopulationFit:
         for p, c in pop.covariates:
             fixed[f"beta_{p}_{c}"] = theta[f"beta_{p}_{c}"]
         th = {k: np.asarray(v) for k, v in theta.items()}
-        omega = np.asarray(_covariances(pop, th, np.asarray(run["info"]["ipred"]))[0])
+        omega, variances = (np.asarray(a) for a in _covariances(pop, th, run["info"]["ipred"]))
         sd = np.sqrt(np.diagonal(omega))
         random_sd = {p: float(sd[k]) for k, p in enumerate(pop.random)}
         random_corr = {
@@ -147,7 +147,7 @@ class PopulationFit:
             )
             for i, sid in enumerate(events.subjects)
         }
-        se = _fixed_effect_se(pop, theta, arrays, info, fixed)
+        se = _fixed_effect_se(pop, th, omega, variances, arrays, info, fixed)
         heldout = type(pop.approximation).__name__ == "HeldOutDensity"
         n_iter = int(run["iter"])
         hist = np.asarray(run["history"])[: int(run["n_history"])]
@@ -335,23 +335,20 @@ def _covariances(pop, theta, ipred):
     return pop.omega_matrix(theta), pop.error.variance(ipred, theta)
 
 
-def _fixed_effect_se(pop, theta, arrays, info, fixed) -> dict:
-    """nlme-style SEs of the fixed effects from the LME approximation at η*."""
+def _fixed_effect_se(pop, theta, omega, variances, arrays, info, fixed) -> dict:
+    """nlme-style SEs of the fixed effects from the LME approximation at η*; ``omega`` and
+    ``variances``: :func:`_covariances` at ``theta`` and the predictions ``info["ipred"]``."""
     params = tuple(pop.model.params)
     J = np.asarray(info["J"])  # (N, M, d) = ∂f/∂φ at φᵢ* (occasions: (N, M, d + r·K))
-    f = np.asarray(info["ipred"])
     mask = np.asarray(arrays.obs_mask)
     cov = np.asarray(arrays.cov)
     names = list(fixed)
     info_mat = np.zeros((len(names), len(names)))
-    th = {k: np.asarray(v) for k, v in theta.items()}
-    omega, R_all = _covariances(pop, th, f)
-    omega = pop.eta_covariance(th, omega)  # with occasions: diag(Ω, Π, …, Π)
-    R_all = np.asarray(R_all)
+    omega = pop.eta_covariance(theta, omega)  # with occasions: diag(Ω, Π, …, Π)
     for i in range(J.shape[0]):
         m = mask[i]
         Ji = J[i][m]
-        R = R_all[i][m]
+        R = variances[i][m]
         X = np.zeros((Ji.shape[0], len(names)))
         X[:, : len(params)] = Ji[:, : len(params)]
         for j, (p, c) in enumerate(pop.covariates):

@@ -89,8 +89,8 @@ def levenberg_marquardt(
     def body(c):
         started = c["k"] > 0
         step = step_of(c["g"], c["A"], c["lam"])
-        # Cap the step (a crude trust region): a wild first step far from the minimum can
-        # make an ODE stiff, and a vmapped solve waits for its slowest problem.
+        # Cap the step at the trust radius: a wild first step far from the minimum can make
+        # an ODE stiff, and a vmapped solve waits for its slowest problem.
         step = step * jnp.minimum(1.0, c["radius"] / jnp.maximum(jnp.max(jnp.abs(step)), 1e-300))
         x_t = c["x"] + jnp.where(started, step, 0.0)
         val_t, g_t, A_t, aux_t, ok_t = evaluate(x_t)
